@@ -1,0 +1,251 @@
+"""Argument normalisation and validation: the one place for error messages.
+
+Every op calls these helpers first, so bad input raises a clear ``TypeError`` or
+``ValueError`` naming the argument, what was expected and what was given, before any
+work is done (and never a Numba typing error, a segfault or a silently wrong result).
+
+Geometry legend used across the package (Chainer's short physical names):
+``kh, kw`` kernel size, ``sh, sw`` stride, ``ph, pw`` padding at the top/left,
+``dh, dw`` dilation, ``Ho, Wo`` output size.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# ----------------------------------------------------------------------------- arrays
+def device_of(a) -> str:
+    """``"cpu"`` for a NumPy array, ``"cuda"`` for a CUDA array, else ``""``."""
+    if isinstance(a, np.ndarray):
+        return "cpu"
+    if hasattr(a, "__cuda_array_interface__"):
+        return "cuda"
+    return ""
+
+
+def _dtype_of(a) -> np.dtype:
+    dt = getattr(a, "dtype", None)
+    if dt is not None:
+        try:
+            return np.dtype(dt)
+        except TypeError:
+            pass
+    return np.dtype(a.__cuda_array_interface__["typestr"])
+
+
+def check_arrays(arrays: dict, optional: tuple = ()) -> tuple[np.dtype, str]:
+    """Check that every array is a float32/float64 array of one dtype on one device.
+
+    Parameters
+    ----------
+    arrays : dict
+        ``{name: array}`` in signature order; values named in `optional` may be None.
+    optional : tuple of str
+        Names that may be None.
+
+    Returns
+    -------
+    dtype, device : numpy.dtype, str
+        The common dtype and ``"cpu"`` or ``"cuda"``.
+    """
+    dtype = device = None
+    first = None
+    for name, a in arrays.items():
+        if a is None:
+            if name in optional:
+                continue
+            raise TypeError(f"{name} must be an array, got None")
+        dev = device_of(a)
+        if not dev:
+            raise TypeError(
+                f"{name} must be a numpy.ndarray (or a CUDA device array), "
+                f"got {type(a).__name__}"
+            )
+        dt = _dtype_of(a)
+        if dt not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must have dtype float32 or float64, got {dt}")
+        if dtype is None:
+            dtype, device, first = dt, dev, name
+            continue
+        if dev != device:
+            raise TypeError(
+                f"{name} is a {dev} array but {first} is a {device} array: "
+                f"all arrays of one call must live on the same device"
+            )
+        if dt != dtype:
+            raise TypeError(
+                f"{name} has dtype {dt} but {first} has dtype {dtype}: "
+                f"all arrays of one call must share one dtype"
+            )
+    return dtype, device
+
+
+def check_ndim(name: str, a, ndim: int, layout: str = "") -> None:
+    """Raise ``ValueError`` unless ``a.ndim == ndim``."""
+    if len(a.shape) != ndim:
+        what = f" {layout}" if layout else ""
+        raise ValueError(
+            f"{name} must be {ndim}-D{what}, got {len(a.shape)}-D array of shape {tuple(a.shape)}"
+        )
+
+
+def check_shape(name: str, a, expected: tuple, layout: str = "") -> None:
+    """Raise ``ValueError`` unless ``a.shape == expected``."""
+    if tuple(a.shape) != tuple(expected):
+        what = f" {layout}" if layout else ""
+        raise ValueError(f"{name} must have shape {tuple(expected)}{what}, got {tuple(a.shape)}")
+
+
+def check_nonempty(name: str, a, axes: tuple[int, ...], what: str) -> None:
+    """Raise ``ValueError`` if any of ``a.shape[axes]`` is zero."""
+    for ax in axes:
+        if a.shape[ax] < 1:
+            raise ValueError(f"{name} must have at least one {what}, got shape {tuple(a.shape)}")
+
+
+def check_cotangent(dy, y) -> None:
+    """Check a pullback's cotangent against the forward output `y`."""
+    check_arrays({"dy": dy})
+    if device_of(dy) != device_of(y):
+        raise TypeError(f"dy is a {device_of(dy)} array but the output is a {device_of(y)} array")
+    if _dtype_of(dy) != _dtype_of(y):
+        raise TypeError(f"dy must have the output's dtype {_dtype_of(y)}, got {_dtype_of(dy)}")
+    if tuple(dy.shape) != tuple(y.shape):
+        raise ValueError(f"dy must have the output's shape {tuple(y.shape)}, got {tuple(dy.shape)}")
+
+
+# ----------------------------------------------------------------------------- scalars
+def _int(name: str, v) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return int(v)
+
+
+def pair(name: str, v, minimum: int) -> tuple[int, int]:
+    """Normalise an int or an ``(h, w)`` pair, each entry at least `minimum`."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
+        out = (_int(name, v[0]), _int(name, v[1]))
+    else:
+        out = (_int(name, v),) * 2
+    if min(out) < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{name} must be {kind}, got {v!r}")
+    return out
+
+
+def positive_int(name: str, v) -> int:
+    """A positive int (``groups``, counts)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {v!r}")
+    if v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return int(v)
+
+
+def positive_float(name: str, v) -> float:
+    """A finite positive float (temperatures, scales)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a positive number, got {v!r}")
+    if not np.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+    return float(v)
+
+
+# ----------------------------------------------------------------------------- geometry
+@dataclass(frozen=True)
+class Geometry:
+    """Everything the conv-like kernels need about the sliding window.
+
+    ``ph, pw`` are the top/left paddings; the bottom/right padding is implied by
+    ``Ho, Wo`` (``padding="same"`` with an even total pads one more at the bottom and
+    right, as PyTorch does).
+    """
+
+    N: int
+    C: int
+    H: int
+    W: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+    Ho: int
+    Wo: int
+
+    @property
+    def P(self) -> int:
+        """Output pixels per sample, ``Ho * Wo``."""
+        return self.Ho * self.Wo
+
+    @property
+    def taps(self) -> int:
+        """Kernel taps, ``kh * kw``."""
+        return self.kh * self.kw
+
+    def ints(self) -> tuple[int, ...]:
+        """The ten window integers, in the order the backend kernels take them."""
+        return (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw,
+                self.dh, self.dw, self.Ho, self.Wo)
+
+
+def geometry(x_shape, kh: int, kw: int, stride, padding, dilation,
+             x_name: str = "x", kernel_name: str = "w") -> Geometry:
+    """Validate stride/padding/dilation and compute the output size.
+
+    ``Ho = (H + 2*ph - dh*(kh-1) - 1)//sh + 1`` (same for W); ``padding`` may be an int, a
+    pair, ``"valid"`` or ``"same"`` (stride 1 only, as in PyTorch).
+    """
+    N, C, H, W = (int(s) for s in x_shape)
+    sh, sw = pair("stride", stride, 1)
+    dh, dw = pair("dilation", dilation, 1)
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{kernel_name} must have a kernel of at least 1x1, got {kh}x{kw}")
+    if isinstance(padding, str):
+        if padding == "valid":
+            pt = pb = pl = pr = 0
+        elif padding == "same":
+            if (sh, sw) != (1, 1):
+                raise ValueError(f'padding="same" needs stride 1, got stride={stride!r}')
+            th, tw = dh * (kh - 1), dw * (kw - 1)
+            pt, pl = th // 2, tw // 2
+            pb, pr = th - pt, tw - pl
+        else:
+            raise ValueError(f'padding must be an int, a pair, "valid" or "same", got {padding!r}')
+    else:
+        pt, pl = pair("padding", padding, 0)
+        pb, pr = pt, pl
+    Ho = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    Wo = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(
+            f"output size would be {Ho}x{Wo} (below 1): {x_name} is {H}x{W}, kernel "
+            f"{kh}x{kw}, stride {(sh, sw)}, padding {(pt, pl)}, dilation {(dh, dw)}"
+        )
+    return Geometry(N, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo)
+
+
+def check_groups(groups, C: int, O: int, C_per_group: int, w_name: str = "w") -> int:
+    """Validate ``groups`` against x's channels ``C`` and the kernel's ``(O, C//groups)``."""
+    g = positive_int("groups", groups)
+    if C % g:
+        raise ValueError(f"groups={g} does not divide x's {C} channels")
+    if O % g:
+        raise ValueError(f"groups={g} does not divide {w_name}'s {O} output channels")
+    if C_per_group * g != C:
+        raise ValueError(
+            f"{w_name} has {C_per_group} input channels per group, but x has {C} channels "
+            f"and groups={g}"
+        )
+    return g

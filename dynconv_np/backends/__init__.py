@@ -1,0 +1,27 @@
+"""Backends: the loops and kernels under the ops. Picked from the arrays' device.
+
+``cpu`` is always there; ``cuda`` is imported lazily, only when device arrays arrive,
+so importing dynconv_np on a machine without CUDA costs nothing and fails nothing.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+
+def get(device: str) -> ModuleType:
+    """The backend module for ``device`` (``"cpu"`` or ``"cuda"``)."""
+    if device == "cpu":
+        from . import cpu
+
+        return cpu
+    if device == "cuda":
+        try:
+            from . import cuda
+        except ImportError as e:  # numba-cuda missing or no CUDA driver
+            raise TypeError(
+                "CUDA device arrays were given but the CUDA backend is unavailable "
+                f"({e}); install it with `pip install dynconv_np[cuda]`"
+            ) from e
+        return cuda
+    raise TypeError(f"unknown device {device!r}")

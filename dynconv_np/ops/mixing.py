@@ -1,0 +1,93 @@
+"""Kernel-mixing dynamic convolution: CondConv, DY-CNN and the static mixture (SPEC 1-3).
+
+Every variant is the per-sample-kernel template of SPEC.md::
+
+    Wt_n = sum_k pi[n, k] W_k          bt_n = sum_k pi[n, k] b_k
+    Y_n  = Wt_n @ X_n + bt_n
+
+and its backward, with ``G_n = dY_n @ X_n^T`` and ``dbt_n = dY_n.sum(pixels)``::
+
+    dW_k     = sum_n pi[n, k] G_n       dbias_k = sum_n pi[n, k] dbt_n
+    dpi[n,k] = <G_n, W_k> + <dbt_n, b_k>
+    dX_n     = Wt_n^T @ dY_n  (then col2im)
+
+A shared ``pi (K,)`` (the static mixture of seed 000) mixes once and costs one
+convolution; its gradients use ``G = sum_n G_n``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _args, backends
+from .._op import op
+
+
+@op("x", "W", "pi", "bias")
+def dynamic_conv2d(x: np.ndarray, W: np.ndarray, pi: np.ndarray, bias: np.ndarray | None = None,
+                   stride=1, padding=0, dilation=1, groups: int = 1):
+    """Dynamic convolution with per-sample (or shared) mixtures of K kernels.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W)
+    W : ndarray (K, O, C//groups, kh, kw)
+        The K expert kernels.
+    pi : ndarray (N, K) or (K,)
+        Mixing weights per sample, or one set shared by the batch. Taken as given:
+        softmax, sigmoid or any other routing is the caller's.
+    bias : ndarray (K, O), optional
+        Expert biases, mixed with the same weights.
+    stride, dilation : int or (int, int)
+    padding : int, (int, int), "valid" or "same"
+    groups : int
+
+    Returns
+    -------
+    y : ndarray (N, O, Ho, Wo)
+        ``y[n] = conv2d(x[n], sum_k pi[n,k] W[k]) + sum_k pi[n,k] bias[k]``.
+
+    ``dynamic_conv2d.vjp(...)`` returns ``(y, pullback)``; ``pullback(dy)`` gives
+    ``(dx, dW, dpi, dbias)`` with the shapes of ``x, W, pi, bias`` (dbias None if no bias).
+    """
+    _, device = _args.check_arrays({"x": x, "W": W, "pi": pi, "bias": bias}, optional=("bias",))
+    _args.check_ndim("x", x, 4, "(N, C, H, W)")
+    _args.check_ndim("W", W, 5, "(K, O, C//groups, kh, kw)")
+    _args.check_nonempty("W", W, (0, 1, 2), "expert, output and input channel")
+    K, O, Cg, kh, kw = W.shape
+    N = x.shape[0]
+    if pi.ndim not in (1, 2):
+        raise ValueError(f"pi must be (N, K) or (K,), got {pi.ndim}-D array of shape {tuple(pi.shape)}")
+    per_sample = pi.ndim == 2
+    _args.check_shape("pi", pi, (N, K) if per_sample else (K,),
+                      f"to match x's batch N={N} and W's K={K}" if per_sample else f"to match W's K={K}")
+    groups = _args.check_groups(groups, x.shape[1], O, Cg, "W")
+    if bias is not None:
+        _args.check_shape("bias", bias, (K, O), "(K, O)")
+    g = _args.geometry(x.shape, kh, kw, stride, padding, dilation, kernel_name="W")
+    be = backends.get(device)
+
+    x_ = be.contiguous(x)
+    pi_ = be.contiguous(pi)
+    Wf = be.contiguous(W).reshape(K, O * Cg * kh * kw)       # (K, O*F)
+    b_ = None if bias is None else be.contiguous(bias)      # (K, O)
+    wt = be.matmul(pi_, Wf)                                 # (N, O*F) or (O*F,)
+    bt = None if b_ is None else be.matmul(pi_, b_)         # (N, O) or (O,)
+    wt = wt.reshape((N, O, -1) if per_sample else (O, -1))  # (N, O, F) or (O, F)
+    y = be.conv_forward(x_, wt, bt, g, groups)              # (N, O, Ho, Wo)
+
+    def pullback(dy):
+        _args.check_cotangent(dy, y)
+        dx, gw, dbt = be.conv_backward(x_, wt, be.contiguous(dy), g, groups)
+        gw = gw.reshape(N, -1) if per_sample else gw.reshape(1, -1)   # (N|1, O*F)
+        dbt = dbt if per_sample else dbt.reshape(1, O)                # (N|1, O)
+        p2 = pi_ if per_sample else pi_.reshape(1, K)                 # (N|1, K)
+        dW = be.matmul(p2.T, gw).reshape(W.shape)                     # (K, O, Cg, kh, kw)
+        dpi = be.matmul(gw, Wf.T)                                     # (N|1, K)
+        dbias = None
+        if b_ is not None:
+            dpi = dpi + be.matmul(dbt, b_.T)
+            dbias = be.matmul(p2.T, dbt)                              # (K, O)
+        return dx, dW, dpi.reshape(pi.shape), dbias
+
+    return y, pullback
