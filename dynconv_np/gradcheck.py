@@ -74,35 +74,45 @@ def _float64(a):
     return a
 
 
-def _grad_index(f: Callable, args: tuple, kwargs: dict) -> Callable[[object], int | None]:
+def _grad_index(f: Callable, args: tuple, kwargs: dict) -> Callable[[object], int]:
     """Map an argument key (position or keyword) to its entry in the pullback's tuple.
 
-    Ops declare ``f.array_params``; for other callables the pullback's entries follow
-    the positional arguments, then keyword arguments in signature order.
+    Ops declare ``f.array_params`` (the array parameters in signature order). Otherwise,
+    and for positions the signature does not name (``*args``), the pullback's entries
+    follow the positional arguments, then keyword arguments.
     """
     names = getattr(f, "array_params", None)
     try:
-        sig = inspect.signature(f)
-        params = list(sig.parameters)
+        params = list(inspect.signature(f).parameters.values())
     except (TypeError, ValueError):
-        sig, params = None, []
-    if names is not None and sig is not None:
-        bound = sig.bind(*args, **kwargs)
+        params = []
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
-        def index(key):
-            name = params[key] if isinstance(key, int) else key
-            if name not in bound.arguments and isinstance(key, int):
-                return None
-            return names.index(name) if name in names else None
-
-        return index
-
-    def index_plain(key):
+    def index(key) -> int:
+        if isinstance(key, int):
+            name = positional[key] if key < len(positional) else None
+        else:
+            name = key
+        if names is not None and name in names:
+            return names.index(name)
         if isinstance(key, int):
             return key
-        return len(args) + (params.index(key) - len(args) if key in params else list(kwargs).index(key))
+        if name in positional:
+            return positional.index(name)
+        return len(args) + list(kwargs).index(key)
 
-    return index_plain
+    return index
+
+
+def _arg_name(key, params: list[str], array_params) -> str:
+    """The signature name of a positional argument where there is one, else the key."""
+    if isinstance(key, int):
+        if key < len(params):
+            return params[key]
+        if array_params is not None and key < len(array_params):
+            return array_params[key]
+        return f"arg{key}"
+    return str(key)
 
 
 def gradcheck(f: Callable, args: Sequence, kwargs: dict | None = None, *, wrt=None,
@@ -159,7 +169,8 @@ def gradcheck(f: Callable, args: Sequence, kwargs: dict | None = None, *, wrt=No
         wrt = [wrt]
     index = _grad_index(f, tuple(args), kwargs)
     try:
-        params = list(inspect.signature(f).parameters)
+        params = [n for n, p in inspect.signature(f).parameters.items()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     except (TypeError, ValueError):
         params = []
 
@@ -184,10 +195,7 @@ def gradcheck(f: Callable, args: Sequence, kwargs: dict | None = None, *, wrt=No
         a0 = get(key)
         if not is_arr(a0):
             raise TypeError(f"wrt names argument {key!r}, which is not a floating-point array")
-        name = (params[key] if isinstance(key, int) and key < len(params)
-                and inspect.signature(f).parameters[params[key]].kind
-                in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-                else str(key) if not isinstance(key, int) else f"arg{key}")
+        name = _arg_name(key, params, getattr(f, "array_params", None))
         gi = index(key)
         m = mode
         if m == "auto":
@@ -201,7 +209,7 @@ def gradcheck(f: Callable, args: Sequence, kwargs: dict | None = None, *, wrt=No
             put(key, a0)
             return (fp - fm) / (2 * eps)
 
-        def analytic(v):
+        def analytic(v, gi=gi, a0=a0):
             g = pullback(v)[gi] if gi is not None else None
             if g is None:
                 return np.zeros_like(a0)

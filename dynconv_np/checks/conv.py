@@ -20,6 +20,7 @@ def cases():
     return [
         Case("conv2d s2 p1 d(1,2) g2", dc.conv2d, (x, w, b), geo, mode="full"),
         Case("dynamic_conv2d pi(N,K)", dc.dynamic_conv2d, (x, W, pi, bK), geo, mode="full"),
-        Case("dynamic_conv2d pi(K,)", dc.dynamic_conv2d, (x, W, pi[0], bK), dict(padding="same", groups=2), mode="full"),
+        Case("dynamic_conv2d pi(K,)", dc.dynamic_conv2d, (x, W, pi[0], bK),
+             dict(padding="same", groups=2), mode="full"),
         Case("dynamic_conv2d 8x12x12", dc.dynamic_conv2d, (xl, Wl, pil, None), dict(padding=1), mode="projection"),
     ]

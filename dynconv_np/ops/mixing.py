@@ -73,13 +73,14 @@ def dynamic_conv2d(x: np.ndarray, W: np.ndarray, pi: np.ndarray, bias: np.ndarra
     b_ = None if bias is None else be.contiguous(bias)      # (K, O)
     wt = be.matmul(pi_, Wf)                                 # (N, O*F) or (O*F,)
     bt = None if b_ is None else be.matmul(pi_, b_)         # (N, O) or (O,)
-    wt = wt.reshape((N, O, -1) if per_sample else (O, -1))  # (N, O, F) or (O, F)
+    F = Cg * kh * kw
+    wt = wt.reshape((N, O, F) if per_sample else (O, F))    # (N, O, F) or (O, F)
     y = be.conv_forward(x_, wt, bt, g, groups)              # (N, O, Ho, Wo)
 
     def pullback(dy):
         _args.check_cotangent(dy, y)
         dx, gw, dbt = be.conv_backward(x_, wt, be.contiguous(dy), g, groups)
-        gw = gw.reshape(N, -1) if per_sample else gw.reshape(1, -1)   # (N|1, O*F)
+        gw = gw.reshape(N, O * F) if per_sample else gw.reshape(1, O * F)  # (N|1, O*F)
         dbt = dbt if per_sample else dbt.reshape(1, O)                # (N|1, O)
         p2 = pi_ if per_sample else pi_.reshape(1, K)                 # (N|1, K)
         dW = be.matmul(p2.T, gw).reshape(W.shape)                     # (K, O, Cg, kh, kw)

@@ -1,0 +1,121 @@
+"""gradcheck: passes on the ops, fails loudly on planted errors, works for user callables."""
+
+import numpy as np
+import pytest
+
+import dynconv_np as dc
+
+
+class Planted:
+    """Wrap an op and corrupt one element of one gradient by a relative `factor`."""
+
+    def __init__(self, f, which, index, factor=1.01):
+        self.f, self.which, self.index, self.factor = f, which, index, factor
+        self.__name__ = f"planted_{f.__name__}"
+        self.array_params = f.array_params
+
+    def __call__(self, *a, **k):
+        return self.f(*a, **k)
+
+    def vjp(self, *a, **k):
+        y, pb = self.f.vjp(*a, **k)
+
+        def pullback(dy):
+            g = list(pb(dy))
+            bad = g[self.which].copy()
+            bad.flat[self.index] *= self.factor
+            g[self.which] = bad
+            return tuple(g)
+
+        return y, pullback
+
+
+@pytest.fixture
+def conv_args(rng):
+    x = rng.standard_normal((2, 3, 6, 5))
+    W = rng.standard_normal((3, 4, 3, 3, 3))
+    pi = rng.random((2, 3))
+    b = rng.standard_normal((3, 4))
+    return (x, W, pi, b), dict(stride=(2, 1), padding=1, dilation=(1, 2))
+
+
+@pytest.mark.parametrize("mode", ["full", "projection", "auto"])
+def test_ops_pass(conv_args, mode):
+    args, kw = conv_args
+    rep = dc.gradcheck(dc.dynamic_conv2d, args, kw, mode=mode)
+    assert rep.passed and [a.name for a in rep.args] == ["x", "W", "pi", "bias"]
+    assert all(a.mode == (mode if mode != "auto" else "full") for a in rep.args)
+    assert all(a.max_abs_err < 1e-6 for a in rep.args)
+    rep = dc.gradcheck(dc.conv2d, (args[0], args[1][0]), {"bias": args[3][0], "groups": 1}, mode=mode)
+    assert [a.name for a in rep.args] == ["x", "w", "bias"] and rep.passed
+    assert "pass" in str(rep)
+
+
+@pytest.mark.parametrize("which,index", [(0, 7), (1, 30), (2, 4), (3, 5)])
+@pytest.mark.parametrize("mode", ["full", "projection"])
+def test_planted_one_percent_error_is_caught(conv_args, which, index, mode):
+    args, kw = conv_args
+    f = Planted(dc.dynamic_conv2d, which, index)
+    with pytest.raises(dc.GradcheckError) as e:
+        dc.gradcheck(f, args, kw, mode=mode)
+    rep = e.value.report
+    failed = [a.name for a in rep.args if not a.passed]
+    assert failed == [["x", "W", "pi", "bias"][which]]
+    assert "FAIL" in str(e.value)
+
+
+def test_planted_error_in_conv2d_realistic_projection(rng):
+    x = rng.standard_normal((2, 8, 12, 12))
+    w = rng.standard_normal((8, 8, 3, 3))
+    f = Planted(dc.conv2d, 1, 100)
+    with pytest.raises(dc.GradcheckError):
+        dc.gradcheck(f, (x, w), {"padding": 1}, mode="projection")
+
+
+def test_transposed_gradient_is_caught(rng):
+    """A classic bug that an all-ones cotangent would hide."""
+
+    def f(a, b):
+        return a @ b
+
+    def vjp(a, b):
+        return a @ b, lambda dy: (dy @ b, a.T @ dy)  # dx should use b.T
+
+    f.vjp = vjp
+    a, b = rng.standard_normal((3, 3)), rng.standard_normal((3, 3))
+    with pytest.raises(dc.GradcheckError) as e:
+        dc.gradcheck(f, (a, b))
+    assert [r.passed for r in e.value.report.args] == [False, True]
+
+
+def test_user_callable_and_wrt(rng):
+    def f(a, scale):
+        return np.tanh(a) * scale
+
+    f.vjp = lambda a, scale: (f(a, scale), lambda dy: (dy * scale * (1 - np.tanh(a) ** 2), None))
+    a = rng.standard_normal((4, 5))
+    rep = dc.gradcheck(f, (a, 2.0))
+    assert rep.passed and [r.name for r in rep.args] == ["a"]
+    rep = dc.gradcheck(dc.dynamic_conv2d, (a[None, None], rng.standard_normal((2, 3, 1, 3, 3)), rng.random(2)),
+                       wrt=[2], mode="full")
+    assert [r.name for r in rep.args] == ["pi"]
+
+
+def test_float32_inputs_are_promoted(rng):
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    rep = dc.gradcheck(dc.conv2d, (x, w))
+    assert rep.passed and all(a.max_abs_err < 1e-6 for a in rep.args)
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="vjp"):
+        dc.gradcheck(np.sum, (np.zeros(3),))
+    with pytest.raises(ValueError, match="mode"):
+        dc.gradcheck(dc.conv2d, (np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 3, 3))), mode="exact")
+
+
+def test_check_cli_runs_and_reports():
+    from dynconv_np.__main__ import main
+
+    assert main(["check", "-k", "conv2d s2", "--no-progress"]) == 0
