@@ -51,6 +51,18 @@ class GradcheckReport:
     def __bool__(self) -> bool:
         return self.passed
 
+    def __getitem__(self, name: str) -> ArgReport:
+        for a in self.args:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    def __iter__(self):
+        return iter(self.args)
+
+    def __len__(self) -> int:
+        return len(self.args)
+
     def __str__(self) -> str:
         lines = [f"gradcheck of {self.function}",
                  f"{'argument':<12} {'mode':<11} {'max abs err':>12} {'max rel err':>12} {'evals':>6}  result"]
@@ -163,16 +175,22 @@ def gradcheck(f: Callable, args: Sequence, kwargs: dict | None = None, *, wrt=No
     def is_arr(a):
         return isinstance(a, np.ndarray) and a.dtype.kind == "f"
 
-    if wrt is None:
-        wrt = [i for i, a in enumerate(args) if is_arr(a)] + [k for k, v in kwargs.items() if is_arr(v)]
-    elif isinstance(wrt, (int, str)):
-        wrt = [wrt]
-    index = _grad_index(f, tuple(args), kwargs)
     try:
         params = [n for n, p in inspect.signature(f).parameters.items()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     except (TypeError, ValueError):
         params = []
+    if wrt is None:
+        wrt = [i for i, a in enumerate(args) if is_arr(a)] + [k for k, v in kwargs.items() if is_arr(v)]
+    elif isinstance(wrt, (int, str)):
+        wrt = [wrt]
+    # a name refers to a keyword argument, else to the positional parameter of that name
+    wrt = [params.index(k) if isinstance(k, str) and k not in kwargs and k in params else k for k in wrt]
+    for k in wrt:
+        if (isinstance(k, int) and not -len(args) <= k < len(args)) or (isinstance(k, str) and k not in kwargs):
+            raise ValueError(f"wrt names {k!r}, which is not an argument of this call")
+    wrt = [k % len(args) if isinstance(k, int) else k for k in wrt]
+    index = _grad_index(f, tuple(args), kwargs)
 
     def get(key):
         return args[key] if isinstance(key, int) else kwargs[key]

@@ -119,3 +119,16 @@ def test_check_cli_runs_and_reports():
     from dynconv_np.__main__ import main
 
     assert main(["check", "-k", "conv2d s2", "--no-progress"]) == 0
+
+
+def test_wrt_by_name_and_report_lookup(rng):
+    x = rng.standard_normal((1, 2, 5, 5))
+    w = rng.standard_normal((3, 2, 3, 3))
+    b = rng.standard_normal(3)
+    rep = dc.gradcheck(dc.conv2d, (x, w), {"bias": b}, wrt=["w", "bias"])
+    assert [a.name for a in rep] == ["w", "bias"] and len(rep) == 2
+    assert rep["w"].passed and rep["w"].evaluations == 2 * w.size
+    with pytest.raises(KeyError):
+        rep["x"]
+    with pytest.raises(ValueError, match="wrt names 'z'"):
+        dc.gradcheck(dc.conv2d, (x, w), wrt=["z"])
