@@ -24,7 +24,9 @@ def device_of(a) -> str:
     """``"cpu"`` for a NumPy array, ``"cuda"`` for a CUDA array, else ``""``."""
     if isinstance(a, np.ndarray):
         return "cpu"
-    if hasattr(a, "__cuda_array_interface__"):
+    # numba device arrays carry __cuda_ndarray__: the CUDA simulator's have no
+    # __cuda_array_interface__ (their memory lives on the host).
+    if hasattr(a, "__cuda_array_interface__") or getattr(a, "__cuda_ndarray__", False):
         return "cuda"
     return ""
 
@@ -249,3 +251,52 @@ def check_groups(groups, C: int, O: int, C_per_group: int, w_name: str = "w") ->
             f"and groups={g}"
         )
     return g
+
+
+# ----------------------------------------------------------------------------- routing and layers
+def axis(name: str, v, ndim: int) -> int:
+    """An axis index valid for an ``ndim``-D array, normalised to be non-negative."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {v!r}")
+    if not -ndim <= v < ndim:
+        raise ValueError(f"{name}={v} is out of range for a {ndim}-D array")
+    return int(v) % ndim
+
+
+def unit_interval(name: str, v) -> float:
+    """A number in ``[0, 1]`` (BatchNorm momentum, dropout rates)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1], got {v!r}")
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+    return float(v)
+
+
+def flag(name: str, v) -> bool:
+    """A bool (``training``, ``bias``, ``per_channel``)."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {v!r}")
+    return bool(v)
+
+
+def float_dtype(name: str, v) -> np.dtype:
+    """``float32`` or ``float64`` given as a dtype, type or name (a layer's ``dtype=``)."""
+    try:
+        dt = np.dtype(v)
+    except TypeError:
+        raise TypeError(f"{name} must be float32 or float64, got {v!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {dt}")
+    return dt
+
+
+def kernel_pair(name: str, v) -> tuple[int, int]:
+    """A positive kernel size, int or ``(kh, kw)``."""
+    return pair(name, v, 1)
+
+
+# ----------------------------------------------------------------------------- dcd / atoms
+def check_odd_kernel(name: str, kh: int, kw: int) -> None:
+    """Raise ``ValueError`` unless both kernel sizes are odd (a centre tap exists)."""
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"{name} must have an odd kernel size (it needs a centre tap), got {kh}x{kw}")

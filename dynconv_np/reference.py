@@ -134,3 +134,324 @@ def dynamic_conv2d_backward(dy, x, W, pi, bias=None, stride=1, padding=0, dilati
             if bias is not None:
                 dbias[k] += (pi[m, k] if pi.ndim == 2 else pi[k]) * dbn
     return dx, dW, dpi, dbias
+
+
+# ----------------------------------------------------------------------------- DCD
+def dcd_kernels(W0, lam, phi, P, Q):
+    """Explicit per-sample DCD kernels ``(N, O, C, kh, kw)``, sample by sample.
+
+    ``W_n = lam[n][:, None, None, None] * W0`` plus ``P @ phi[n] @ Q.T`` at the centre tap.
+    """
+    W0, lam, phi, P, Q = _f64(W0, lam, phi, P, Q)
+    N = lam.shape[0]
+    kh, kw = W0.shape[2:]
+    Wn = np.zeros((N,) + W0.shape)
+    for n in range(N):
+        Wn[n] = lam[n][:, None, None, None] * W0
+        Wn[n, :, :, kh // 2, kw // 2] += P @ phi[n] @ Q.T
+    return Wn
+
+
+def dcd_conv2d(x, W0, lam, phi, P, Q, stride=1, padding=0, dilation=1):
+    """Reference DCD: one explicit convolution per sample with its built kernel."""
+    x = _f64(x)[0]
+    Wn = dcd_kernels(W0, lam, phi, P, Q)
+    return np.concatenate([conv2d(x[n:n + 1], Wn[n], None, stride, padding, dilation)
+                           for n in range(x.shape[0])], axis=0)
+
+
+def dcd_conv2d_backward(dy, x, W0, lam, phi, P, Q, stride=1, padding=0, dilation=1):
+    """Reference gradients ``(dx, dW0, dlam, dphi, dP, dQ)`` of :func:`dcd_conv2d`.
+
+    Goes through the per-sample kernel gradient ``G_n = dY_n X_n^T`` of each explicit
+    convolution, then the chain rule of the kernel construction.
+    """
+    dy, x, W0, lam, phi, P, Q = _f64(dy, x, W0, lam, phi, P, Q)
+    Wn = dcd_kernels(W0, lam, phi, P, Q)
+    kh, kw = W0.shape[2:]
+    dx = np.zeros_like(x)
+    dW0 = np.zeros_like(W0)
+    dlam = np.zeros_like(lam)
+    dphi = np.zeros_like(phi)
+    dP = np.zeros_like(P)
+    dQ = np.zeros_like(Q)
+    for n in range(x.shape[0]):
+        dxn, Gn, _ = conv2d_backward(dy[n:n + 1], x[n:n + 1], Wn[n], None, stride, padding, dilation)
+        dx[n] = dxn[0]
+        for o in range(W0.shape[0]):
+            dW0[o] += lam[n, o] * Gn[o]
+            dlam[n, o] = np.sum(Gn[o] * W0[o])
+        Gc = Gn[:, :, kh // 2, kw // 2]                 # (O, C): gradient of P phi_n Q^T
+        dphi[n] = P.T @ Gc @ Q
+        dP += Gc @ Q @ phi[n].T
+        dQ += Gc.T @ P @ phi[n]
+    return dx, dW0, dlam, dphi, dP, dQ
+
+
+# ----------------------------------------------------------------------------- ACDA atoms
+def atom_filters(atoms, coeff):
+    """Explicit per-pixel filters ``(N, O, C, kh, kw, Ho, Wo)``: ``sum_m coeff[o,c,m] atoms[n,m]``."""
+    atoms, coeff = _f64(atoms, coeff)
+    N, M, kh, kw, Ho, Wo = atoms.shape
+    O, C, _ = coeff.shape
+    F = np.zeros((N, O, C, kh, kw, Ho, Wo))
+    for m in range(M):
+        F += coeff[None, :, :, m, None, None, None, None] * atoms[:, None, None, m]
+    return F
+
+
+def _atom_geom(x, atoms, stride, padding, dilation):
+    return _args.geometry(x.shape, atoms.shape[2], atoms.shape[3], stride, padding, dilation)
+
+
+def atom_conv2d(x, atoms, coeff, bias=None, stride=1, padding=0, dilation=1):
+    """Reference ACDA convolution with the materialised per-pixel filters, tap by tap."""
+    x, atoms, coeff, bias = _f64(x, atoms, coeff, bias)
+    g = _atom_geom(x, atoms, stride, padding, dilation)
+    F = atom_filters(atoms, coeff)
+    xp = pad_input(x, g)
+    y = np.zeros((x.shape[0], coeff.shape[0], g.Ho, g.Wo))
+    for u in range(g.kh):
+        for v in range(g.kw):
+            si, sj = tap_slice(g, u, v)
+            y += np.einsum("nocij,ncij->noij", F[:, :, :, u, v], xp[:, :, si, sj])
+    if bias is not None:
+        y += bias[None, :, None, None]
+    return y
+
+
+def atom_conv2d_backward(dy, x, atoms, coeff, bias=None, stride=1, padding=0, dilation=1):
+    """Reference gradients ``(dx, datoms, dcoeff, dbias)`` of :func:`atom_conv2d`.
+
+    Goes through the gradient of the materialised per-pixel filters
+    ``dF[n,o,c,u,v,i,j] = dy[n,o,i,j] * xpad[n,c,tap (u,v) of (i,j)]``.
+    """
+    dy, x, atoms, coeff, bias = _f64(dy, x, atoms, coeff, bias)
+    g = _atom_geom(x, atoms, stride, padding, dilation)
+    F = atom_filters(atoms, coeff)
+    xp = pad_input(x, g)
+    dxp = np.zeros_like(xp)
+    dF = np.zeros_like(F)
+    for u in range(g.kh):
+        for v in range(g.kw):
+            si, sj = tap_slice(g, u, v)
+            dF[:, :, :, u, v] = dy[:, :, None] * xp[:, None, :, si, sj]
+            dxp[:, :, si, sj] += np.einsum("nocij,noij->ncij", F[:, :, :, u, v], dy)
+    datoms = np.einsum("ocm,nocuvij->nmuvij", coeff, dF)
+    dcoeff = np.einsum("nmuvij,nocuvij->ocm", atoms, dF)
+    dbias = None if bias is None else dy.sum(axis=(0, 2, 3))
+    return unpad_input(dxp, g), datoms, dcoeff, dbias
+
+
+# ----------------------------------------------------------------------------- routing ops
+def _rows(z, axis):
+    """``z`` with `axis` moved last and flattened to rows ``(M, L)``, plus the undo."""
+    zm = np.moveaxis(z, axis, -1)
+    shape = zm.shape
+
+    def back(r):
+        return np.moveaxis(r.reshape(shape), -1, axis)
+
+    return zm.reshape(-1, shape[-1]), back
+
+
+def global_avg_pool(x):
+    """Reference GAP: ``(N, C, H, W) -> (N, C)`` by explicit sums over pixels."""
+    (x,) = _f64(x)
+    N, C, H, W = x.shape
+    y = np.zeros((N, C))
+    for i in range(H):
+        for j in range(W):
+            y += x[:, :, i, j]
+    return y / (H * W)
+
+
+def global_avg_pool_backward(dy, x):
+    """Reference ``(dx,)`` of :func:`global_avg_pool`."""
+    dy, x = _f64(dy, x)
+    N, C, H, W = x.shape
+    dx = np.zeros((N, C, H, W))
+    for i in range(H):
+        for j in range(W):
+            dx[:, :, i, j] = dy / (H * W)
+    return (dx,)
+
+
+def linear(a, w, b=None):
+    """Reference ``a @ w.T + b`` by loops over output features; a ``(..., in)``."""
+    a, w, b = _f64(a, w, b)
+    y = np.zeros(a.shape[:-1] + (w.shape[0],))
+    for o in range(w.shape[0]):
+        for i in range(w.shape[1]):
+            y[..., o] += a[..., i] * w[o, i]
+        if b is not None:
+            y[..., o] += b[o]
+    return y
+
+
+def linear_backward(dy, a, w, b=None):
+    """Reference ``(da, dw, db)`` of :func:`linear`."""
+    dy, a, w, b = _f64(dy, a, w, b)
+    da = np.zeros(a.shape)
+    dw = np.zeros(w.shape)
+    for o in range(w.shape[0]):
+        for i in range(w.shape[1]):
+            da[..., i] += dy[..., o] * w[o, i]
+            dw[o, i] = np.sum(dy[..., o] * a[..., i])
+    db = None if b is None else dy.reshape(-1, w.shape[0]).sum(axis=0)
+    return da, dw, db
+
+
+def _map(fn, z):
+    out = np.empty(z.shape)
+    for idx in np.ndindex(z.shape):
+        out[idx] = fn(float(z[idx]))
+    return out
+
+
+def relu(z):
+    """Reference ``max(z, 0)``, element by element."""
+    (z,) = _f64(z)
+    return _map(lambda v: v if v > 0 else 0.0, z)
+
+
+def relu_backward(dy, z):
+    """Reference ``(dz,)`` of :func:`relu` (slope 0 at 0)."""
+    dy, z = _f64(dy, z)
+    return (dy * _map(lambda v: 1.0 if v > 0 else 0.0, z),)
+
+
+def _logistic(v):
+    import math
+
+    if v >= 0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1.0 + e)
+
+
+def sigmoid(z, tau=1.0):
+    """Reference ``1 / (1 + exp(-z / tau))``, element by element."""
+    (z,) = _f64(z)
+    return _map(lambda v: _logistic(v / tau), z)
+
+
+def sigmoid_backward(dy, z, tau=1.0):
+    """Reference ``(dz,)`` of :func:`sigmoid`."""
+    dy, z = _f64(dy, z)
+    s = sigmoid(z, tau)
+    return (dy * s * (1.0 - s) / tau,)
+
+
+def softmax(z, tau=1.0, axis=-1):
+    """Reference ``softmax(z / tau)`` along `axis`, one row at a time."""
+    (z,) = _f64(z)
+    rows, back = _rows(z, axis)
+    out = np.empty(rows.shape)
+    for r in range(rows.shape[0]):
+        u = rows[r] / tau
+        e = np.exp(u - u.max())
+        out[r] = e / e.sum()
+    return back(out)
+
+
+def softmax_backward(dy, z, tau=1.0, axis=-1):
+    """Reference ``(dz,)`` of :func:`softmax` through the explicit Jacobian of each row."""
+    dy, z = _f64(dy, z)
+    p, _ = _rows(softmax(z, tau, axis), axis)
+    d, back = _rows(dy, axis)
+    out = np.empty(p.shape)
+    for r in range(p.shape[0]):
+        J = (np.diag(p[r]) - np.outer(p[r], p[r])) / tau        # J[i, j] = d p_i / d z_j
+        out[r] = J.T @ d[r]
+    return (back(out),)
+
+
+def hard_sigmoid(z, scale=3.0):
+    """Reference ``min(max(z + 3, 0), 6) / scale``, element by element."""
+    (z,) = _f64(z)
+    return _map(lambda v: min(max(v + 3.0, 0.0), 6.0) / scale, z)
+
+
+def hard_sigmoid_backward(dy, z, scale=3.0):
+    """Reference ``(dz,)`` of :func:`hard_sigmoid` (slope 1/scale on the open (-3, 3))."""
+    dy, z = _f64(dy, z)
+    return (dy * _map(lambda v: 1.0 / scale if -3.0 < v < 3.0 else 0.0, z),)
+
+
+def tanh(z):
+    """Reference hyperbolic tangent from exponentials."""
+    (z,) = _f64(z)
+
+    def th(v):
+        import math
+
+        e = math.exp(-2.0 * abs(v))
+        t = (1.0 - e) / (1.0 + e)
+        return t if v >= 0 else -t
+
+    return _map(th, z)
+
+
+def tanh_backward(dy, z):
+    """Reference ``(dz,)`` of :func:`tanh`."""
+    dy, z = _f64(dy, z)
+    t = tanh(z)
+    return (dy * (1.0 - t * t),)
+
+
+def _channel_values(x, c):
+    """All values of channel `c` as a vector (over N, or N, H, W)."""
+    return x[:, c].reshape(-1)
+
+
+def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1,
+               eps=1e-5):
+    """Reference batch normalisation, one channel at a time (biased batch variance)."""
+    x, gamma, beta, running_mean, running_var = _f64(x, gamma, beta, running_mean, running_var)
+    y = np.empty(x.shape)
+    for c in range(x.shape[1]):
+        v = _channel_values(x, c)
+        if training:
+            mean = v.sum() / v.size
+            var = ((v - mean) ** 2).sum() / v.size
+        else:
+            mean, var = running_mean[c], running_var[c]
+        y[:, c] = gamma[c] * (x[:, c] - mean) / np.sqrt(var + eps) + beta[c]
+    return y
+
+
+def batch_norm_backward(dy, x, gamma, beta, running_mean=None, running_var=None, training=True,
+                        momentum=0.1, eps=1e-5):
+    """Reference ``(dx, dgamma, dbeta, drunning_mean, drunning_var)`` of :func:`batch_norm`.
+
+    Training mode builds each channel's Jacobian ``d xhat_i / d x_j =
+    inv * (delta_ij - 1/M - xhat_i xhat_j / M)`` explicitly.
+    """
+    dy, x, gamma, beta, running_mean, running_var = _f64(dy, x, gamma, beta, running_mean, running_var)
+    C = x.shape[1]
+    dx = np.empty(x.shape)
+    dgamma, dbeta = np.zeros(C), np.zeros(C)
+    drm = None if running_mean is None else np.zeros(C)
+    drv = None if running_var is None else np.zeros(C)
+    for c in range(C):
+        v = _channel_values(x, c)
+        d = _channel_values(dy, c)
+        M = v.size
+        if training:
+            mean = v.sum() / M
+            var = ((v - mean) ** 2).sum() / M
+        else:
+            mean, var = running_mean[c], running_var[c]
+        inv = 1.0 / np.sqrt(var + eps)
+        xhat = (v - mean) * inv
+        dgamma[c] = np.sum(d * xhat)
+        dbeta[c] = np.sum(d)
+        if training:
+            J = inv * (np.eye(M) - 1.0 / M - np.outer(xhat, xhat) / M)
+        else:
+            J = inv * np.eye(M)
+            drm[c] = -gamma[c] * inv * np.sum(d)
+            drv[c] = np.sum(d * gamma[c] * (v - mean)) * (-0.5) * inv ** 3
+        dx[:, c] = (gamma[c] * (J.T @ d)).reshape(dx[:, c].shape)
+    return dx, dgamma, dbeta, drm, drv

@@ -1,0 +1,504 @@
+"""Kernel-mixing layers (SPEC.md sections 1-3) and the temperature schedule.
+
+- :class:`MixtureConv2d`: the static softmax mixture of K convolutions (seed 000).
+- :class:`CondConv2d`: sigmoid routing from GAP of the input (CondConv, seed 004).
+- :class:`DynamicConv2d`: GAP -> FC -> ReLU -> FC -> softmax(z / tau) attention (DY-CNN, seed 001).
+- :class:`TemperatureSchedule`: linear annealing of tau from 30 to 1 over 10 epochs.
+
+Every layer builds its mixing weights, calls :func:`dynconv_np.dynamic_conv2d` and chains
+the pullbacks by hand: the routing branch's gradient flows back into ``dx`` through
+GAP, on top of the convolution's own ``dx``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _args
+from ..ops import conv2d, dynamic_conv2d, global_avg_pool, relu, sigmoid, softmax
+from .layers import BatchNorm2d, ConvConfig, Linear, _uniform, conv_config
+from .module import Module, make_rng
+
+__all__ = ["MixtureConv2d", "CondConv2d", "DynamicConv2d", "TemperatureSchedule"]
+
+
+def _kaiming_uniform(r: np.random.Generator, cfg: ConvConfig, K: int, dtype) -> np.ndarray:
+    # each expert initialised on its own, as torch's default conv init (bound 1/sqrt(fan_in))
+    fan_in = cfg.in_channels // cfg.groups * cfg.kernel_size[0] * cfg.kernel_size[1]
+    return _uniform(r, cfg.weight_shape(K), 1 / np.sqrt(fan_in), dtype)
+
+
+def _check_bn(bn, cfg: ConvConfig) -> None:
+    if not isinstance(bn, BatchNorm2d):
+        raise TypeError(f"bn must be a BatchNorm2d, got {type(bn).__name__}")
+    if bn.num_features != cfg.out_channels:
+        raise ValueError(f"bn has {bn.num_features} channels but the conv has {cfg.out_channels} outputs")
+
+
+class _Mixing(Module):
+    """Shared plumbing of the kernel-mixing layers (experts ``weight (K, O, Cg, kh, kw)``, ``bias (K, O)``)."""
+
+    config: ConvConfig
+
+    def _init_conv(self, args: tuple, num_experts: int, dtype) -> tuple[ConvConfig, int, np.dtype]:
+        cfg = conv_config(*args)
+        K = _args.positive_int("num_experts", num_experts)
+        dt = _args.float_dtype("dtype", dtype)
+        object.__setattr__(self, "config", cfg)
+        object.__setattr__(self, "num_experts", K)
+        return cfg, K, dt
+
+    def _check_x(self, x: np.ndarray) -> None:
+        _args.check_arrays({"x": x})
+        _args.check_ndim("x", x, 4, "(N, C, H, W)")
+        if x.shape[1] != self.config.in_channels:
+            raise ValueError(f"{self.name()} expects x with {self.config.in_channels} channels, "
+                             f"got shape {tuple(x.shape)}")
+
+    def name(self) -> str:
+        return self.config.describe(type(self).__name__)
+
+    def _conv(self, x: np.ndarray, pi: np.ndarray):
+        """``dynamic_conv2d.vjp`` with the layer's experts and settings."""
+        return dynamic_conv2d.vjp(x, self.weight, pi, self._params.get("bias"),
+                                  groups=self.config.groups, **self.config.geo)
+
+    def _accumulate_experts(self, dW, dbias) -> None:
+        self.accumulate("weight", dW)
+        if "bias" in self._params:
+            self.accumulate("bias", dbias)
+
+    def routing_weights(self, x: np.ndarray) -> np.ndarray:
+        """The mixing weights this layer computes for `x` (current mode): ``(N, K)``.
+
+        Leaves the caches of the last forward intact, so it may be called between a
+        forward and its backward.
+        """
+        self._check_x(x)
+        caches = [(m, m._cache) for _, m in self.named_modules()]
+        try:
+            pi, _ = self._route(x)
+        finally:
+            for m, c in caches:
+                object.__setattr__(m, "_cache", c)
+        return pi
+
+    def merged_kernels(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-sample kernels and biases that the layer applies to `x` (inference helper).
+
+        Returns
+        -------
+        W : ndarray (N, O, C//groups, kh, kw)
+            ``sum_k pi[n, k] weight[k]``.
+        b : ndarray (N, O) or None
+            ``sum_k pi[n, k] bias[k]`` (plus a static bias if the layer has one).
+        """
+        pi = self.routing_weights(x)                                      # (N, K)
+        K = self.num_experts
+        W = (pi @ self.weight.reshape(K, -1)).reshape((x.shape[0],) + self.weight.shape[1:])
+        b = pi @ self.bias if "bias" in self._params else None           # (N, O)
+        return W, b
+
+    def _route(self, x: np.ndarray):
+        raise TypeError(f"{type(self).__name__} does not define its routing")
+
+
+class MixtureConv2d(_Mixing):
+    """Static softmax-weighted mixture of K convolutions (SPEC.md section 1, seed 000).
+
+    ``y = sum_k a_k (W_k * x + b_k)`` with ``a = softmax(theta)`` learned but independent of
+    the input; by linearity one convolution with the merged kernel ``sum_k a_k W_k``.
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
+        As ``torch.nn.Conv2d``.
+    num_branches : int
+        K, the number of convolutions mixed.
+    per_channel : bool
+        ``theta (K, O)``: one mixture per output channel, instead of ``theta (K,)``.
+    dtype, seed, rng
+        Parameter dtype and initialisation randomness.
+
+    Params: ``weight (K, O, C//groups, kh, kw)`` (each branch torch's default init),
+    ``bias (K, O)``, ``theta (K,)`` or ``(K, O)`` (zeros: the uniform mixture).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, *, num_branches: int = 4, per_channel: bool = False,
+                 dtype=np.float32, seed: int | None = None, rng: np.random.Generator | None = None):
+        super().__init__()
+        K = _args.positive_int("num_branches", num_branches)
+        cfg, K, dt = self._init_conv((in_channels, out_channels, kernel_size, stride, padding, dilation,
+                                      groups, bias), K, dtype)
+        self.per_channel = _args.flag("per_channel", per_channel)
+        r = make_rng(seed, rng)
+        self.add_param("weight", _kaiming_uniform(r, cfg, K, dt))
+        if cfg.bias:
+            fan_in = cfg.in_channels // cfg.groups * cfg.kernel_size[0] * cfg.kernel_size[1]
+            self.add_param("bias", _uniform(r, (K, cfg.out_channels), 1 / np.sqrt(fan_in), dt))
+        self.add_param("theta", np.zeros((K, cfg.out_channels) if self.per_channel else (K,), dtype=dt))
+
+    def mixture(self) -> np.ndarray:
+        """``a = softmax(theta)`` over the branches: ``(K,)`` or ``(K, O)``."""
+        return softmax(self.theta, axis=0)
+
+    def merged_kernel(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The single equivalent convolution: ``(W (O, C//groups, kh, kw), b (O,) or None)``."""
+        a = self.mixture()
+        K = self.num_experts
+        if self.per_channel:
+            W = np.einsum("ko,koabc->oabc", a, self.weight)
+            b = (a * self.bias).sum(axis=0) if "bias" in self._params else None
+        else:
+            W = (a @ self.weight.reshape(K, -1)).reshape(self.weight.shape[1:])
+            b = a @ self.bias if "bias" in self._params else None
+        return W, b
+
+    def merged_kernels(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The merged kernel repeated for each sample of `x` (the same for all)."""
+        self._check_x(x)
+        W, b = self.merged_kernel()
+        N = x.shape[0]
+        return (np.broadcast_to(W, (N,) + W.shape).copy(),
+                None if b is None else np.broadcast_to(b, (N,) + b.shape).copy())
+
+    def _route(self, x: np.ndarray):
+        a, pb = softmax.vjp(self.theta, axis=0)
+        return np.broadcast_to(a, (x.shape[0],) + a.shape).copy(), pb
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._check_x(x)
+        a, pb_a = softmax.vjp(self.theta, axis=0)                         # (K,) or (K, O)
+        if not self.per_channel:
+            y, pb = self._conv(x, a)
+            self._cache = (pb, pb_a, a)
+            return y
+        # per-output-channel mixture: merge the kernels here, then one static conv
+        has_b = "bias" in self._params
+        Wm = np.einsum("ko,koabc->oabc", a, self.weight)                  # (O, Cg, kh, kw)
+        bm = (a * self.bias).sum(axis=0) if has_b else None               # (O,)
+        y, pb = conv2d.vjp(x, Wm, bm, groups=self.config.groups, **self.config.geo)
+        self._cache = (pb, pb_a, a)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        pb, pb_a, a = self.cache()
+        has_b = "bias" in self._params
+        if not self.per_channel:
+            dx, dW, da, dbias = pb(dy)
+        else:
+            dx, dWm, dbm = pb(dy)                                         # (O, Cg, kh, kw), (O,)
+            dW = a[:, :, None, None, None] * dWm                          # (K, O, Cg, kh, kw)
+            da = np.einsum("oabc,koabc->ko", dWm, self.weight)            # (K, O)
+            dbias = None
+            if has_b:
+                dbias = a * dbm
+                da = da + self.bias * dbm
+        self._accumulate_experts(dW, dbias)
+        self.accumulate("theta", pb_a(da.astype(dy.dtype, copy=False))[0])
+        return dx
+
+
+class CondConv2d(_Mixing):
+    """Conditionally parameterised convolution (SPEC.md section 2, seed 004).
+
+    Routing ``r = sigmoid(GAP(x) @ R.T + b_R)`` ``(N, E)`` from the layer's own input
+    (standalone); ``y[n] = conv(x[n], sum_e r[n,e] W_e) + sum_e r[n,e] b_e``. The weights
+    do not sum to 1. To share one routing among several convs of a block, as the official
+    code does, pass it in: ``y = layer(x, routing=r)``; ``backward`` then stores
+    ``d loss / d r`` in ``layer.routing_grad`` and ``dx`` holds only the conv's part.
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
+        As ``torch.nn.Conv2d``.
+    num_experts : int
+        E (the official code uses 4 or 8).
+    static_bias : bool
+        An extra input-independent bias ``shift (O,)`` added after the mixture; set by
+        :meth:`fold_bn` (the BN shift cannot go into experts whose weights do not sum to 1).
+    dtype, seed, rng
+        Parameter dtype and initialisation randomness.
+
+    Params: ``weight (E, O, C//groups, kh, kw)`` (each expert normal with std
+    ``sqrt(2 / fan_out)``, ``fan_out = kh*kw*O``), ``bias (E, O)`` (zeros), ``route.weight
+    (E, C)`` and ``route.bias (E,)`` (torch's Linear init), ``shift (O,)`` if `static_bias`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, *, num_experts: int = 4, static_bias: bool = False,
+                 dtype=np.float32, seed: int | None = None, rng: np.random.Generator | None = None):
+        super().__init__()
+        cfg, E, dt = self._init_conv((in_channels, out_channels, kernel_size, stride, padding, dilation,
+                                      groups, bias), num_experts, dtype)
+        self.static_bias = _args.flag("static_bias", static_bias)
+        r = make_rng(seed, rng)
+        fan_out = cfg.kernel_size[0] * cfg.kernel_size[1] * cfg.out_channels
+        std = np.sqrt(2.0 / fan_out)
+        self.add_param("weight", (r.standard_normal(cfg.weight_shape(E)) * std).astype(dt))
+        if cfg.bias:
+            self.add_param("bias", np.zeros((E, cfg.out_channels), dtype=dt))
+        if self.static_bias:
+            self.add_param("shift", np.zeros(cfg.out_channels, dtype=dt))
+        self.add_child("route", Linear(cfg.in_channels, E, dtype=dt, rng=r))
+        object.__setattr__(self, "routing_grad", None)
+
+    def _route(self, x: np.ndarray):
+        a, pb_gap = global_avg_pool.vjp(x)                                # (N, C)
+        z = self.route(a)                                                 # (N, E)
+        r, pb_sig = sigmoid.vjp(z)                                        # (N, E)
+        return r, (pb_gap, pb_sig)
+
+    def _check_routing(self, x, routing) -> None:
+        _args.check_arrays({"x": x, "routing": routing})
+        _args.check_shape("routing", routing, (x.shape[0], self.num_experts),
+                          f"(N, num_experts) with N={x.shape[0]}")
+
+    def forward(self, x: np.ndarray, routing: np.ndarray | None = None) -> np.ndarray:
+        """``y = layer(x)`` or ``y = layer(x, routing=r)`` with ``r (N, E)`` computed elsewhere.
+
+        x ``(N, C, H, W)`` -> y ``(N, O, Ho, Wo)``.
+        """
+        self._check_x(x)
+        if routing is not None:
+            self._check_routing(x, routing)
+            r, pbs = routing, None
+        else:
+            r, pbs = self._route(x)
+        y, pb = self._conv(x, r)
+        if self.static_bias:
+            y = y + self.shift[:, None, None]
+        self._cache = (pb, pbs)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        pb, pbs = self.cache()
+        dx, dW, dr, dbias = pb(dy)                                        # dr (N, E)
+        self._accumulate_experts(dW, dbias)
+        if self.static_bias:
+            self.accumulate("shift", dy.sum(axis=(0, 2, 3)))
+        if pbs is None:
+            object.__setattr__(self, "routing_grad", dr)
+            return dx
+        object.__setattr__(self, "routing_grad", None)
+        pb_gap, pb_sig = pbs
+        dz = pb_sig(dr)[0]                                                # (N, E)
+        da = self.route.backward(dz)                                      # (N, C)
+        return dx + pb_gap(da)[0]                                         # routing's share of dx
+
+    def merged_kernels(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        W, b = super().merged_kernels(x)
+        if self.static_bias:
+            b = np.broadcast_to(self.shift, (x.shape[0], self.config.out_channels)) + (0 if b is None else b)
+        return W, b
+
+    def fold_bn(self, bn: BatchNorm2d) -> CondConv2d:
+        """A new CondConv2d whose output equals ``bn(self(x))`` with bn in eval mode.
+
+        Experts (and their biases) are scaled by ``s = gamma / sqrt(running_var + eps)``;
+        the shift ``beta - s * running_mean`` becomes the static bias ``shift (O,)``
+        (the routing weights do not sum to 1, so it cannot go into the experts).
+        """
+        _check_bn(bn, self.config)
+        cfg = self.config
+        out = CondConv2d(cfg.in_channels, cfg.out_channels, cfg.kernel_size, cfg.stride, cfg.padding,
+                         cfg.dilation, cfg.groups, cfg.bias, num_experts=self.num_experts, static_bias=True,
+                         dtype=self.weight.dtype, seed=0)
+        s, t = (v.astype(self.weight.dtype) for v in bn.scale_shift())
+        out.params["weight"] = self.weight * s[:, None, None, None]
+        if cfg.bias:
+            out.params["bias"] = self.bias * s
+        old_shift = self.shift if self.static_bias else 0
+        out.params["shift"] = (s * old_shift + t).astype(self.weight.dtype)
+        out.params["route.weight"] = self.route.weight.copy()
+        out.params["route.bias"] = self.route.bias.copy()
+        out.train(self.training)
+        return out
+
+
+class DynamicConv2d(_Mixing):
+    """Dynamic convolution, DY-CNN (SPEC.md section 3, seed 001).
+
+    Attention ``pi = softmax(FC2(ReLU(FC1(GAP(x)))) / tau)`` ``(N, K)``, one per layer from
+    its own input; kernel and bias are mixed: ``y[n] = conv(x[n], sum_k pi[n,k] W_k) +
+    sum_k pi[n,k] b_k``. The temperature starts at 30 (near-uniform attention, so every
+    kernel trains) and is annealed to 1 by :class:`TemperatureSchedule`; set
+    ``layer.temperature = 1.0`` to disable the annealing.
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
+        As ``torch.nn.Conv2d``.
+    num_experts : int
+        K (4 in the paper).
+    reduction : int
+        FC1 maps C to ``max(1, C // reduction)`` hidden units (the paper's C/4).
+    temperature : float
+        The softmax temperature tau (a buffer, so checkpoints keep it).
+    hidden_channels : int, optional
+        Overrides the hidden width (the popular port uses ``int(C/4) + 1``).
+    dtype, seed, rng
+        Parameter dtype and initialisation randomness.
+
+    Params: ``weight (K, O, C//groups, kh, kw)`` (each expert torch's default init),
+    ``bias (K, O)`` (zeros), ``fc1.weight (hidden, C)``, ``fc1.bias``, ``fc2.weight (K,
+    hidden)``, ``fc2.bias``. Buffer ``tau`` (0-d, float64).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, *, num_experts: int = 4, reduction: int = 4,
+                 temperature: float = 30.0, hidden_channels: int | None = None, dtype=np.float32,
+                 seed: int | None = None, rng: np.random.Generator | None = None):
+        super().__init__()
+        cfg, K, dt = self._init_conv((in_channels, out_channels, kernel_size, stride, padding, dilation,
+                                      groups, bias), num_experts, dtype)
+        red = _args.positive_int("reduction", reduction)
+        hidden = (max(1, cfg.in_channels // red) if hidden_channels is None
+                  else _args.positive_int("hidden_channels", hidden_channels))
+        object.__setattr__(self, "hidden_channels", hidden)
+        r = make_rng(seed, rng)
+        self.add_param("weight", _kaiming_uniform(r, cfg, K, dt))
+        if cfg.bias:
+            self.add_param("bias", np.zeros((K, cfg.out_channels), dtype=dt))
+        self.add_child("fc1", Linear(cfg.in_channels, hidden, dtype=dt, rng=r))
+        self.add_child("fc2", Linear(hidden, K, dtype=dt, rng=r))
+        self.add_buffer("tau", np.array(_args.positive_float("temperature", temperature)))
+
+    @property
+    def temperature(self) -> float:
+        """The softmax temperature tau (positive)."""
+        return float(self.tau)
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._buffers["tau"] = np.array(_args.positive_float("temperature", value))
+
+    def _route(self, x: np.ndarray):
+        a, pb_gap = global_avg_pool.vjp(x)                                # (N, C)
+        h = self.fc1(a)                                                   # (N, hidden)
+        hr, pb_relu = relu.vjp(h)
+        z = self.fc2(hr)                                                  # (N, K)
+        pi, pb_soft = softmax.vjp(z, tau=self.temperature)                # (N, K)
+        return pi, (pb_gap, pb_relu, pb_soft)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x ``(N, C, H, W)`` -> y ``(N, O, Ho, Wo)``."""
+        self._check_x(x)
+        pi, pbs = self._route(x)
+        y, pb = self._conv(x, pi)
+        self._cache = (pb, pbs)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        pb, (pb_gap, pb_relu, pb_soft) = self.cache()
+        dx, dW, dpi, dbias = pb(dy)                                       # dpi (N, K)
+        self._accumulate_experts(dW, dbias)
+        dz = pb_soft(dpi)[0]                                              # (N, K)
+        dh = pb_relu(self.fc2.backward(dz))[0]                            # (N, hidden)
+        da = self.fc1.backward(dh)                                        # (N, C)
+        return dx + pb_gap(da)[0]                                         # routing's share of dx
+
+    def fold_bn(self, bn: BatchNorm2d) -> DynamicConv2d:
+        """A new DynamicConv2d whose output equals ``bn(self(x))`` with bn in eval mode.
+
+        Exact: the attention sums to 1, so ``s * (sum_k pi_k W_k) = sum_k pi_k (s W_k)`` and the
+        shift ``t = beta - s * running_mean`` goes into every expert bias. The result has
+        expert biases even when this layer has none.
+        """
+        _check_bn(bn, self.config)
+        cfg = self.config
+        out = DynamicConv2d(cfg.in_channels, cfg.out_channels, cfg.kernel_size, cfg.stride, cfg.padding,
+                            cfg.dilation, cfg.groups, True, num_experts=self.num_experts,
+                            temperature=self.temperature, hidden_channels=self.hidden_channels,
+                            dtype=self.weight.dtype, seed=0)
+        dt = self.weight.dtype
+        s, t = (v.astype(dt) for v in bn.scale_shift())
+        out.params["weight"] = self.weight * s[:, None, None, None]
+        b = self.bias if cfg.bias else np.zeros((self.num_experts, cfg.out_channels), dtype=dt)
+        out.params["bias"] = (b * s + t).astype(dt)
+        for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"):
+            out.params[k] = self.params[k].copy()
+        out.train(self.training)
+        return out
+
+
+class TemperatureSchedule:
+    """Linear annealing of the softmax temperature (DY-CNN; ODConv's per-iteration code).
+
+    ``tau(t) = final + max(0, (tau0 - final) * (T - t) / T)`` with ``T = epochs *
+    iters_per_epoch`` steps when ``per="iteration"`` (t counts iterations) or ``T = epochs``
+    when ``per="epoch"`` (t counts epochs). So tau is `tau0` at t = 0, halfway at T/2,
+    `final` from t = T on.
+
+    Parameters
+    ----------
+    model : Module, optional
+        :meth:`step` and :meth:`apply` set ``temperature`` on every sub-layer that has one
+        (DynamicConv2d and any layer defining a ``temperature`` property).
+    tau0 : float
+        Initial temperature (30 in the papers; 1 disables the annealing).
+    epochs : int
+        Annealing length in epochs (10 in the papers).
+    iters_per_epoch : int
+        Iterations per epoch (only for ``per="iteration"``).
+    per : {"iteration", "epoch"}
+    final : float
+        Temperature after the annealing (1).
+
+    Usage::
+
+        sched = TemperatureSchedule(model, iters_per_epoch=len(loader))
+        for epoch in range(E):
+            for xb, yb in loader:
+                ...                     # forward, backward, optimiser step
+                sched.step()            # t += 1, then sets tau(t) on the model
+    """
+
+    def __init__(self, model: Module | None = None, tau0: float = 30.0, epochs: int = 10,
+                 iters_per_epoch: int = 1, per: str = "iteration", final: float = 1.0):
+        if model is not None and not isinstance(model, Module):
+            raise TypeError(f"model must be a Module or None, got {type(model).__name__}")
+        if per not in ("iteration", "epoch"):
+            raise ValueError(f'per must be "iteration" or "epoch", got {per!r}')
+        self.model = model
+        self.tau0 = _args.positive_float("tau0", tau0)
+        self.final = _args.positive_float("final", final)
+        self.epochs = _args.positive_int("epochs", epochs)
+        self.iters_per_epoch = _args.positive_int("iters_per_epoch", iters_per_epoch)
+        self.per = per
+        self.t = 0
+        self.apply()
+
+    @property
+    def total(self) -> int:
+        """T, the number of steps over which tau decreases."""
+        return self.epochs * (self.iters_per_epoch if self.per == "iteration" else 1)
+
+    def __call__(self, t: int) -> float:
+        """tau at step `t` (iterations or epochs, from 0)."""
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+            raise TypeError(f"t must be an int, got {t!r}")
+        if t < 0:
+            raise ValueError(f"t must be non-negative, got {t}")
+        T = self.total
+        return self.final + max(0.0, (self.tau0 - self.final) * (T - int(t)) / T)
+
+    @property
+    def value(self) -> float:
+        """tau at the current step ``self.t``."""
+        return self(self.t)
+
+    def apply(self, t: int | None = None) -> float:
+        """Set tau(t) (default: the current step) on the model's layers; returns it."""
+        tau = self(self.t if t is None else t)
+        if self.model is not None:
+            for _, m in self.model.named_modules():
+                if isinstance(getattr(type(m), "temperature", None), property):
+                    m.temperature = tau
+        return tau
+
+    def step(self) -> float:
+        """Advance one step (an iteration, or an epoch with ``per="epoch"``) and apply."""
+        self.t += 1
+        return self.apply()

@@ -1,0 +1,181 @@
+"""Loss and optimisers: softmax cross-entropy, SGD (momentum, weight decay), Adam.
+
+Optimisers update a layer's parameter arrays in place from its accumulated gradients::
+
+    opt = SGD(model, lr=0.1, momentum=0.9)
+    loss = crit(model(x), labels)
+    opt.zero_grad(); model.backward(crit.backward()); opt.step()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from .. import _args
+from .module import Module
+
+__all__ = ["SoftmaxCrossEntropy", "SGD", "Adam"]
+
+
+class SoftmaxCrossEntropy:
+    """Mean softmax cross-entropy of logits against integer labels or target distributions.
+
+    ``loss = crit(logits, target)`` with logits ``(N, K)`` and target ``(N,)`` integer
+    class indices in ``[0, K)`` or ``(N, K)`` probabilities (rows summing to 1); returns a
+    float. ``dlogits = crit.backward(dloss=1.0)`` gives ``(N, K)``:
+    ``(softmax(logits) - onehot) / N``. Log-sum-exp with the row maximum subtracted.
+    """
+
+    def __init__(self) -> None:
+        self._cache = None
+
+    def __call__(self, logits: np.ndarray, target: np.ndarray) -> float:
+        return self.forward(logits, target)
+
+    def forward(self, logits: np.ndarray, target: np.ndarray) -> float:
+        _args.check_arrays({"logits": logits})
+        _args.check_ndim("logits", logits, 2, "(N, K)")
+        N, K = logits.shape
+        if N < 1 or K < 1:
+            raise ValueError(f"logits must have at least one sample and one class, got shape {logits.shape}")
+        if not isinstance(target, np.ndarray):
+            raise TypeError(f"target must be a numpy.ndarray, got {type(target).__name__}")
+        if target.dtype.kind in "iu":
+            _args.check_shape("target", target, (N,), f"(N,) integer labels with N={N}")
+            if target.min() < 0 or target.max() >= K:
+                raise ValueError(f"target labels must be in [0, {K}), got values in "
+                                 f"[{target.min()}, {target.max()}]")
+            onehot = np.zeros_like(logits)
+            onehot[np.arange(N), target] = 1
+        elif target.dtype.kind == "f":
+            _args.check_shape("target", target, (N, K), "(N, K) probabilities")
+            onehot = target.astype(logits.dtype)
+        else:
+            raise TypeError(f"target must hold integer labels or float probabilities, got dtype {target.dtype}")
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))   # (N, K)
+        self._cache = (np.exp(logp), onehot)
+        return float(-(onehot * logp).sum() / N)
+
+    def backward(self, dloss: float = 1.0) -> np.ndarray:
+        """``d (dloss * loss) / d logits``, shape ``(N, K)``."""
+        if self._cache is None:
+            raise RuntimeError("SoftmaxCrossEntropy.backward called before forward")
+        p, onehot = self._cache
+        return ((p - onehot) * (p.dtype.type(dloss) / p.shape[0])).astype(p.dtype, copy=False)
+
+
+class _Optimizer:
+    def __init__(self, params, grads, lr: float, weight_decay: float):
+        self._module = None
+        if isinstance(params, Module):
+            if grads is not None:
+                raise ValueError("give a Module, or params and grads mappings, not both")
+            # read the module's dicts at every step, so replaced arrays are followed
+            self._module = params
+            params, grads = params.params, params.grads
+        if not isinstance(params, Mapping) or not isinstance(grads, Mapping):
+            raise TypeError("params must be a Module, or params and grads must both be mappings of arrays")
+        if set(params) != set(grads):
+            raise ValueError("params and grads must have the same keys")
+        self._params, self._grads = params, grads
+        self.lr = _args.positive_float("lr", lr)
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be non-negative, got {weight_decay!r}")
+        self.weight_decay = float(weight_decay)
+        self.state: dict[str, dict] = {}
+
+    @property
+    def params(self) -> Mapping:
+        """The parameters being optimised."""
+        return self._module.params if self._module is not None else self._params
+
+    @property
+    def grads(self) -> Mapping:
+        """Their gradients (same keys)."""
+        return self._module.grads if self._module is not None else self._grads
+
+    def zero_grad(self) -> None:
+        """Set every gradient to zero (in place)."""
+        for g in self.grads.values():
+            g.fill(0)
+
+    def _grad(self, grads: Mapping, key: str, p: np.ndarray) -> np.ndarray:
+        g = grads[key]
+        return g + p.dtype.type(self.weight_decay) * p if self.weight_decay else g
+
+
+class SGD(_Optimizer):
+    """Stochastic gradient descent with momentum and L2 weight decay (PyTorch's rule).
+
+    ``g = grad + weight_decay * p``; ``buf = momentum * buf + g`` (``buf = g`` at the first
+    step); ``p -= lr * (g + momentum * buf if nesterov else buf)``.
+
+    Parameters
+    ----------
+    params : Module or Mapping[str, ndarray]
+        A layer (its ``params`` and ``grads`` are used), or a params mapping with `grads`.
+    lr, momentum, weight_decay : float
+    nesterov : bool
+    grads : Mapping[str, ndarray], optional
+    """
+
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
+                 nesterov: bool = False, grads=None):
+        super().__init__(params, grads, lr, weight_decay)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.momentum = float(momentum)
+        self.nesterov = _args.flag("nesterov", nesterov)
+
+    def step(self) -> None:
+        """Update every parameter in place."""
+        grads = self.grads
+        for key, p in self.params.items():
+            g = self._grad(grads, key, p)
+            if self.momentum:
+                st = self.state.setdefault(key, {})
+                buf = st.get("buf")
+                buf = g.copy() if buf is None else p.dtype.type(self.momentum) * buf + g
+                st["buf"] = buf
+                g = g + p.dtype.type(self.momentum) * buf if self.nesterov else buf
+            p -= p.dtype.type(self.lr) * g
+
+
+class Adam(_Optimizer):
+    """Adam (Kingma and Ba) with bias correction and L2 weight decay (PyTorch's rule).
+
+    Parameters
+    ----------
+    params : Module or Mapping[str, ndarray]
+    lr : float
+    betas : (float, float)
+    eps : float
+    weight_decay : float
+    grads : Mapping[str, ndarray], optional
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, grads=None):
+        super().__init__(params, grads, lr, weight_decay)
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = _args.positive_float("eps", eps)
+        self.t = 0
+
+    def step(self) -> None:
+        """Update every parameter in place."""
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        grads = self.grads
+        for key, p in self.params.items():
+            t = p.dtype.type
+            g = self._grad(grads, key, p)
+            st = self.state.setdefault(key, {"m": np.zeros_like(p), "v": np.zeros_like(p)})
+            st["m"] = t(b1) * st["m"] + t(1 - b1) * g
+            st["v"] = t(b2) * st["v"] + t(1 - b2) * (g * g)
+            p -= t(self.lr / c1) * st["m"] / (np.sqrt(st["v"] / t(c2)) + t(self.eps))
