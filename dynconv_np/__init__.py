@@ -3,10 +3,26 @@
 Every op ``f`` has ``f(...)`` and ``f.vjp(...) -> (y, pullback)``; see ``API.md``.
 """
 
+from . import nn
 from ._op import vjp
 from .gradcheck import GradcheckError, gradcheck
-from .ops import conv2d, dynamic_conv2d
+from .ops import (
+    atom_conv2d,
+    batch_norm,
+    conv2d,
+    dcd_conv2d,
+    dynamic_conv2d,
+    global_avg_pool,
+    hard_sigmoid,
+    linear,
+    relu,
+    sigmoid,
+    softmax,
+    tanh,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["conv2d", "dynamic_conv2d", "vjp", "gradcheck", "GradcheckError"]
+__all__ = ["conv2d", "dynamic_conv2d", "dcd_conv2d", "atom_conv2d",
+           "global_avg_pool", "linear", "relu", "sigmoid", "softmax", "hard_sigmoid", "tanh", "batch_norm",
+           "nn", "vjp", "gradcheck", "GradcheckError"]
