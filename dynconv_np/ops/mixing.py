@@ -83,12 +83,12 @@ def dynamic_conv2d(x: np.ndarray, W: np.ndarray, pi: np.ndarray, bias: np.ndarra
         gw = gw.reshape(N, O * F) if per_sample else gw.reshape(1, O * F)  # (N|1, O*F)
         dbt = dbt if per_sample else dbt.reshape(1, O)                # (N|1, O)
         p2 = pi_ if per_sample else pi_.reshape(1, K)                 # (N|1, K)
-        dW = be.matmul(p2.T, gw).reshape(W.shape)                     # (K, O, Cg, kh, kw)
-        dpi = be.matmul(gw, Wf.T)                                     # (N|1, K)
+        dW = be.matmul_tn(p2, gw).reshape(W.shape)                    # (K, O, Cg, kh, kw)
+        dpi = be.matmul_nt(gw, Wf)                                    # (N|1, K)
         dbias = None
         if b_ is not None:
-            dpi = dpi + be.matmul(dbt, b_.T)
-            dbias = be.matmul(p2.T, dbt)                              # (K, O)
+            dpi = be.add(dpi, be.matmul_nt(dbt, b_))
+            dbias = be.matmul_tn(p2, dbt)                             # (K, O)
         return dx, dW, dpi.reshape(pi.shape), dbias
 
     return y, pullback

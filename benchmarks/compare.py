@@ -1,0 +1,363 @@
+"""Side-by-side timing of dynamic_conv2d forward+backward, runnable without asv.
+
+Contenders, alternated within one process so that machine noise hits them alike:
+
+``ours``
+    ``dc.dynamic_conv2d.vjp(x, W, pi, bias)`` then ``pullback(dy)``.
+``torch``
+    PyTorch CPU (when installed) with the grouped-convolution trick of the public
+    implementations: the batch folded into groups, ``x`` viewed as ``(1, N*C, H, W)``,
+    the per-sample mixed kernels ``(N*O, C, kh, kw)``, ``groups=N``; autograd backward.
+``loop``
+    The per-sample Python loop of seed 001 (DY-CNN's reference code), written with NumPy
+    and our ``conv2d``: mix one kernel per sample, convolve that sample, and in the
+    backward chain the per-sample gradients back to ``W``, ``pi`` and ``bias``.
+
+Reported per shape: median seconds, the ratio ``other / ours`` (above 1: ours is
+faster), GFLOP/s of forward+backward (``3 * 2*N*O*C*kh*kw*Ho*Wo`` flops, the three
+convolution GEMMs) and that rate as a fraction of this machine's own ``np.matmul``
+float32 rate (a 2048^3 product with the same thread count, measured in the same run).
+
+Memory (``--memory``): for every contender a fresh subprocess builds the inputs, warms
+up on a tiny problem that takes the same code paths (JIT, thread pools), records its
+resident set size, resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), runs
+one forward+backward on the real shape and reports ``VmHWM - VmRSS_before``: the growth
+of the peak resident memory during the call, inputs excluded. For ours, the peak of
+``tracemalloc`` over the same call is reported too (NumPy registers its buffers with
+tracemalloc; the Numba kernels allocate nothing).
+
+Usage::
+
+    python benchmarks/compare.py --threads 2 --repeat 7 --memory --plot
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+if importlib.util.find_spec("dynconv_np") is None:  # run from a checkout, not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+#: name: (N, C, O, H=W, k, stride, pad, K)
+SHAPES = {
+    "resnet3x3": (32, 64, 64, 56, 3, 1, 1, 4),
+    "mbv2_1x1": (64, 144, 24, 28, 1, 1, 0, 4),
+    "stride2": (32, 128, 128, 28, 3, 2, 1, 4),
+    "batch1": (1, 256, 256, 14, 3, 1, 1, 8),
+}
+
+
+def _set_threads(threads: int) -> None:
+    # Before NumPy and Numba load: OpenBLAS, OpenMP and Numba read these at start-up.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    # Contenders alternate in one process, each with its own OpenMP pool (Numba's and
+    # PyTorch's): idle workers must sleep, not spin on the cores the next contender needs.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def make_inputs(name: str, seed: int = 0):
+    """Float32 inputs of a shape preset: ``x, W, pi, bias, dy, stride, pad``."""
+    N, C, O, H, k, s, p, K = SHAPES[name]
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, H), dtype=np.float32)
+    W = (rng.standard_normal((K, O, C, k, k), dtype=np.float32) / np.sqrt(C * k * k)).astype(np.float32)
+    pi = rng.dirichlet(np.ones(K), size=N).astype(np.float32)
+    bias = rng.standard_normal((K, O), dtype=np.float32)
+    Ho = (H + 2 * p - k) // s + 1
+    dy = rng.standard_normal((N, O, Ho, Ho), dtype=np.float32)
+    return x, W, pi, bias, dy, s, p
+
+
+def flops(name: str) -> float:
+    """Multiply-add flops of the three convolution GEMMs of forward+backward."""
+    N, C, O, H, k, s, p, K = SHAPES[name]
+    Ho = (H + 2 * p - k) // s + 1
+    return 3 * 2.0 * N * O * C * k * k * Ho * Ho
+
+
+# ----------------------------------------------------------------------------- contenders
+def ours_step(x, W, pi, bias, dy, s, p):
+    import dynconv_np as dc
+
+    def step():
+        _, pullback = dc.dynamic_conv2d.vjp(x, W, pi, bias, stride=s, padding=p)
+        return pullback(dy)
+
+    return step
+
+
+def loop_step(x, W, pi, bias, dy, s, p):
+    """Seed 001's per-sample loop, in NumPy with our conv2d."""
+    import dynconv_np as dc
+
+    K = W.shape[0]
+
+    def step():
+        pullbacks = []
+        for n in range(x.shape[0]):
+            kernel = np.tensordot(pi[n], W, axes=1)                  # (O, C, k, k)
+            b_n = pi[n] @ bias                                       # (O,)
+            _, pb = dc.conv2d.vjp(x[n:n + 1], kernel, b_n, stride=s, padding=p)
+            pullbacks.append(pb)
+        dx = np.empty_like(x)
+        dW = np.zeros_like(W)
+        dpi = np.empty_like(pi)
+        dbias = np.zeros_like(bias)
+        for n, pb in enumerate(pullbacks):
+            dx_n, dk, db = pb(dy[n:n + 1])
+            dx[n] = dx_n[0]
+            dW += pi[n][:, None, None, None, None] * dk
+            dbias += pi[n][:, None] * db
+            dpi[n] = W.reshape(K, -1) @ dk.ravel() + bias @ db
+        return dx, dW, dpi, dbias
+
+    return step
+
+
+def torch_step(x, W, pi, bias, dy, s, p):
+    import torch
+
+    N, C, H, Wd = x.shape
+    K, O = W.shape[:2]
+    k = W.shape[-1]
+    xt = torch.from_numpy(x).requires_grad_()
+    Wt = torch.from_numpy(W).requires_grad_()
+    pt = torch.from_numpy(pi).requires_grad_()
+    bt = torch.from_numpy(bias).requires_grad_()
+    dyt = torch.from_numpy(dy)
+
+    def step():
+        for t in (xt, Wt, pt, bt):
+            t.grad = None
+        kernels = (pt @ Wt.view(K, -1)).view(N * O, C, k, k)
+        b = (pt @ bt).view(-1)
+        y = torch.nn.functional.conv2d(xt.view(1, N * C, H, Wd), kernels, b, s, p, 1, N)
+        y.view(dy.shape).backward(dyt)
+        return xt.grad, Wt.grad, pt.grad, bt.grad
+
+    return step
+
+
+CONTENDERS = {"ours": ours_step, "torch": torch_step, "loop": loop_step}
+
+
+def have_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------- timing
+def sgemm_rate(repeat: int = 5, n: int = 2048) -> float:
+    """Median float32 ``np.matmul`` rate of this machine, in GFLOP/s."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / float(np.median(ts)) / 1e9
+
+
+def run_shape(name: str, contenders, repeat: int, threads: int):
+    args = make_inputs(name)
+    steps = {c: CONTENDERS[c](*args) for c in contenders}
+    for step in steps.values():  # warm-up: JIT, thread pools, allocator
+        step()
+    times = {c: [] for c in contenders}
+    for r in range(repeat):
+        order = contenders if r % 2 == 0 else contenders[::-1]
+        for c in order:
+            t0 = time.perf_counter()
+            steps[c]()
+            times[c].append(time.perf_counter() - t0)
+    return {c: float(np.median(v)) for c, v in times.items()}
+
+
+# ----------------------------------------------------------------------------- memory
+_MEM_CHILD = r"""
+import json, resource, sys
+sys.path.insert(0, {bench!r})
+import compare as cmp
+name, who = {name!r}, {who!r}
+N, C, O, H, k, s, p, K = cmp.SHAPES[name]
+cmp.SHAPES["_tiny"] = (min(N, 4), 4, 4, 8, k, s, p, K)  # same code paths, tiny sizes
+cmp.CONTENDERS[who](*cmp.make_inputs("_tiny"))()
+step = cmp.CONTENDERS[who](*cmp.make_inputs(name))
+
+
+def status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+rss0 = status("VmRSS")
+try:  # reset the peak-RSS mark (VmHWM) to the current RSS (Linux)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    reset = True
+except OSError:
+    reset = False
+out = {{}}
+if who == "ours":
+    import tracemalloc
+    tracemalloc.start()
+    step()
+    out["tracemalloc"] = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+else:
+    step()
+peak = status("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+out["rss_peak_growth"] = peak - rss0
+out["hwm_reset"] = reset
+print(json.dumps(out))
+"""
+
+
+def peak_memory(name: str, who: str, threads: int) -> dict:
+    """Peak memory of one forward+backward in a fresh process (see module docstring)."""
+    code = _MEM_CHILD.format(bench=os.path.dirname(os.path.abspath(__file__)), name=name, who=who)
+    env = dict(os.environ)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- report
+def machine() -> dict:
+    import numba
+
+    info = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = sorted({f"{i['internal_api']} {i['version']} ({i.get('architecture')})"
+                               for i in threadpool_info() if i["user_api"] == "blas"})
+    except ImportError:
+        pass
+    if have_torch():
+        import torch
+
+        info["torch"] = torch.__version__
+    return info
+
+
+def _fmt_table(rows, contenders, rate) -> str:
+    head = ["shape", "GFLOP"] + [f"{c} ms" for c in contenders]
+    head += [f"{c}/ours" for c in contenders if c != "ours"]
+    head += ["ours GFLOP/s", "of sgemm"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["shape"], f"{r['gflop']:.2f}"] + [f"{r['time'][c] * 1e3:.1f}" for c in contenders]
+        cells += [f"{r['time'][c] / r['time']['ours']:.2f}" for c in contenders if c != "ours"]
+        g = r["gflop"] / r["time"]["ours"]
+        cells += [f"{g:.0f}", f"{g / rate:.0%}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows, contenders, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / len(contenders)
+    xs = np.arange(len(rows))
+    for i, c in enumerate(contenders):
+        ax.bar(xs + i * width, [r["time"][c] * 1e3 for r in rows], width, label=c)
+    ax.set_xticks(xs + width * (len(contenders) - 1) / 2)
+    ax.set_xticklabels([r["shape"] for r in rows])
+    ax.set_yscale("log")
+    ax.set_ylabel("forward+backward, ms (log)")
+    ax.set_title("dynamic_conv2d, float32, median")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS))
+    ap.add_argument("--memory", action="store_true", help="peak memory in subprocesses")
+    ap.add_argument("--plot", metavar="PNG", nargs="?", const="docs/performance.png",
+                    help="write a bar chart (default docs/performance.png)")
+    ap.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
+    args = ap.parse_args(argv)
+
+    _set_threads(args.threads)
+    contenders = [c for c in args.contenders if c != "torch" or have_torch()]
+    if "ours" not in contenders:
+        contenders.insert(0, "ours")
+    import numba
+
+    numba.set_num_threads(args.threads)
+    if have_torch():
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    rate = sgemm_rate()
+    rows = []
+    for name in args.shapes:
+        t = run_shape(name, contenders, args.repeat, args.threads)
+        rows.append({"shape": name, "gflop": flops(name) / 1e9, "time": t})
+        print(f"{name}: " + ", ".join(f"{c} {v * 1e3:.1f} ms" for c, v in t.items()), flush=True)
+    rate = float(np.median([rate, sgemm_rate()]))
+    print()
+    print(f"threads {args.threads}, repeat {args.repeat}, np.matmul sgemm {rate:.0f} GFLOP/s")
+    print(_fmt_table(rows, contenders, rate))
+    if "torch" in contenders:
+        ratios = [r["time"]["torch"] / r["time"]["ours"] for r in rows]
+        print(f"\ngeometric mean torch/ours: {float(np.exp(np.mean(np.log(ratios)))):.2f}")
+    mem = {}
+    if args.memory:
+        print("\npeak memory of one forward+backward, MiB (fresh process each):")
+        for name in args.shapes:
+            mem[name] = {c: peak_memory(name, c, args.threads) for c in contenders if c != "loop"}
+            parts = [f"{c} rss {m['rss_peak_growth'] / 2**20:.0f}" for c, m in mem[name].items()]
+            if "ours" in mem[name]:
+                parts.append(f"ours tracemalloc {mem[name]['ours']['tracemalloc'] / 2**20:.0f}")
+            print(f"  {name}: " + ", ".join(parts))
+    print("\nmachine:", json.dumps(machine()))
+    if args.plot:
+        plot(rows, contenders, args.plot)
+        print(f"chart written to {args.plot}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": args.threads, "repeat": args.repeat, "sgemm_gflops": rate,
+                       "rows": rows, "memory": mem, "machine": machine()}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

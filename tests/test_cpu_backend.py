@@ -1,0 +1,178 @@
+"""Unit tests of the CPU backend's kernels: im2col/col2im, the batch (slot) kernels and
+the small-batch BLAS path, against plain NumPy loops; bitwise determinism across
+NUMBA_NUM_THREADS in subprocesses."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+from dynconv_np import _args
+from dynconv_np.backends import cpu
+
+
+def _naive_cols(x, g):
+    """im2col by explicit padding and slicing, float64: (N, C*kh*kw, Ho*Wo)."""
+    N, C = x.shape[:2]
+    ph_hi = max(0, (g.Ho - 1) * g.sh + (g.kh - 1) * g.dh + 1 - g.H - g.ph)
+    pw_hi = max(0, (g.Wo - 1) * g.sw + (g.kw - 1) * g.dw + 1 - g.W - g.pw)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (g.ph, ph_hi), (g.pw, pw_hi)))
+    cols = np.empty((N, C, g.kh, g.kw, g.Ho, g.Wo))
+    for u in range(g.kh):
+        for v in range(g.kw):
+            i0, j0 = u * g.dh, v * g.dw
+            cols[:, :, u, v] = xp[:, :, i0:i0 + (g.Ho - 1) * g.sh + 1:g.sh, j0:j0 + (g.Wo - 1) * g.sw + 1:g.sw]
+    return cols.reshape(N, C * g.kh * g.kw, g.Ho * g.Wo)
+
+
+def _naive_conv(x, wt, bt, g, groups):
+    """Forward and the per-sample kernel/input gradients of the template, float64."""
+    cols = _naive_cols(x, g)                                   # (N, C*T, P)
+    N = x.shape[0]
+    O, F = wt.shape[-2:]
+    G, Og = groups, O // groups
+    w = np.broadcast_to(wt.astype(np.float64), (N, O, F)).reshape(N, G, Og, F)
+    y = np.matmul(w, cols.reshape(N, G, F, -1)).reshape(N, O, -1)
+    if bt is not None:
+        y += np.broadcast_to(bt, (N, O))[:, :, None]
+    return cols, y
+
+
+# (N, C, O, H, W, kh, kw, stride, padding, dilation, groups)
+CONFIGS = [
+    (5, 4, 6, 9, 8, 3, 3, 1, 1, 1, 1),
+    (9, 6, 4, 11, 7, 3, 2, (2, 1), (1, 0), (1, 2), 2),
+    (4, 8, 8, 7, 7, 1, 1, 1, 0, 1, 1),       # pointwise: the columns are x itself
+    (6, 6, 9, 6, 6, 1, 1, 1, 0, 1, 3),       # pointwise, grouped
+    (4, 3, 5, 10, 10, 5, 5, 2, 2, 1, 1),
+    (3, 4, 6, 8, 9, 3, 3, 1, 1, 1, 2),       # below MIN_BATCH: the multithreaded-BLAS path
+    (8, 2, 3, 13, 5, 3, 3, 3, (2, 1), 2, 1),
+    (5, 12, 9, 7, 7, 1, 1, 1, 0, 1, 3),      # pointwise, grouped, O*F workspace > O*P
+]
+
+
+def _geometry(cfg):
+    N, C, O, H, W, kh, kw, s, p, d, G = cfg
+    return _args.geometry((N, C, H, W), kh, kw, s, p, d)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_im2col_col2im_match_naive(cfg, rng):
+    g = _geometry(cfg)
+    x = rng.standard_normal((g.N, g.C, g.H, g.W)).astype(np.float32)
+    cols = cpu.im2col(x, g)
+    assert np.array_equal(cols.astype(np.float64), _naive_cols(x, g))
+    # col2im is the adjoint of im2col: <im2col(x), c> == <x, col2im(c)>
+    c = rng.standard_normal(cols.shape)
+    back = cpu.col2im(c, g, np.empty(x.shape))
+    assert np.isclose(np.vdot(_naive_cols(x, g), c), np.vdot(x.astype(np.float64), back), rtol=1e-10)
+
+
+@pytest.mark.parametrize("path", ["auto", "slots", "slots-row-tiles"])
+@pytest.mark.parametrize("per_sample", [True, False])
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_conv_forward_backward_match_naive(cfg, per_sample, path, rng, monkeypatch):
+    if path != "auto":  # the slot kernels whatever the shape (pointwise and small batches too)
+        monkeypatch.setattr(cpu, "_use_slots", lambda g: True)
+    if path == "slots-row-tiles":  # one output row per tile: many tiles, halos between them
+        monkeypatch.setattr(cpu, "TILE_BYTES", 1)
+    N, C, O, H, W, kh, kw, s, p, d, G = cfg
+    g = _geometry(cfg)
+    dtype = np.float32
+    F = C // G * kh * kw
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    wt = rng.standard_normal((N, O, F) if per_sample else (O, F)).astype(dtype)
+    bt = rng.standard_normal((N, O) if per_sample else (O,)).astype(dtype)
+    cols, y_ref = _naive_conv(x, wt, bt, g, G)
+    y = cpu.conv_forward(x, wt, bt, g, G)
+    assert y.shape == (N, O, g.Ho, g.Wo) and y.dtype == dtype
+    assert_close(y.reshape(N, O, -1), y_ref, dtype, "y")
+
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dyr = dy.reshape(N, G, O // G, -1).astype(np.float64)
+    colsg = cols.reshape(N, G, F, -1)
+    gw_ref = np.matmul(dyr, colsg.swapaxes(-1, -2)).reshape(N, O, F)
+    w64 = np.broadcast_to(wt.astype(np.float64), (N, O, F)).reshape(N, G, O // G, F)
+    dcols = np.matmul(w64.swapaxes(-1, -2), dyr).reshape(N, G * F, -1)
+    dx_ref = cpu.col2im(dcols, g, np.empty((N, C, H, W)))
+    dbt_ref = dy.astype(np.float64).sum(axis=(2, 3))
+    if not per_sample:
+        gw_ref, dbt_ref = gw_ref.sum(0), dbt_ref.sum(0)
+    dx, gw, dbt = cpu.conv_backward(x, wt, dy, g, G)
+    assert_close(dx, dx_ref, dtype, "dx")
+    assert_close(gw, gw_ref, dtype, "gw")
+    assert_close(dbt, dbt_ref, dtype, "dbt")
+    dx2, gw2, _ = cpu.conv_backward(x, wt, dy, g, G, need_dx=False)
+    assert dx2 is None and np.array_equal(gw2, gw)
+    dx3, gw3, _ = cpu.conv_backward(x, wt, dy, g, G, need_dw=False)
+    assert gw3 is None and np.array_equal(dx3, dx)
+
+
+def test_float64_and_no_bias(rng):
+    g = _geometry(CONFIGS[0])
+    x = rng.standard_normal((g.N, g.C, g.H, g.W))
+    wt = rng.standard_normal((g.N, 6, g.C * 9))
+    cols, y_ref = _naive_conv(x, wt, None, g, 1)
+    y = cpu.conv_forward(x, wt, None, g, 1)
+    assert y.dtype == np.float64
+    assert_close(y.reshape(g.N, 6, -1), y_ref, np.float64, "y")
+
+
+def test_workspace_budget_roundtrip():
+    old = cpu.set_workspace_bytes(1234)
+    try:
+        assert cpu.WORKSPACE_BYTES == 1234
+        assert cpu.chunk_size(10, 1000) == 1
+    finally:
+        cpu.set_workspace_bytes(old)
+    with pytest.raises(ValueError):
+        cpu.set_workspace_bytes(0)
+
+
+def test_small_matmul_primitives(rng):
+    a = rng.standard_normal((5, 3))
+    b = rng.standard_normal((5, 4))
+    assert np.allclose(cpu.matmul_tn(a, b), a.T @ b)
+    assert np.allclose(cpu.matmul_nt(a.T, b.T), a.T @ b)
+    assert np.allclose(cpu.matmul(a.T, b), a.T @ b)
+
+
+DETERMINISM = textwrap.dedent("""
+    import hashlib
+    import numpy as np
+    from dynconv_np import _args
+    from dynconv_np.backends import cpu
+
+    h = hashlib.sha256()
+    r = np.random.default_rng(5)
+    for (N, C, O, H, k, s, p, G, shared, tile) in [
+            (11, 8, 12, 15, 3, 1, 1, 1, False, None), (11, 8, 12, 15, 3, 1, 1, 1, True, 1),
+            (9, 12, 6, 9, 1, 1, 0, 3, False, None), (10, 6, 9, 12, 3, 2, 1, 3, True, None),
+            (2, 8, 8, 9, 3, 1, 1, 1, False, None)]:
+        cpu.TILE_BYTES = tile or 2**20
+        g = _args.geometry((N, C, H, H), k, k, s, p, 1)
+        F = C // G * k * k
+        x = r.standard_normal((N, C, H, H)).astype(np.float32)
+        wt = r.standard_normal((O, F) if shared else (N, O, F)).astype(np.float32)
+        bt = r.standard_normal((O,) if shared else (N, O)).astype(np.float32)
+        y = cpu.conv_forward(x, wt, bt, g, G)
+        dy = r.standard_normal(y.shape).astype(np.float32)
+        for a in (y,) + cpu.conv_backward(x, wt, dy, g, G):
+            h.update(np.ascontiguousarray(a).tobytes())
+    print(h.hexdigest())
+""")
+
+
+def test_bitwise_identical_across_numba_threads():
+    digests = set()
+    for threads in (1, 2, 8):
+        env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
+        out = subprocess.run([sys.executable, "-c", DETERMINISM], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        digests.add(out.stdout.strip().splitlines()[-1])
+    assert len(digests) == 1, digests
