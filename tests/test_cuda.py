@@ -1,0 +1,384 @@
+"""The CUDA backend against the CPU backend: forward and every pullback gradient.
+
+Where the tests run:
+
+- on a real GPU, in this process, when ``numba.cuda.is_available()``;
+- in the CUDA simulator otherwise. ``NUMBA_ENABLE_CUDASIM=1`` must be set before numba
+  is imported, which a plain ``python -m pytest`` has already done, so
+  :func:`test_simulator_suite` reruns this module in a subprocess with the variable set
+  (and the tests here skip in the parent). Running this file with the variable already
+  set runs the tests in-process.
+
+Without numba-cuda everything skips with the reason. The simulator runs one Python thread
+per CUDA thread, so the shapes are tiny; they still cross the GEMM tile edges (8 in the
+simulator, 16 on a GPU) in every GEMM dimension.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import dynconv_np as dc
+
+pytestmark = pytest.mark.cuda
+
+HAVE_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
+IN_SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+NO_NUMBA_CUDA = "numba-cuda is not installed (pip install dynconv_np[cuda])"
+
+
+@pytest.fixture(scope="module")
+def cb():
+    """The CUDA backend module, or a skip saying why it cannot run here."""
+    if not HAVE_NUMBA_CUDA:
+        pytest.skip(NO_NUMBA_CUDA)
+    from numba import cuda
+
+    if not cuda.is_available():
+        pytest.skip("no CUDA GPU in this process: test_simulator_suite runs these under the simulator")
+    from dynconv_np.backends import cuda as backend
+
+    return backend
+
+
+def test_simulator_suite():
+    """Rerun this module under ``NUMBA_ENABLE_CUDASIM=1`` in a fresh interpreter."""
+    if not HAVE_NUMBA_CUDA:
+        pytest.skip(NO_NUMBA_CUDA)
+    if IN_SIMULATOR:
+        pytest.skip("already running under the simulator")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+           str(Path(__file__).resolve()), "-k", "not test_simulator_suite"]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"simulator run failed (rc={proc.returncode}):\n{out[-6000:]}"
+    # Only ops still waiting for their CUDA path may skip; anything else means the
+    # simulator run did not test what it should.
+    bad = [ln for ln in out.splitlines() if ln.startswith("SKIPPED") and "no CUDA path yet" not in ln]
+    assert " passed" in out and not bad, out[-3000:]
+
+
+# ----------------------------------------------------------------------------- helpers
+class Foreign:
+    """A device array that only speaks ``__cuda_array_interface__``, as CuPy or torch do.
+
+    Under the simulator, "device" memory is host memory, so the interface describes the
+    wrapped simulated array's host buffer.
+    """
+
+    def __init__(self, dev):
+        self._dev = dev
+        self.shape = tuple(dev.shape)
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(dev.dtype)
+
+    @property
+    def __cuda_array_interface__(self):
+        if hasattr(self._dev, "__cuda_array_interface__"):
+            return self._dev.__cuda_array_interface__
+        ai = self._dev._ary.__array_interface__
+        return {"shape": ai["shape"], "typestr": ai["typestr"], "data": ai["data"],
+                "strides": ai["strides"], "version": 3, "stream": None}
+
+
+def _on(backend, cb, a):
+    """`a` on `backend` ("cpu": as is; "cuda": a numba device array)."""
+    if a is None or backend == "cpu":
+        return a
+    return cb.to_device(a)
+
+
+def _host(cb, a):
+    if a is None or isinstance(a, np.ndarray):
+        return a
+    assert cb.is_device_array(a), f"expected a numba device array, got {type(a).__name__}"
+    return cb.to_host(a)
+
+
+def _compare(cb, backend, f, args, kwargs, dtype, rng):
+    """Run ``f.vjp`` on `backend` in `dtype`; compare y and every gradient with CPU float64."""
+    ref_args = [None if a is None else a.astype(np.float64) for a in args]
+    y_ref, pb_ref = f.vjp(*ref_args, **kwargs)
+    dy = rng.standard_normal(y_ref.shape)
+    g_ref = pb_ref(dy)
+
+    dev_args = [_on(backend, cb, None if a is None else a.astype(dtype)) for a in args]
+    before = [_host(cb, a) for a in dev_args]
+    y, pb = f.vjp(*dev_args, **kwargs)
+    grads = pb(_on(backend, cb, dy.astype(dtype)))
+    if backend == "cuda":
+        assert cb.is_device_array(y)
+    assert np.dtype(y.dtype) == dtype
+    assert_close(_host(cb, y), y_ref, dtype, "y")
+    assert len(grads) == len(g_ref)
+    for i, (a, r) in enumerate(zip(grads, g_ref)):
+        if r is None:
+            assert a is None
+            continue
+        if backend == "cuda":
+            assert cb.is_device_array(a), f"grad {i} is a {type(a).__name__}"
+        assert np.dtype(a.dtype) == dtype and tuple(a.shape) == r.shape
+        assert_close(_host(cb, a), r, dtype, f"grad {i}")
+    for a, b in zip(dev_args, before):  # inputs are never modified
+        if a is not None:
+            np.testing.assert_array_equal(_host(cb, a), b)
+    return y, grads
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(2024)
+
+
+DTYPES = [np.float32, np.float64]
+BACKENDS = ["cpu", "cuda"]
+
+# (N, C, H, W, O, kh, kw, stride, padding, dilation, groups): tiny grids. O=17 with 2
+# channels of 3x3 (F=18) on 5x5 outputs (P=25) crosses the GEMM tiles in M, N and K at
+# both tile sizes.
+CONV_GRID = [
+    (2, 2, 5, 5, 3, 3, 3, 1, 1, 1, 1),
+    (1, 4, 6, 5, 4, 3, 2, (2, 1), (1, 0), (1, 2), 2),
+    (1, 3, 6, 6, 3, 3, 3, 1, "same", 2, 3),
+    (2, 2, 4, 3, 2, 1, 1, 1, 0, 1, 1),
+    (1, 2, 5, 5, 17, 3, 3, 1, 1, 1, 1),
+]
+
+
+# ----------------------------------------------------------------------------- ops
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cfg", CONV_GRID)
+def test_conv2d(cb, rng, backend, cfg):
+    N, C, H, W, O, kh, kw, s, p, d, g = cfg
+    i = CONV_GRID.index(cfg)
+    dtype = DTYPES[i % 2]  # both dtypes across the grid, at half the simulator's cost
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((O, C // g, kh, kw))
+    b = rng.standard_normal(O) if i % 3 != 1 else None
+    _compare(cb, backend, dc.conv2d, [x, w, b],
+             dict(stride=s, padding=p, dilation=d, groups=g), np.dtype(dtype), rng)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pi_shape, with_bias, dtype", [
+    ("NK", True, np.float32), ("NK", False, np.float64),
+    ("K", True, np.float64), ("K", False, np.float32),
+])
+def test_dynamic_conv2d(cb, rng, backend, pi_shape, with_bias, dtype):
+    N, C, H, W, O, K = 2, 4, 5, 4, 4, 3
+    x = rng.standard_normal((N, C, H, W))
+    Wk = rng.standard_normal((K, O, C // 2, 3, 3))
+    pi = rng.random((N, K) if pi_shape == "NK" else (K,))
+    b = rng.standard_normal((K, O)) if with_bias else None
+    _compare(cb, backend, dc.dynamic_conv2d, [x, Wk, pi, b],
+             dict(stride=2, padding=1, dilation=1, groups=2), np.dtype(dtype), rng)
+
+
+def test_dynamic_conv2d_tile_crossing(cb, rng):
+    # K=9 experts of O=9 (the mixing GEMMs cross an 8-tile in K), F=18, P=20.
+    x = rng.standard_normal((1, 2, 5, 4))
+    Wk = rng.standard_normal((9, 9, 2, 3, 3))
+    pi = rng.random((1, 9))
+    b = rng.standard_normal((9, 9))
+    _compare(cb, "cuda", dc.dynamic_conv2d, [x, Wk, pi, b], dict(padding=1),
+             np.dtype(np.float64), rng)
+
+
+# ----------------------------------------------------------------------------- primitives
+def test_matmul_tile_crossing(cb, rng):
+    dtype = np.float64  # float32 GEMMs: the conv tests and test_gemm_at_the_gpu_tile_size
+    a = rng.standard_normal((33, 45)).astype(dtype)
+    b = rng.standard_normal((45, 9)).astype(dtype)
+    c = rng.standard_normal((2, 9, 17)).astype(dtype)
+    da, db, dc_ = cb.to_device(a), cb.to_device(b), cb.to_device(c)
+    assert_close(cb.to_host(cb.matmul(da, db)), a.astype(float) @ b, dtype, "a @ b")
+    assert_close(cb.to_host(cb.matmul_tn(db, cb.to_device(a.T.copy()))), b.T.astype(float) @ a.T,
+                 dtype, "b^T a^T")
+    assert_close(cb.to_host(cb.matmul_nt(dc_, cb.to_device(c[0]))), c.astype(float) @ c[0].T, dtype,
+                 "batched c c0^T")
+    v = rng.standard_normal(9).astype(dtype)
+    assert_close(cb.to_host(cb.matmul(cb.to_device(v), dc_[0])),
+                 v.astype(float) @ c[0], dtype, "vector @ matrix")
+    assert_close(cb.to_host(cb.add(da, da)), 2 * a.astype(float), dtype, "add")
+
+
+def test_gemm_at_the_gpu_tile_size(cb, rng, monkeypatch):
+    # The simulator runs 8x8 tiles; here one GEMM runs with the GPU's 16x16 tiles
+    # (the simulator reads the tile size when the kernel runs), crossing them in M, N, K.
+    if cb.SIMULATOR:
+        monkeypatch.setattr(cb, "TPB", 16)
+    a = rng.standard_normal((2, 33, 17)).astype(np.float32)
+    b = rng.standard_normal((20, 17)).astype(np.float32)
+    got = cb.to_host(cb.matmul_nt(cb.to_device(a), cb.to_device(b)))
+    assert_close(got, a.astype(float) @ b.T.astype(float), np.float32, "a b^T")
+
+
+def test_contiguous_strided_and_foreign(cb, rng):
+    x = rng.standard_normal((2, 3, 4, 5))
+    dx = cb.to_device(x)
+    assert cb.contiguous(dx) is dx  # already C-ordered: no copy
+    view = dx[:, 1:, ::2]  # a strided numba view
+    np.testing.assert_array_equal(cb.to_host(view), x[:, 1:, ::2])
+    f = Foreign(dx[1:, :, 1:])
+    got = cb.contiguous(f)
+    assert cb.is_device_array(got)
+    np.testing.assert_array_equal(got.copy_to_host(), x[1:, :, 1:])
+    six = rng.standard_normal((2, 2, 2, 3, 2, 3))
+    np.testing.assert_array_equal(cb.to_host(cb.to_device(six)[:, :, :, ::2]), six[:, :, :, ::2])
+
+
+def test_foreign_inputs(cb, rng):
+    # Objects with only __cuda_array_interface__, one of them strided, through both ops.
+    x = rng.standard_normal((1, 4, 5, 4))
+    w = rng.standard_normal((4, 2, 3, 3))
+    b = rng.standard_normal(4)
+    wide = cb.to_device(np.concatenate([x, x], axis=3))
+    fx = Foreign(wide[:, :, :, :4])  # strided: C-ordered only after a device copy
+    y, pb = dc.conv2d.vjp(fx, Foreign(cb.to_device(w)), Foreign(cb.to_device(b)), padding=1, groups=2)
+    assert cb.is_device_array(y)
+    y_ref, pb_ref = dc.conv2d.vjp(x, w, b, padding=1, groups=2)
+    assert_close(cb.to_host(y), y_ref, np.float64, "y")
+    dy = rng.standard_normal(y_ref.shape)
+    for a, r in zip(pb(Foreign(cb.to_device(dy))), pb_ref(dy)):
+        assert cb.is_device_array(a)
+        assert_close(cb.to_host(a), r, np.float64)
+
+    Wk = rng.standard_normal((2, 3, 4, 1, 1))
+    pi = rng.random((1, 2))
+    fpi = Foreign(cb.to_device(np.concatenate([pi, pi], axis=1))[:, :2])  # strided
+    y, pb = dc.dynamic_conv2d.vjp(Foreign(cb.to_device(x)), Foreign(cb.to_device(Wk)), fpi)
+    y_ref, pb_ref = dc.dynamic_conv2d.vjp(x, Wk, pi)
+    assert_close(cb.to_host(y), y_ref, np.float64, "y")
+    dy = rng.standard_normal(y_ref.shape)
+    dx, dW, dpi, dbias = pb(cb.to_device(dy))
+    assert dbias is None
+    for a, r in zip((dx, dW, dpi), pb_ref(dy)):
+        assert_close(cb.to_host(a), r, np.float64)
+
+
+def test_host_device_mixing_is_a_type_error(cb, rng):
+    x = rng.standard_normal((1, 2, 4, 4))
+    w = rng.standard_normal((2, 2, 3, 3))
+    with pytest.raises(TypeError, match="w is a cuda array but x is a cpu array"):
+        dc.conv2d(x, cb.to_device(w))
+    with pytest.raises(TypeError, match="bias is a cpu array but x is a cuda array"):
+        dc.conv2d(cb.to_device(x), cb.to_device(w), np.zeros(2))
+    with pytest.raises(TypeError, match="pi is a cpu array but x is a cuda array"):
+        dc.dynamic_conv2d(cb.to_device(x), cb.to_device(w[None]), np.ones(1))
+    y, pb = dc.conv2d.vjp(cb.to_device(x), cb.to_device(w))
+    with pytest.raises(TypeError, match="dy is a cpu array"):
+        pb(np.zeros(tuple(y.shape)))
+
+
+def test_deterministic(cb, rng):
+    # Two samples through the shared-pi path: dW sums per-sample products in one GEMM.
+    x = cb.to_device(rng.standard_normal((2, 2, 4, 3)).astype(np.float32))
+    Wk = cb.to_device(rng.standard_normal((2, 2, 2, 3, 3)).astype(np.float32))
+    pi = cb.to_device(rng.random(2).astype(np.float32))
+    dy = cb.to_device(rng.standard_normal((2, 2, 4, 3)).astype(np.float32))
+    runs = []
+    for _ in range(2):
+        y, pb = dc.dynamic_conv2d.vjp(x, Wk, pi, padding=1)
+        runs.append([cb.to_host(y)] + [cb.to_host(a) for a in pb(dy)[:3]])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- tap engine
+# (C, M, cdiv, kh, kw, stride, padding, dilation, channel_major): the ACDA atoms (cdiv=C),
+# DDF (M=1, cdiv=1) and involution (cdiv=C//groups) mappings of backends/cpu_taps.py.
+TAPS_GRID = [
+    (2, 2, 2, 3, 3, 1, 1, 1, False),
+    (3, 1, 1, 3, 2, (2, 1), (1, 0), (1, 2), True),
+    (4, 1, 2, 3, 3, 2, 2, 2, False),
+]
+
+
+@pytest.mark.parametrize("cfg", TAPS_GRID)
+def test_tap_engine(cb, rng, cfg):
+    from dynconv_np import _args
+    from dynconv_np.backends import cpu_taps
+
+    C, M, cdiv, kh, kw, s, p, d, cm = cfg
+    dtype = DTYPES[TAPS_GRID.index(cfg) % 2]
+    x = rng.standard_normal((2, C, 5, 6))
+    g = _args.geometry(x.shape, kh, kw, s, p, d)
+    F = (C // cdiv) * M
+    filt = rng.standard_normal((g.N, F, g.taps, g.Ho, g.Wo))
+    dout = rng.standard_normal((C * M, g.N, g.Ho, g.Wo) if cm else (g.N, C * M, g.Ho, g.Wo))
+    dev = {k: cb.to_device(v.astype(dtype)) for k, v in dict(x=x, filt=filt, dout=dout).items()}
+    pairs = [
+        (cb.taps_forward(dev["x"], dev["filt"], g, M, cdiv, channel_major=cm),
+         cpu_taps.taps_forward(x, filt, g, M, cdiv, channel_major=cm)),
+        (cb.taps_backward_input(dev["filt"], dev["dout"], g, M, cdiv, channel_major=cm),
+         cpu_taps.taps_backward_input(filt, dout, g, M, cdiv, channel_major=cm)),
+        (cb.taps_backward_filter(dev["x"], dev["dout"], g, M, cdiv, channel_major=cm),
+         cpu_taps.taps_backward_filter(x, dout, g, M, cdiv, channel_major=cm)),
+    ]
+    for name, (a, r) in zip(("forward", "grad input", "grad filter"), pairs):
+        assert cb.is_device_array(a) and np.dtype(a.dtype) == dtype
+        assert_close(cb.to_host(a), r, dtype, name)
+
+
+# ----------------------------------------------------------------------------- DCD helpers
+@pytest.mark.parametrize("geom", [
+    dict(kh=3, kw=3, stride=1, padding=1, dilation=1),
+    dict(kh=3, kw=5, stride=(2, 1), padding=(0, 3), dilation=(1, 2)),
+    dict(kh=1, kw=3, stride=2, padding=2, dilation=2),
+])
+def test_dcd_primitives(cb, rng, geom):
+    from dynconv_np import _args
+    from dynconv_np.backends import cpu
+
+    x = rng.standard_normal((2, 3, 5, 6))
+    g = _args.geometry(x.shape, geom["kh"], geom["kw"], geom["stride"], geom["padding"],
+                       geom["dilation"])
+    d = cb.to_device
+    assert_close(cb.to_host(cb.centre_taps(d(x), g)), cpu.centre_taps(x, g), np.float64, "centre taps")
+    dxs = rng.standard_normal((2, 3, g.Ho, g.Wo))
+    dx = rng.standard_normal(x.shape)
+    assert_close(cb.to_host(cb.add_centre_taps(d(dx), d(dxs), g)),
+                 cpu.add_centre_taps(dx.copy(), dxs, g), np.float64, "add centre taps")
+    a, b = rng.standard_normal((2, 3, 10)), rng.standard_normal((2, 3, 10))
+    s = rng.standard_normal((2, 3))
+    assert_close(cb.to_host(cb.scale_rows(d(a), d(s))), cpu.scale_rows(a, s), np.float64, "scale rows")
+    assert_close(cb.to_host(cb.rowdot(d(a), d(b))), cpu.rowdot(a, b), np.float64, "rowdot")
+    c = rng.standard_normal((2, 9, 10))
+    assert_close(cb.to_host(cb.matmul_nt_sum(d(a), d(c))), cpu.matmul_nt_sum(a, c), np.float64,
+                 "sum_n a_n c_n^T")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dcd_conv2d(cb, rng, dtype):
+    N, C, H, W, O, L = 1, 2, 4, 5, 3, 2
+    args = [rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, 3, 3)),
+            rng.standard_normal((N, O)), rng.standard_normal((N, L, L)),
+            rng.standard_normal((O, L)), rng.standard_normal((C, L))]
+    _compare(cb, "cuda", dc.dcd_conv2d, args, dict(stride=(2, 1), padding=1), np.dtype(dtype), rng)
+
+
+def test_routing_ops_on_device(cb, rng):
+    # The routing ops take device arrays and give device arrays back (they compute on
+    # the host: a few (N, C) matrices), through this backend's to_host / to_device.
+    z = rng.standard_normal((3, 4))
+    x = rng.standard_normal((2, 3, 4, 4))
+    w, b = rng.standard_normal((5, 4)), rng.standard_normal(5)
+    cases = [(dc.softmax, [z]), (dc.sigmoid, [z]), (dc.relu, [z]), (dc.tanh, [z]),
+             (dc.hard_sigmoid, [z]), (dc.global_avg_pool, [x]), (dc.linear, [z, w, b])]
+    for f, args in cases:
+        y_ref, pb_ref = f.vjp(*args)
+        dy = rng.standard_normal(y_ref.shape)
+        y, pb = f.vjp(*[cb.to_device(a) for a in args])
+        assert cb.is_device_array(y), f.__name__
+        assert_close(cb.to_host(y), y_ref, np.float64, f.__name__)
+        for a, r in zip(pb(cb.to_device(dy)), pb_ref(dy)):
+            assert cb.is_device_array(a), f.__name__
+            assert_close(cb.to_host(a), r, np.float64, f.__name__)
