@@ -353,7 +353,7 @@ MIN_BATCH = 4
 _blas_controller = None
 
 
-def _blas_single_thread():
+def blas_single_thread():
     """Context in which BLAS runs on one thread (the caller parallelises around it)."""
     global _blas_controller
     if _blas_controller is None:
@@ -419,7 +419,7 @@ def conv_forward(x, wt, bt, g, groups):
         S, ws = _slot_workspace(g, O, F, R, x.dtype)
         w3 = wt.reshape(1, O, F) if shared else wt
         b2 = np.zeros((0, O), x.dtype) if bt is None else bt.reshape(-1, O)
-        with _blas_single_thread():
+        with blas_single_thread():
             _fwd_slots(x, w3, contiguous(b2), y.reshape(g.N, O, g.P), ws, S, R, G,
                        _is_pointwise(g), *g.ints())
         return y
@@ -462,7 +462,7 @@ def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
         gw = np.empty((S if shared else g.N, O, F), dtype=x.dtype)
         dbt = np.empty((g.N, O), dtype=x.dtype)
         dx_ = dx if need_dx else np.empty((0, g.C, g.H, g.W), dtype=x.dtype)
-        with _blas_single_thread():
+        with blas_single_thread():
             _bwd_slots(x, w3, dy.reshape(g.N, O, g.P), dx_, gw, dbt, ws, S, R, G,
                        _is_pointwise(g), need_dx, need_dw, *g.ints())
         if not need_dw:

@@ -90,12 +90,15 @@ def atom_conv2d(x: np.ndarray, atoms: np.ndarray, coeff: np.ndarray, bias: np.nd
     # Z is kept for the backward when the whole batch fits the budget; otherwise each
     # chunk's Z is dropped here and recomputed in the backward (bounded workspace).
     Z_kept = None
-    for n0, n1 in chunks:
-        Zc = _z(x_, filt, g, M, n0, n1)                            # (C*M, nb*P) channel-major
-        # one GEMM for the chunk; the (O, nb, P) result is transposed into y
-        y[n0:n1] = np.matmul(A, Zc).reshape(O, n1 - n0, g.P).transpose(1, 0, 2)
-        if len(chunks) == 1:
-            Z_kept = Zc
+    # BLAS on one thread: OpenBLAS threads left spinning after a GEMM slow the Numba tap
+    # kernels that follow (measured 2x on 2 cores, docs/dcd_acda.md).
+    with be.blas_single_thread():
+        for n0, n1 in chunks:
+            Zc = _z(x_, filt, g, M, n0, n1)                        # (C*M, nb*P) channel-major
+            # one GEMM for the chunk; the (O, nb, P) result is transposed into y
+            y[n0:n1] = np.matmul(A, Zc).reshape(O, n1 - n0, g.P).transpose(1, 0, 2)
+            if len(chunks) == 1:
+                Z_kept = Zc
     if bias is not None:
         y += bias.reshape(1, O, 1)
     y = y.reshape(N, O, g.Ho, g.Wo)
@@ -106,15 +109,16 @@ def atom_conv2d(x: np.ndarray, atoms: np.ndarray, coeff: np.ndarray, bias: np.nd
         dcoeff = np.zeros((O, C * M), dtype=x_.dtype)
         dx = np.empty((N, C, g.H, g.W), dtype=x_.dtype)
         datoms = np.empty((N, M, g.taps, g.Ho, g.Wo), dtype=x_.dtype)
-        for n0, n1 in chunks:
-            nb = n1 - n0
-            Zc = Z_kept if Z_kept is not None else _z(x_, filt, g, M, n0, n1)   # (C*M, nb*P)
-            dyc = np.ascontiguousarray(dyr[n0:n1].transpose(1, 0, 2)).reshape(O, nb * g.P)
-            dcoeff += np.matmul(dyc, Zc.T)                          # (O, C*M)
-            dZ = np.matmul(A.T, dyc).reshape(C * M, nb, g.Ho, g.Wo)   # channel-major
-            gc = replace(g, N=nb)
-            cpu_taps.taps_backward_input(filt[n0:n1], dZ, gc, M, C, out=dx[n0:n1], channel_major=True)
-            cpu_taps.taps_backward_filter(x_[n0:n1], dZ, gc, M, C, out=datoms[n0:n1], channel_major=True)
+        with be.blas_single_thread():
+            for n0, n1 in chunks:
+                nb = n1 - n0
+                Zc = Z_kept if Z_kept is not None else _z(x_, filt, g, M, n0, n1)   # (C*M, nb*P)
+                dyc = np.ascontiguousarray(dyr[n0:n1].transpose(1, 0, 2)).reshape(O, nb * g.P)
+                dcoeff += np.matmul(dyc, Zc.T)                          # (O, C*M)
+                dZ = np.matmul(A.T, dyc).reshape(C * M, nb, g.Ho, g.Wo)   # channel-major
+                gc = replace(g, N=nb)
+                cpu_taps.taps_backward_input(filt[n0:n1], dZ, gc, M, C, out=dx[n0:n1], channel_major=True)
+                cpu_taps.taps_backward_filter(x_[n0:n1], dZ, gc, M, C, out=datoms[n0:n1], channel_major=True)
         dbias = None if bias is None else dyr.sum(axis=(0, 2))
         return dx, datoms.reshape(atoms.shape), dcoeff.reshape(O, C, M), dbias
 
