@@ -8,7 +8,7 @@ dcoeff, dbias). The NumPy version materialises the unfolded input
 ``(N, C, k*k, Ho, Wo)`` (``sliding_window_view`` then a contiguous copy, as ``unfold``
 does) and contracts with ``np.einsum(..., optimize=True)``; dx is folded back tap by
 tap. The second dynconv_np row runs with a one-sample workspace budget
-(``atoms.set_workspace_bytes``): Z is then recomputed in the backward instead of kept.
+(``backends.cpu.set_workspace_bytes``): Z is then recomputed in the backward instead of kept.
 Time is the median wall clock of ``--repeat`` runs; peak memory is the
 ``tracemalloc`` peak of one forward+backward (NumPy allocations are traced; inputs
 allocated before the measurement are not counted). Every row is run with the BLAS
@@ -27,7 +27,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import dynconv_np as dc
-from dynconv_np.ops import atoms as atoms_op
+from dynconv_np.backends import cpu
 
 
 def unfold_einsum(x, atoms, coeff, bias, dy, pad):
@@ -64,11 +64,11 @@ def dynconv(x, atoms, coeff, bias, dy, pad):
 def dynconv_chunked(x, atoms, coeff, bias, dy, pad):
     """atom_conv2d with a one-sample workspace budget: Z is recomputed in the backward."""
     per_sample = x.shape[1] * atoms.shape[1] * atoms.shape[4] * atoms.shape[5] * x.itemsize
-    old = atoms_op.set_workspace_bytes(per_sample)
+    old = cpu.set_workspace_bytes(per_sample)
     try:
         return dynconv(x, atoms, coeff, bias, dy, pad)
     finally:
-        atoms_op.set_workspace_bytes(old)
+        cpu.set_workspace_bytes(old)
 
 
 def measure(fn, args, repeat):

@@ -14,7 +14,7 @@ from conftest import assert_close
 import dynconv_np as dc
 from dynconv_np import _args
 from dynconv_np import reference as R
-from dynconv_np.backends import cpu_taps
+from dynconv_np.backends import cpu, cpu_taps
 from dynconv_np.nn import AtomConv2d, as_function
 
 # (N, C, H, W, O, k, M, stride, padding, dilation)
@@ -270,8 +270,8 @@ def test_atoms_chunked_batch_matches(rng, monkeypatch):
     dy = rng.standard_normal(y.shape)
     full = pb(dy)
     per_sample = 3 * 2 * 4 * 3 * 8                     # C*M*Ho*Wo float64
-    monkeypatch.setattr(atoms_mod, "WORKSPACE_BYTES", 2 * per_sample)
-    assert atoms_mod._chunks(5, per_sample) == [(0, 2), (2, 4), (4, 5)]
+    monkeypatch.setattr(cpu, "WORKSPACE_BYTES", 2 * per_sample)
+    assert atoms_mod._chunks(cpu, 5, per_sample) == [(0, 2), (2, 4), (4, 5)]
     yc, pbc = dc.atom_conv2d.vjp(*args, **kw)
     np.testing.assert_array_equal(yc, y)
     for a, b in zip(pbc(dy), full):

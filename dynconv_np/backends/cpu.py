@@ -36,7 +36,8 @@ import contextlib
 import numpy as np
 from numba import njit, prange
 
-#: Upper bound, in bytes, on the im2col column buffer of one batch chunk.
+#: Upper bound, in bytes, on the workspace of one batch chunk (the im2col column buffer
+#: of the conv template, the atom features ``Z`` of ``atom_conv2d``).
 WORKSPACE_BYTES = 64 * 2**20
 
 

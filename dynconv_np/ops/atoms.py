@@ -17,7 +17,10 @@ Backward, with ``dY (N, O, P)``::
     dx = the tap engine's gather of atoms * dZ
 
 The workspace is ``Z`` and ``dZ`` (``M/(kh*kw)`` times the unfolded input each), bounded
-by batch chunks of :data:`WORKSPACE_BYTES`, and never the unfolded input itself.
+by batch chunks within the CPU backend's workspace budget
+(``backends.cpu.WORKSPACE_BYTES``), and never the unfolded input itself. When the whole
+batch fits, Z is kept from the forward; otherwise the backward recomputes each chunk's
+Z (one extra tap pass) instead of holding it.
 """
 
 from __future__ import annotations
@@ -28,11 +31,6 @@ import numpy as np
 
 from .. import _args, backends
 from .._op import op
-
-#: Budget, in bytes, for the ``Z (nb, C*M, Ho, Wo)`` of one batch chunk. When the whole
-#: batch fits, Z is kept from the forward; otherwise the batch runs in chunks and the
-#: backward recomputes each chunk's Z (one extra tap pass) instead of holding it.
-WORKSPACE_BYTES = 64 * 2**20
 
 
 @op("x", "atoms", "coeff", "bias")
@@ -85,7 +83,7 @@ def atom_conv2d(x: np.ndarray, atoms: np.ndarray, coeff: np.ndarray, bias: np.nd
     x_ = be.contiguous(x)
     filt = be.contiguous(atoms).reshape(N, M, g.taps, g.Ho, g.Wo)   # (N, M, T, Ho, Wo)
     A = be.contiguous(coeff).reshape(O, C * M)                     # (O, C*M)
-    chunks = _chunks(N, C * M * g.P * x_.dtype.itemsize)
+    chunks = _chunks(be, N, C * M * g.P * x_.dtype.itemsize)
     y = np.empty((N, O, g.P), dtype=x_.dtype)
     # Z is kept for the backward when the whole batch fits the budget; otherwise each
     # chunk's Z is dropped here and recomputed in the backward (bounded workspace).
@@ -125,9 +123,9 @@ def atom_conv2d(x: np.ndarray, atoms: np.ndarray, coeff: np.ndarray, bias: np.nd
     return y, pullback
 
 
-def _chunks(N: int, bytes_per_sample: int) -> list[tuple[int, int]]:
-    """Batch chunks whose ``Z`` fits :data:`WORKSPACE_BYTES` (shape-dependent only)."""
-    nb = max(1, min(N, WORKSPACE_BYTES // max(1, bytes_per_sample)))
+def _chunks(be, N: int, bytes_per_sample: int) -> list[tuple[int, int]]:
+    """Batch chunks whose ``Z`` fits the backend's workspace budget (shape-dependent only)."""
+    nb = be.chunk_size(N, bytes_per_sample)
     return [(n0, min(N, n0 + nb)) for n0 in range(0, N, nb)]
 
 
@@ -138,12 +136,3 @@ def _z(x_, filt, g, M, n0, n1):
     gc = replace(g, N=n1 - n0)
     Z = cpu_taps.taps_forward(x_[n0:n1], filt[n0:n1], gc, M, g.C, channel_major=True)
     return Z.reshape(g.C * M, (n1 - n0) * g.P)
-
-
-def set_workspace_bytes(nbytes: int) -> int:
-    """Set the per-chunk budget for ``Z`` (and ``dZ``); returns the previous value."""
-    global WORKSPACE_BYTES
-    if int(nbytes) < 1:
-        raise ValueError(f"nbytes must be positive, got {nbytes!r}")
-    old, WORKSPACE_BYTES = WORKSPACE_BYTES, int(nbytes)
-    return old
