@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 import dynconv_np as dc
 from dynconv_np import reference as ref
@@ -13,13 +14,7 @@ DTYPES = [np.float32, np.float64]
 
 
 def close(actual, expected, dtype, name=""):
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, f"{name}: {actual.shape} != {expected.shape}"
-    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
-    tol = (3e-5 if np.dtype(dtype) == np.float32 else 1e-11) * scale
-    err = float(np.abs(actual - expected).max(initial=0.0))
-    assert err <= tol, f"{name}: max abs error {err:.3e} > {tol:.3e}"
+    assert_close(actual, expected, dtype, name, f32_tol=3e-5)
 
 
 def away_from_kinks(r, shape):

@@ -22,7 +22,7 @@ import numpy as np
 from .. import _args
 from ..bases import fourier_bessel_bases
 from ..ops import atom_conv2d, conv2d, tanh
-from ..ops.routing import batch_norm, batch_norm_update_stats
+from .layers import inner_batch_norm
 from .module import Module, make_rng, uniform_init
 
 __all__ = ["AtomConv2d"]
@@ -110,16 +110,6 @@ class AtomConv2d(Module):
         return (f"AtomConv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"num_atoms={self.num_atoms})")
 
-    def _bn(self, b: str, z):
-        """Batch norm ``b`` of ``z``; updates the running statistics in training mode."""
-        rm, rv = self._buffers[f"{b}_running_mean"], self._buffers[f"{b}_running_var"]
-        y, pb = batch_norm.vjp(z, self._params[f"{b}_weight"], self._params[f"{b}_bias"], rm, rv,
-                               training=self.training, momentum=self.momentum, eps=self.eps)
-        if self.training:
-            nm, nv = batch_norm_update_stats(z, rm, rv, self.momentum)
-            self._buffers[f"{b}_running_mean"], self._buffers[f"{b}_running_var"] = nm, nv
-        return y, pb
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         """``(N, C, H, W) -> (N, O, Ho, Wo)``."""
         _args.check_arrays({"x": x, "coeff": self.coeff})
@@ -131,10 +121,10 @@ class AtomConv2d(Module):
         T = B.shape[0]
         # generator: conv3x3_s -> BN -> tanh -> conv3x3 -> BN -> tanh
         g1, pb_c1 = conv2d.vjp(x, self.gen1_weight, None, stride=self.geo["stride"], padding=1)
-        g1n, pb_b1 = self._bn("bn1", g1)
+        g1n, pb_b1 = inner_batch_norm(self, "bn1", g1)
         h1, pb_t1 = tanh.vjp(g1n)
         g2, pb_c2 = conv2d.vjp(h1, self.gen2_weight, None, padding=1)
-        g2n, pb_b2 = self._bn("bn2", g2)
+        g2n, pb_b2 = inner_batch_norm(self, "bn2", g2)
         beta, pb_t2 = tanh.vjp(g2n)                               # (N, M*T, Ho, Wo)
         N, _, Ho, Wo = beta.shape
         atoms = np.matmul(B.T, beta.reshape(N, M, T, Ho * Wo))      # (N, M, k*k, P)

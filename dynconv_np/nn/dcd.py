@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import _args
 from ..ops import conv2d, dcd_conv2d, global_avg_pool, hard_sigmoid, linear
-from ..ops.routing import batch_norm, batch_norm_update_stats
+from .layers import inner_batch_norm
 from .module import Module, make_rng, uniform_init
 
 __all__ = ["DCDConv2d", "MIN_SQUEEZE"]
@@ -142,16 +142,6 @@ class DCDConv2d(Module):
         return lam, phi.reshape(N, L, L), pullback
 
     # ------------------------------------------------------------------ residual with BN
-    def _bn(self, b: str, z):
-        """Batch norm ``b`` of ``z (N, L, Ho, Wo)``; updates the running statistics in training."""
-        rm, rv = self._buffers[f"{b}_running_mean"], self._buffers[f"{b}_running_var"]
-        y, pb = batch_norm.vjp(z, self._params[f"{b}_weight"], self._params[f"{b}_bias"], rm, rv,
-                               training=self.training, momentum=self.momentum, eps=self.eps)
-        if self.training:
-            nm, nv = batch_norm_update_stats(z, rm, rv, self.momentum)
-            self._buffers[f"{b}_running_mean"], self._buffers[f"{b}_running_var"] = nm, nv
-        return y, pb
-
     def _forward_bn(self, x, lam, Phi):
         """``lam * conv(x, W0) + P (z + BN2(Phi z))`` with ``z = BN1(Q^T x_centre)``."""
         W0, Pw, Qw = self.weight, self.p_weight, self.q_weight
@@ -164,9 +154,9 @@ class DCDConv2d(Module):
         qk = np.zeros((L, C, kh, kw), dtype=x.dtype)
         qk[:, :, kh // 2, kw // 2] = Qw.T
         zq, pb_q = conv2d.vjp(x, qk, None, **self.geo)               # (N, L, Ho, Wo)
-        z, pb_b1 = self._bn("bn1", zq)
+        z, pb_b1 = inner_batch_norm(self, "bn1", zq)
         w = np.matmul(Phi, z.reshape(N, L, Ho * Wo)).reshape(N, L, Ho, Wo)
-        wb, pb_b2 = self._bn("bn2", w)
+        wb, pb_b2 = inner_batch_norm(self, "bn2", w)
         v = (z + wb).reshape(N, L, Ho * Wo)
         y = lam[:, :, None, None] * r + np.matmul(Pw, v).reshape(N, O, Ho, Wo)
 

@@ -69,7 +69,18 @@ def _uniform(rng: np.random.Generator, shape: tuple, bound: float, dtype) -> np.
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
-class Conv2d(Module):
+class _WeightBias(Module):
+    """A layer whose op's pullback gives ``(dx, dweight, dbias)``."""
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        dx, dw, db = self.cache()(dy)
+        self.accumulate("weight", dw)
+        if "bias" in self._params:
+            self.accumulate("bias", db)
+        return dx
+
+
+class Conv2d(_WeightBias):
     """Static 2-D convolution (``torch.nn.Conv2d``).
 
     Parameters
@@ -108,15 +119,9 @@ class Conv2d(Module):
         self._cache = pb
         return y
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        dx, dw, db = self.cache()(dy)
-        self.accumulate("weight", dw)
-        if "bias" in self._params:
-            self.accumulate("bias", db)
-        return dx
 
 
-class Linear(Module):
+class Linear(_WeightBias):
     """Fully connected layer ``x @ weight.T + bias`` (``torch.nn.Linear``).
 
     Params: ``weight (out_features, in_features)``, ``bias (out_features,)``, uniform in
@@ -144,12 +149,6 @@ class Linear(Module):
         self._cache = pb
         return y
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        dx, dw, db = self.cache()(dy)
-        self.accumulate("weight", dw)
-        if "bias" in self._params:
-            self.accumulate("bias", db)
-        return dx
 
 
 class _Stateless(Module):
@@ -198,6 +197,22 @@ class Flatten(Module):
             raise ValueError(f"dy must have {int(np.prod(shape))} entries to unflatten into {shape}, "
                              f"got shape {tuple(dy.shape)}")
         return dy.reshape(shape)
+
+
+def inner_batch_norm(layer: Module, prefix: str, z: np.ndarray):
+    """Batch norm of `z` with the params ``{prefix}_weight/_bias`` and buffers
+    ``{prefix}_running_mean/_var`` of `layer` (a BN inside a layer's own branch).
+
+    Uses ``layer.training``, ``layer.momentum`` and ``layer.eps``; in training mode the
+    running statistics are replaced by updated copies. Returns ``(y, pullback)``.
+    """
+    rm, rv = layer._buffers[f"{prefix}_running_mean"], layer._buffers[f"{prefix}_running_var"]
+    y, pb = batch_norm.vjp(z, layer._params[f"{prefix}_weight"], layer._params[f"{prefix}_bias"], rm, rv,
+                           training=layer.training, momentum=layer.momentum, eps=layer.eps)
+    if layer.training:
+        nm, nv = batch_norm_update_stats(z, rm, rv, layer.momentum)
+        layer._buffers[f"{prefix}_running_mean"], layer._buffers[f"{prefix}_running_var"] = nm, nv
+    return y, pb
 
 
 class _BatchNorm(Module):
