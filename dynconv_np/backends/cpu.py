@@ -595,3 +595,7 @@ def matmul_nt_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a2 = np.ascontiguousarray(a.transpose(1, 0, 2)).reshape(M, N * K)
     b2 = np.ascontiguousarray(b.transpose(1, 0, 2)).reshape(J, N * K)
     return np.matmul(a2, b2.T)
+
+
+# Array-level primitives (routing ops, atom_conv2d, layers) live in their own module.
+from .cpu_array import *  # noqa: E402,F401,F403
