@@ -31,10 +31,8 @@ def _preload_kernels():
     """
     import numba
 
-    from dynconv_np import _args
     from dynconv_np.backends import cpu
 
-    g = _args.geometry((8, 2, 5, 5), 3, 3, 1, 1, 1)
     f4, f3, f2 = (np.zeros((1,) * d, np.float32) for d in (4, 3, 2))
     ints = (1,) * 10
     typeof = numba.typeof
@@ -42,7 +40,9 @@ def _preload_kernels():
         cpu._fwd_slots.compile(tuple(typeof(a) for a in (f4, f3, f2, f3, f2, 1, 1, 1, True) + ints))
         cpu._bwd_slots.compile(tuple(typeof(a) for a in (f4, f3, f3, f4, f3, f2, f2, 1, 1, 1, True, True, True)
                                      + ints))
-        cpu._im2col.compile(tuple(typeof(a) for a in (f4, f3) + g.ints()))
+        i2 = np.zeros((1, 1), np.int64)
+        cpu._bwd_blocks.compile(tuple(typeof(a) for a in (f4, f3, f3, f4, f3, f2, f2, i2, 1, 1, True, True, True)
+                                      + ints))
     except Exception:  # an optimisation only: the first real call loads what it needs
         pass
 

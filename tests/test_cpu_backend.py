@@ -49,7 +49,8 @@ CONFIGS = [
     (4, 8, 8, 7, 7, 1, 1, 1, 0, 1, 1),       # pointwise: the columns are x itself
     (6, 6, 9, 6, 6, 1, 1, 1, 0, 1, 3),       # pointwise, grouped
     (4, 3, 5, 10, 10, 5, 5, 2, 2, 1, 1),
-    (3, 4, 6, 8, 9, 3, 3, 1, 1, 1, 2),       # below MIN_BATCH: the multithreaded-BLAS path
+    (3, 4, 6, 8, 9, 3, 3, 1, 1, 1, 2),       # below MIN_BATCH: channel blocks in the backward
+    (1, 5, 4, 6, 6, 1, 1, 1, 0, 1, 1),       # batch 1, pointwise
     (8, 2, 3, 13, 5, 3, 3, 3, (2, 1), 2, 1),
     (5, 12, 9, 7, 7, 1, 1, 1, 0, 1, 3),      # pointwise, grouped, O*F workspace > O*P
 ]
@@ -72,13 +73,14 @@ def test_im2col_col2im_match_naive(cfg, rng):
     assert np.isclose(np.vdot(_naive_cols(x, g), c), np.vdot(x.astype(np.float64), back), rtol=1e-10)
 
 
-@pytest.mark.parametrize("path", ["auto", "slots", "slots-row-tiles"])
+@pytest.mark.parametrize("path", ["auto", "slots", "blocks", "small-tiles-slots", "small-tiles-blocks"])
 @pytest.mark.parametrize("per_sample", [True, False])
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_conv_forward_backward_match_naive(cfg, per_sample, path, rng, monkeypatch):
-    if path != "auto":  # the slot kernels whatever the shape (pointwise and small batches too)
-        monkeypatch.setattr(cpu, "_use_slots", lambda g: True)
-    if path == "slots-row-tiles":  # one output row per tile: many tiles, halos between them
+    # "slots"/"blocks": the backward's sample slots or channel blocks whatever the batch
+    if path != "auto":
+        monkeypatch.setattr(cpu, "_use_blocks", lambda g: path.endswith("blocks"))
+    if path.startswith("small-tiles"):  # one output row per tile, one channel per block
         monkeypatch.setattr(cpu, "TILE_BYTES", 1)
     N, C, O, H, W, kh, kw, s, p, d, G = cfg
     g = _geometry(cfg)
@@ -152,7 +154,8 @@ DETERMINISM = textwrap.dedent("""
     for (N, C, O, H, k, s, p, G, shared, tile) in [
             (11, 8, 12, 15, 3, 1, 1, 1, False, None), (11, 8, 12, 15, 3, 1, 1, 1, True, 1),
             (9, 12, 6, 9, 1, 1, 0, 3, False, None), (10, 6, 9, 12, 3, 2, 1, 3, True, None),
-            (2, 8, 8, 9, 3, 1, 1, 1, False, None)]:
+            (2, 8, 8, 9, 3, 1, 1, 1, False, None), (1, 16, 8, 9, 3, 1, 1, 2, True, 1),
+            (3, 6, 6, 5, 1, 1, 0, 1, True, None), (1, 24, 10, 14, 3, 1, 1, 1, False, None)]:
         cpu.TILE_BYTES = tile or 2**20
         g = _args.geometry((N, C, H, H), k, k, s, p, 1)
         F = C // G * k * k
@@ -176,3 +179,15 @@ def test_bitwise_identical_across_numba_threads():
         assert out.returncode == 0, out.stderr[-3000:]
         digests.add(out.stdout.strip().splitlines()[-1])
     assert len(digests) == 1, digests
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_empty_batch(per_sample):
+    g = _args.geometry((0, 4, 5, 5), 3, 3, 1, 1, 1)
+    wt = np.ones((0, 6, 36) if per_sample else (6, 36), np.float32)
+    x = np.zeros((0, 4, 5, 5), np.float32)
+    y = cpu.conv_forward(x, wt, None, g, 1)
+    assert y.shape == (0, 6, 5, 5)
+    dx, gw, dbt = cpu.conv_backward(x, wt, y, g, 1)
+    assert dx.shape == x.shape and gw.shape == wt.shape and not gw.any()
+    assert dbt.shape == ((0, 6) if per_sample else (6,)) and not dbt.any()

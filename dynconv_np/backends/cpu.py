@@ -3,27 +3,32 @@
 Layout of the column buffer (Chainer's, flattened): ``cols[n, (c*kh + u)*kw + v, i*Wo + j]
 = xpad[n, c, i*sh + u*dh, j*sw + v*dw]``.
 
-Two paths for the convolution template (``conv_forward``/``conv_backward``), chosen from
-the shapes alone:
+The convolution template (``conv_forward``/``conv_backward``) runs every GEMM as a
+single-threaded BLAS call inside one Numba region per pass, parallel over at most
+:data:`SLOTS` slots; BLAS is held at one thread meanwhile, so Numba's and BLAS's threads
+never compete (OpenBLAS threads left spinning after a multithreaded call were measured
+to halve the speed of the Numba region that follows).
 
-* batches of :data:`MIN_BATCH` samples or more go to the *slot kernels*
-  (``_fwd_slots``, ``_bwd_slots``): one Numba region per pass, parallel over
-  :data:`SLOTS` sample slots. A slot takes its samples one at a time and, tile of output
-  rows by tile, unfolds the tile into its own cache-sized buffer (:data:`TILE_BYTES`,
-  so the columns are written and read back from L2, never from memory) and runs
-  single-threaded BLAS GEMMs on it (``np.dot`` inside Numba; BLAS is held at one thread
-  meanwhile, so Numba's and BLAS's threads never compete). The backward computes the
-  kernel gradient, the input gradient (col2im of each tile into the sample's ``dx``)
-  and the bias gradient in the same sweep, with one unfold per tile.
-* smaller batches (batch 1 has nothing to spread over threads) and pointwise layers (no
-  unfold to keep in cache) unfold whole chunks with the parallel ``_im2col`` and hand
-  the GEMMs to multithreaded BLAS via ``np.matmul``.
+* forward (``_fwd_slots``): work items are (sample, tile of output rows) pairs. An item
+  unfolds its tile into the slot's cache-sized buffer (:data:`TILE_BYTES`, so the
+  columns are written and read back from L2, never from memory) and multiplies it by
+  the sample's kernel. Small batches are cut into more, smaller tiles.
+* backward, batches of :data:`MIN_BATCH` samples or more (``_bwd_slots``): a slot takes
+  whole samples and, tile by tile, computes the kernel gradient, the input gradient
+  (col2im of each tile into the sample's ``dx``) and the bias gradient with one unfold
+  per tile.
+* backward, smaller batches (``_bwd_blocks``): work items are blocks of input channels.
+  An item unfolds its block over the whole image and owns its columns of the kernel
+  gradient and its planes of ``dx``.
 
-Determinism: every thread owns what it writes (a slot owns its samples' outputs, an
-``_im2col``/``_col2im`` thread owns an ``(n, c)`` plane); shared-kernel gradients are
-summed per slot in sample order and then over slots in slot order; tile, chunk and slot
-counts depend on the shapes and budgets, never on the thread count. Results are bitwise
-identical whatever ``NUMBA_NUM_THREADS`` is (tests/test_cpu_backend.py).
+Pointwise layers (1x1, stride 1, no padding) skip the unfold: the columns are ``x``.
+
+Determinism: every thread owns what it writes (an item owns its outputs, a channel block
+its gradient columns and ``dx`` planes, an ``_im2col``/``_col2im`` thread an ``(n, c)``
+plane); shared-kernel gradients are summed per slot in sample order and then over slots
+in slot order; tile, block and slot counts depend on the shapes and budgets, never on
+the thread count. Results are bitwise identical whatever ``NUMBA_NUM_THREADS`` is
+(tests/test_cpu_backend.py).
 
 Inner loops index flat arrays with unsigned integers: without Numba's negative-index
 wraparound check, LLVM vectorises the copies (measured 2.5 to 4x faster).
@@ -32,12 +37,13 @@ wraparound check, LLVM vectorises the copies (measured 2.5 to 4x faster).
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import numpy as np
 from numba import njit, prange
 
-#: Upper bound, in bytes, on the workspace of one batch chunk (the im2col column buffer
-#: of the conv template, the atom features ``Z`` of ``atom_conv2d``).
+#: Upper bound, in bytes, on the workspace of one batch chunk (the atom features ``Z``
+#: of ``atom_conv2d``; the conv template's buffers are per slot, :data:`TILE_BYTES`).
 WORKSPACE_BYTES = 64 * 2**20
 
 
@@ -119,7 +125,7 @@ def col2im(cols: np.ndarray, g, out: np.ndarray) -> np.ndarray:
 # are accumulated in an order fixed by the shapes alone.
 @njit(inline="always")
 def _im2col_rows(x, n, cols, i0, i1, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, Wo):
-    # cols (C*kh*kw, (i1-i0)*Wo) <- the window rows i0..i1-1 of sample n, channels c0..c1-1.
+    # cols ((c1-c0)*kh*kw, (i1-i0)*Wo) <- the window rows i0..i1-1 of sample n, channels c0..c1-1.
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     xf = x.reshape(x.size)
     cf = cols.reshape(cols.size)
@@ -129,7 +135,7 @@ def _im2col_rows(x, n, cols, i0, i1, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
         for u in range(kh):
             ilo, ihi = _valid_range(ph, u * dh, sh, H, i1)
             for v in range(kw):
-                r0 = ((c * kh + u) * kw + v) * Pt
+                r0 = (((c - c0) * kh + u) * kw + v) * Pt
                 jlo, jhi = _valid_range(pw, v * dw, sw, W, Wo)
                 for i in range(i0, i1):
                     d = r0 + (i - i0) * Wo
@@ -152,7 +158,7 @@ def _im2col_rows(x, n, cols, i0, i1, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
 
 @njit(inline="always")
 def _col2im_rows(cols, dx, n, i0, i1, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, Wo):
-    # dx[n, c0:c1] += fold of cols (C*kh*kw, (i1-i0)*Wo), the window rows i0..i1-1.
+    # dx[n, c0:c1] += fold of cols ((c1-c0)*kh*kw, (i1-i0)*Wo), the window rows i0..i1-1.
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     df = dx.reshape(dx.size)
     cf = cols.reshape(cols.size)
@@ -162,7 +168,7 @@ def _col2im_rows(cols, dx, n, i0, i1, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, Wo
         for u in range(kh):
             ilo, ihi = _valid_range(ph, u * dh, sh, H, i1)
             for v in range(kw):
-                r0 = ((c * kh + u) * kw + v) * Pt
+                r0 = (((c - c0) * kh + u) * kw + v) * Pt
                 jlo, jhi = _valid_range(pw, v * dw, sw, W, Wo)
                 for i in range(max(i0, ilo), ihi):
                     d = r0 + (i - i0) * Wo
@@ -181,7 +187,8 @@ def _im2col(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo):
     for nc in prange(N * C):
         n = nc // C
         c = nc - n * C
-        _im2col_rows(x, n, cols[n], 0, Ho, c, c + 1, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
+        T = kh * kw
+        _im2col_rows(x, n, cols[n, c * T:(c + 1) * T], 0, Ho, c, c + 1, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
 
 
 @njit(parallel=True, cache=True)
@@ -192,7 +199,8 @@ def _col2im(cols, dx, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo):
         n = nc // C
         c = nc - n * C
         dx[n, c, :, :] = 0
-        _col2im_rows(cols[n], dx, n, 0, Ho, c, c + 1, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
+        T = kh * kw
+        _col2im_rows(cols[n, c * T:(c + 1) * T], dx, n, 0, Ho, c, c + 1, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
 
 
 @njit(inline="always")
@@ -260,29 +268,34 @@ def _pixel_sums(dy, dbt, n):
 @njit(parallel=True, cache=True)
 def _fwd_slots(x, wt, bt, y, ws, S, R, G, pointwise, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo):
     # x (N, C, H, W); wt (N or 1, O, Fg); bt (N or 1, O), or (0, O) for no bias;
-    # y (N, O, Ho*Wo); ws (S, workspace floats).
+    # y (N, O, Ho*Wo); ws (S, workspace floats). Work items are (sample, row tile) pairs,
+    # item t = n * tiles + tile; slot s takes the contiguous run of items
+    # [s*L, (s+1)*L), so a slot's items share samples (and kernels) where they can.
     N, C = x.shape[0], x.shape[1]
     O, Fg = wt.shape[1], wt.shape[2]
     Og = O // G
     CT = C * kh * kw
     P = Ho * Wo
+    tiles = (Ho + R - 1) // R
+    L = (N * tiles + S - 1) // S
     for s in prange(S):
         buf = ws[s]
-        for n in range(s, N, S):
+        for t in range(s * L, min(N * tiles, (s + 1) * L)):
+            n = t // tiles
+            i0 = (t - n * tiles) * R
+            i1 = min(Ho, i0 + R)
+            Pt = (i1 - i0) * Wo
             w_n = wt[n if wt.shape[0] > 1 else 0]
             y_n = y[n]
-            for i0 in range(0, Ho, R):
-                i1 = min(Ho, i0 + R)
-                Pt = (i1 - i0) * Wo
-                if pointwise:
-                    cols = x[n].reshape(C, P)
-                else:
-                    cols = buf[:CT * Pt].reshape(CT, Pt)
-                    _im2col_rows(x, n, cols, i0, i1, 0, C, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
-                out = y_n if Pt == P else buf[CT * Pt:CT * Pt + O * Pt].reshape(O, Pt)
-                for g in range(G):
-                    np.dot(w_n[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg], out[g * Og:(g + 1) * Og])
-                _store_tile(y_n, out, bt, n, i0 * Wo, Pt == P)
+            if pointwise:
+                cols = x[n].reshape(C, P)
+            else:
+                cols = buf[:CT * Pt].reshape(CT, Pt)
+                _im2col_rows(x, n, cols, i0, i1, 0, C, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
+            out = y_n if Pt == P else buf[CT * Pt:CT * Pt + O * Pt].reshape(O, Pt)
+            for g in range(G):
+                np.dot(w_n[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg], out[g * Og:(g + 1) * Og])
+            _store_tile(y_n, out, bt, n, i0 * Wo, Pt == P)
 
 
 @njit(parallel=True, cache=True)
@@ -342,14 +355,72 @@ def _bwd_slots(x, wt, dy, dx, gw, dbt, ws, S, R, G, pointwise, need_dx, need_dw,
                         _col2im_rows(dcols, dx, n, i0, i1, 0, C, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
 
 
+@njit(parallel=True, cache=True)
+def _bwd_blocks(x, wt, dy, dx, gw, dbt, ws, blocks, S, G, pointwise, need_dx, need_dw,
+                kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo):
+    # The backward for batches too small to spread over sample slots. Work items are
+    # channel blocks, ``blocks[b] = (group, c0, c1)`` with c0..c1-1 inside one group; an
+    # item unfolds its block over the whole image, one sample after the other, and owns
+    # all it writes: the block's columns of the kernel gradient and its planes of dx.
+    # x (N, C, H, W); wt (N or 1, O, Fg); dy (N, O, Ho*Wo); dx (N, C, H, W);
+    # gw (N or 1, O, Fg) (a shared kernel's gradient summed over n in order); dbt (N, O).
+    N, C = x.shape[0], x.shape[1]
+    O = wt.shape[1]
+    Og = O // G
+    Cg = C // G
+    T = kh * kw
+    P = Ho * Wo
+    shared = wt.shape[0] == 1
+    B = blocks.shape[0]
+    for n in prange(N):
+        _pixel_sums(dy, dbt, n)
+    L = (B + S - 1) // S
+    for s in prange(S):
+        buf = ws[s]
+        for b in range(s * L, min(B, (s + 1) * L)):
+            gi, c0, c1 = blocks[b, 0], blocks[b, 1], blocks[b, 2]
+            rows = (c1 - c0) * T
+            f0 = (c0 - gi * Cg) * T
+            o0 = gi * Og
+            at = 0 if pointwise else rows * P
+            blk = buf[:at].reshape(rows, at // rows)
+            tmp = buf[at:at + Og * rows].reshape(Og, rows)
+            for n in range(N):
+                dyg = dy[n, o0:o0 + Og]                                  # (Og, P)
+                if need_dw:
+                    if pointwise:
+                        cols = x[n, c0:c1].reshape(rows, P)
+                    else:
+                        cols = blk
+                        _im2col_rows(x, n, cols, 0, Ho, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
+                    np.dot(dyg, cols.T, tmp)
+                    g_n = gw[0 if shared else n]
+                    if shared and n > 0:
+                        g_n[o0:o0 + Og, f0:f0 + rows] += tmp
+                    else:
+                        g_n[o0:o0 + Og, f0:f0 + rows] = tmp
+                if need_dx:
+                    # the block's kernel columns, copied: BLAS needs unit stride in one axis
+                    tmp[:, :] = wt[0 if shared else n, o0:o0 + Og, f0:f0 + rows]
+                    if pointwise:
+                        np.dot(tmp.T, dyg, dx[n, c0:c1].reshape(rows, P))
+                    else:
+                        np.dot(tmp.T, dyg, blk)
+                        dx[n, c0:c1] = 0
+                        _col2im_rows(blk, dx, n, 0, Ho, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
+
+
 # ----------------------------------------------------------------------------- template
-#: Samples are spread over this many slots by the batch kernels (a constant, so that the
-#: order of every partial sum is the same whatever the thread count).
+#: Work is spread over at most this many slots by the batch kernels (a constant, so that
+#: the order of every partial sum is the same whatever the thread count).
 SLOTS = 8
 #: Budget, in bytes, of one slot's column tile: small enough to stay in a core's L2.
 TILE_BYTES = 1 * 2**20
-#: Smallest batch that goes to the batch kernels; smaller ones use multithreaded BLAS.
+#: Smallest batch whose backward goes to the sample slots; smaller ones are split over
+#: channel blocks instead (``_bwd_blocks``).
 MIN_BATCH = 4
+#: The forward splits a small batch into at least this many (sample, row tile) items.
+MIN_ITEMS = 4
 
 _blas_controller = None
 
@@ -370,29 +441,57 @@ def blas_single_thread():
     return _blas_controller.limit(limits=1, user_api="blas")
 
 
-def _use_slots(g) -> bool:
-    # Pointwise layers have no unfold to keep in cache; their small GEMMs ran faster as
-    # NumPy's batched matmul (measured 35 against 52 ms on mbv2_1x1, interleaved).
-    return g.N >= MIN_BATCH and not _is_pointwise(g)
+def _use_blocks(g) -> bool:
+    # A batch smaller than MIN_BATCH has too few samples to keep the threads busy.
+    return g.N < MIN_BATCH
 
 
 def _rows_per_tile(g, itemsize: int) -> int:
     if _is_pointwise(g):
         return g.Ho
-    return max(1, min(g.Ho, TILE_BYTES // (g.C * g.taps * g.Wo * itemsize)))
+    R = max(1, min(g.Ho, TILE_BYTES // (g.C * g.taps * g.Wo * itemsize)))
+    # a small batch is cut into more, smaller tiles so that every slot has work
+    per_sample = -(-MIN_ITEMS // max(1, g.N))
+    return max(1, min(R, -(-g.Ho // per_sample)))
 
 
-def _slot_workspace(g, O, F, R, dtype):
-    S = min(g.N, SLOTS)
-    Pt = R * g.Wo
-    cols = 0 if _is_pointwise(g) else g.C * g.taps * Pt
-    return S, np.empty((S, cols + O * Pt + O * F), dtype=dtype)
+_scratch_store = threading.local()
 
 
-def _chunks(g):
-    nb = chunk_size(g.N, g.C * g.taps * g.P * 8)
-    for n0 in range(0, g.N, nb):
-        yield n0, min(g.N, n0 + nb)
+def _scratch(rows: int, cols: int, dtype) -> np.ndarray:
+    """A ``(rows, cols)`` work buffer of the calling thread, reused from call to call.
+
+    Its contents are garbage. Fresh buffers cost page faults on every call (measured
+    about a fifth of resnet3x3's forward+backward when the allocator had handed the
+    memory back to the system); one buffer per thread and dtype, grown to the largest
+    request, is kept instead. Each Python thread has its own, so concurrent calls from
+    several threads never share one.
+    """
+    store = _scratch_store.__dict__
+    key = np.dtype(dtype).str
+    buf = store.get(key)
+    if buf is None or buf.size < rows * cols:
+        buf = store[key] = np.empty(rows * cols, dtype=dtype)
+    return buf[:rows * cols].reshape(rows, cols)
+
+
+def _slot_workspace(g, R, dtype, items, extra):
+    # (S, columns tile + extra) for S slots; `extra` floats per slot for GEMM outputs
+    S = min(items, SLOTS)
+    cols = 0 if _is_pointwise(g) else g.C * g.taps * R * g.Wo
+    return S, _scratch(S, cols + extra, dtype)
+
+
+def _channel_blocks(g, G: int, itemsize: int) -> np.ndarray:
+    """``(B, 3)`` rows ``(group, c0, c1)``: channel blocks of about equal size, none
+    straddling a group, each block's unfolded image within :data:`TILE_BYTES`, and at
+    least :data:`SLOTS` of them where there are channels enough."""
+    Cg = g.C // G
+    cb = max(1, min(Cg, TILE_BYTES // (g.taps * g.P * itemsize)))
+    nb = max(-(-Cg // cb), min(Cg, -(-SLOTS // G)))
+    cb = -(-Cg // nb)
+    return np.array([(gi, gi * Cg + c, gi * Cg + min(Cg, c + cb))
+                     for gi in range(G) for c in range(0, Cg, cb)], dtype=np.int64)
 
 
 def conv_forward(x, wt, bt, g, groups):
@@ -410,28 +509,17 @@ def conv_forward(x, wt, bt, g, groups):
     -------
     y : ndarray (N, O, Ho, Wo)
     """
-    G = groups
     O, F = wt.shape[-2], wt.shape[-1]
-    Og = O // G
     y = np.empty((g.N, O, g.Ho, g.Wo), dtype=x.dtype)
-    shared = wt.ndim == 2
-    if _use_slots(g):
-        R = _rows_per_tile(g, x.dtype.itemsize)
-        S, ws = _slot_workspace(g, O, F, R, x.dtype)
-        w3 = wt.reshape(1, O, F) if shared else wt
-        b2 = np.zeros((0, O), x.dtype) if bt is None else bt.reshape(-1, O)
-        with blas_single_thread():
-            _fwd_slots(x, w3, contiguous(b2), y.reshape(g.N, O, g.P), ws, S, R, G,
-                       _is_pointwise(g), *g.ints())
+    if g.N == 0:
         return y
-    w4 = wt.reshape(G, Og, F) if shared else wt.reshape(g.N, G, Og, F)
-    for n0, n1 in _chunks(g):
-        nb = n1 - n0
-        cols = im2col(x[n0:n1], g).reshape(nb, G, F, g.P)
-        w = w4 if shared else w4[n0:n1]
-        np.matmul(w, cols, out=y[n0:n1].reshape(nb, G, Og, g.P))
-    if bt is not None:
-        y += bt.reshape(-1 if bt.ndim == 2 else 1, O, 1, 1)
+    R = _rows_per_tile(g, x.dtype.itemsize)
+    S, ws = _slot_workspace(g, R, x.dtype, g.N * -(-g.Ho // R), O * R * g.Wo)
+    w3 = wt.reshape(1, O, F) if wt.ndim == 2 else wt
+    b2 = np.zeros((0, O), x.dtype) if bt is None else bt.reshape(-1, O)
+    with blas_single_thread():
+        _fwd_slots(x, w3, contiguous(b2), y.reshape(g.N, O, g.P), ws, S, R, groups,
+                   _is_pointwise(g), *g.ints())
     return y
 
 
@@ -453,48 +541,38 @@ def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
     """
     G = groups
     O, F = wt.shape[-2], wt.shape[-1]
-    Og = O // G
     shared = wt.ndim == 2
+    w3 = wt.reshape(1, O, F) if shared else wt
     dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None
-    if _use_slots(g):
-        R = _rows_per_tile(g, x.dtype.itemsize)
-        S, ws = _slot_workspace(g, O, F, R, x.dtype)
-        w3 = wt.reshape(1, O, F) if shared else wt
-        gw = np.empty((S if shared else g.N, O, F), dtype=x.dtype)
-        dbt = np.empty((g.N, O), dtype=x.dtype)
-        dx_ = dx if need_dx else np.empty((0, g.C, g.H, g.W), dtype=x.dtype)
+    if g.N == 0:
+        gw = np.zeros(wt.shape if shared else (0, O, F), dtype=x.dtype) if need_dw else None
+        return dx, gw, np.zeros((O,) if shared else (0, O), dtype=x.dtype)
+    dx_ = dx if need_dx else np.empty((0, g.C, g.H, g.W), dtype=x.dtype)
+    dbt = np.empty((g.N, O), dtype=x.dtype)
+    dyr = dy.reshape(g.N, O, g.P)
+    pointwise = _is_pointwise(g)
+    if _use_blocks(g):
+        blocks = _channel_blocks(g, G, x.dtype.itemsize)
+        S = min(len(blocks), SLOTS)
+        rows = int((blocks[:, 2] - blocks[:, 1]).max()) * g.taps
+        ws = _scratch(S, (0 if pointwise else rows * g.P) + O // G * rows, x.dtype)
+        gw = np.empty((1 if shared else g.N, O, F), dtype=x.dtype)
         with blas_single_thread():
-            _bwd_slots(x, w3, dy.reshape(g.N, O, g.P), dx_, gw, dbt, ws, S, R, G,
-                       _is_pointwise(g), need_dx, need_dw, *g.ints())
-        if not need_dw:
-            gw = None  # never written by the kernel
+            _bwd_blocks(x, w3, dyr, dx_, gw, dbt, ws, blocks, S, G, pointwise, need_dx, need_dw, *g.ints())
+        gw = gw[0] if shared else gw
+    else:
+        R = _rows_per_tile(g, x.dtype.itemsize)
+        S, ws = _slot_workspace(g, R, x.dtype, g.N, O * R * g.Wo + O * F)
+        gw = np.empty((S if shared else g.N, O, F), dtype=x.dtype)
+        with blas_single_thread():
+            _bwd_slots(x, w3, dyr, dx_, gw, dbt, ws, S, R, G, pointwise, need_dx, need_dw, *g.ints())
         if shared:
             # Slot partials summed in slot order: a fixed order, whatever the threads.
-            gw = None if gw is None else np.add.reduce(gw, axis=0)
-            dbt = np.add.reduce(dbt, axis=0)
-        return dx, gw, dbt
-    w4 = wt.reshape(G, Og, F) if shared else wt.reshape(g.N, G, Og, F)
-    gw = None
-    if need_dw:
-        gw = np.zeros((O, F), dtype=x.dtype) if shared else np.empty((g.N, O, F), dtype=x.dtype)
-    for n0, n1 in _chunks(g):
-        nb = n1 - n0
-        dyc = dy[n0:n1].reshape(nb, G, Og, g.P)
-        if need_dw:
-            cols = im2col(x[n0:n1], g).reshape(nb, G, F, g.P)
-            colsT = cols.swapaxes(-1, -2)
-            if shared:
-                gw += np.matmul(dyc, colsT).sum(axis=0).reshape(O, F)
-            else:
-                np.matmul(dyc, colsT, out=gw[n0:n1].reshape(nb, G, Og, F))
-        if need_dx:
-            w = w4 if shared else w4[n0:n1]
-            dcols = np.matmul(w.swapaxes(-1, -2), dyc)  # (nb, G, F, P)
-            col2im(dcols.reshape(nb, G * F, g.P), g, dx[n0:n1])
-    dyr = dy.reshape(g.N, O, g.P)
-    dbt = dyr.sum(axis=2)
+            gw = np.add.reduce(gw, axis=0)
+    if not need_dw:
+        gw = None  # never written by the kernels
     if shared:
-        dbt = dbt.sum(axis=0)
+        dbt = np.add.reduce(dbt, axis=0)
     return dx, gw, dbt
 
 
@@ -511,7 +589,12 @@ def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         for q in range(1, a.shape[1]):
             out += a[:, q:q + 1] * b[q]
         return out
-    return np.matmul(a, b)
+    # These products (kernel mixing, dW, dpi) are thin and memory-bound; on several BLAS
+    # threads they gain little, and OpenBLAS's threads then spin for up to ~0.1 s after
+    # the call, fighting the Numba region that follows: resnet3x3's forward took 91 ms
+    # after a multithreaded mixing GEMM and 47 ms after a single-threaded one.
+    with blas_single_thread():
+        return np.matmul(a, b)
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
