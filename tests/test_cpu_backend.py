@@ -135,6 +135,19 @@ def test_workspace_budget_roundtrip():
         cpu.set_workspace_bytes(0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M, J, D", [(1, 1, 9000), (3, 8, cpu.THIN_CHUNK * 5 + 17), (64, 2, 8192)])
+def test_thin_products_match_blas(M, J, D, dtype, rng):
+    a = rng.standard_normal((M, J)).astype(dtype)
+    b = rng.standard_normal((J, D)).astype(dtype)
+    g = rng.standard_normal((M, D)).astype(dtype)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert_close(cpu.matmul(a, b), ref, dtype, "a @ b")
+    assert_close(cpu.matmul_tn(a, g), a.T.astype(np.float64) @ g, dtype, "a^T @ g")
+    assert_close(cpu.matmul_nt(g, b), g.astype(np.float64) @ b.T, dtype, "g @ b^T")
+    assert cpu.matmul(a, b).dtype == dtype
+
+
 def test_small_matmul_primitives(rng):
     a = rng.standard_normal((5, 3))
     b = rng.standard_normal((5, 4))
@@ -166,6 +179,10 @@ DETERMINISM = textwrap.dedent("""
         dy = r.standard_normal(y.shape).astype(np.float32)
         for a in (y,) + cpu.conv_backward(x, wt, dy, g, G):
             h.update(np.ascontiguousarray(a).tobytes())
+    pi = r.standard_normal((5, 4)).astype(np.float32)            # the thin mixing products
+    Wf = r.standard_normal((4, 3 * cpu.THIN_CHUNK + 5)).astype(np.float32)
+    for a in (cpu.matmul(pi, Wf), cpu.matmul_tn(pi, cpu.matmul(pi, Wf))):
+        h.update(a.tobytes())
     print(h.hexdigest())
 """)
 
