@@ -174,11 +174,18 @@ def sgemm_rate(repeat: int = 5, n: int = 2048) -> float:
     return 2.0 * n**3 / float(np.median(ts)) / 1e9
 
 
+#: Untimed steps per contender before the timed repeats. The first steps of a process run
+#: slower while the C allocator grows its heap (fresh pages fault in); three reach the
+#: steady state of a training loop on the machine of docs/performance.md.
+WARMUP = 3
+
+
 def run_shape(name: str, contenders, repeat: int, threads: int):
     args = make_inputs(name)
     steps = {c: CONTENDERS[c](*args) for c in contenders}
-    for step in steps.values():  # warm-up: JIT, thread pools, allocator
-        step()
+    for _ in range(WARMUP):  # JIT, thread pools, and the allocator's steady state
+        for step in steps.values():
+            step()
     times = {c: [] for c in contenders}
     for r in range(repeat):
         order = contenders if r % 2 == 0 else contenders[::-1]
