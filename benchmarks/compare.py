@@ -97,12 +97,22 @@ def ours_step(x, W, pi, bias, dy, s, p):
 
 
 def loop_step(x, W, pi, bias, dy, s, p):
-    """Seed 001's per-sample loop, in NumPy with our conv2d."""
+    """Seed 001's per-sample loop, in NumPy with our conv2d.
+
+    Its small NumPy products run with BLAS at one thread: multithreaded, OpenBLAS's
+    threads keep spinning after them and slowed the next contender's step (ours on
+    batch1: 7.8 ms after its own step, 13.8 ms after this one's).
+    """
     import dynconv_np as dc
+    from dynconv_np.backends.cpu import blas_single_thread
 
     K = W.shape[0]
 
     def step():
+        with blas_single_thread():
+            return _step()
+
+    def _step():
         pullbacks = []
         for n in range(x.shape[0]):
             kernel = np.tensordot(pi[n], W, axes=1)                  # (O, C, k, k)
@@ -178,6 +188,12 @@ def sgemm_rate(repeat: int = 5, n: int = 2048) -> float:
 #: slower while the C allocator grows its heap (fresh pages fault in); three reach the
 #: steady state of a training loop on the machine of docs/performance.md.
 WARMUP = 3
+#: Untimed steps a contender takes, in every round, before its timed one. Right after
+#: another engine ran, caches are cold and thread pools asleep or still spinning: on
+#: batch1, ours measured 7.8 ms after one of its own steps, 17.4 ms after a PyTorch step,
+#: and PyTorch 9.0 against 14.2 ms after ours. One step back in its own steady state
+#: (what a network using one engine sees) removes that cross-talk for both.
+REWARM = 1
 
 
 def run_shape(name: str, contenders, repeat: int, threads: int):
@@ -190,6 +206,8 @@ def run_shape(name: str, contenders, repeat: int, threads: int):
     for r in range(repeat):
         order = contenders if r % 2 == 0 else contenders[::-1]
         for c in order:
+            for _ in range(REWARM):
+                steps[c]()
             t0 = time.perf_counter()
             steps[c]()
             times[c].append(time.perf_counter() - t0)
