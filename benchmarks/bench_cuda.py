@@ -1,4 +1,4 @@
-"""asv benchmarks of the CUDA backend: conv2d and dynamic_conv2d on a real GPU.
+"""asv benchmarks of the CUDA backend: conv2d, dynamic_conv2d, atom_conv2d and batch_norm on a real GPU.
 
 Skipped (``NotImplementedError`` in ``setup``, asv's documented way to skip) when
 numba-cuda is missing, when ``NUMBA_ENABLE_CUDASIM`` is set (simulator timings mean
@@ -89,3 +89,32 @@ class CudaConv2d(CudaOpBenchmark):
 
         x, W, _, bias, _, s, p = make_inputs(shape)
         return dc.conv2d, [x, W[0], bias[0]], dict(stride=s, padding=p)
+
+
+class CudaAtomConv2d(CudaOpBenchmark):
+    """atom_conv2d (ACDA) with M=6 atoms per pixel, as benchmarks/bench_ops.py's AtomConv2d."""
+
+    M = 6
+
+    def arguments(self, shape):
+        import dynconv_np as dc
+
+        x, W, _, bias, _, s, p = make_inputs(shape)
+        N, C, H = x.shape[0], x.shape[1], x.shape[2]
+        O, k = W.shape[1], W.shape[3]
+        Ho = (H + 2 * p - k) // s + 1
+        rng = np.random.default_rng(2)
+        atoms = (rng.standard_normal((N, self.M, k, k, Ho, Ho)) / k).astype(np.float32)
+        coeff = (rng.standard_normal((O, C, self.M)) / np.sqrt(C * self.M)).astype(np.float32)
+        return dc.atom_conv2d, [x, atoms, coeff, bias[0]], dict(stride=s, padding=p)
+
+
+class CudaBatchNorm(CudaOpBenchmark):
+    """batch_norm in training mode on the presets' inputs (per-channel block reductions)."""
+
+    def arguments(self, shape):
+        import dynconv_np as dc
+
+        x = make_inputs(shape)[0]
+        C = x.shape[1]
+        return dc.batch_norm, [x, np.ones(C, np.float32), np.zeros(C, np.float32)], {}

@@ -1,5 +1,10 @@
 """The CUDA backend against the CPU backend: forward and every pullback gradient.
 
+Every op (conv2d, dynamic_conv2d, dcd_conv2d, atom_conv2d and the routing ops) runs its
+vjp on numba device arrays, in float32 and float64, and is compared with the CPU
+backend's float64 result; the array-level primitives and optimiser updates are compared
+with ``backends.cpu_array``. The layers are in tests/test_cuda_nn.py.
+
 Where the tests run:
 
 - on a real GPU, in this process, when ``numba.cuda.is_available()``;
@@ -36,6 +41,16 @@ NO_NUMBA_CUDA = "numba-cuda is not installed (pip install dynconv_np[cuda])"
 @pytest.fixture(scope="module")
 def cb():
     """The CUDA backend module, or a skip saying why it cannot run here."""
+    return cuda_backend()
+
+
+def test_simulator_suite():
+    """Rerun this module under ``NUMBA_ENABLE_CUDASIM=1`` in a fresh interpreter."""
+    run_simulator_suite(__file__)
+
+
+def cuda_backend():
+    """The CUDA backend module, or a skip saying why it cannot run in this process."""
     if not HAVE_NUMBA_CUDA:
         pytest.skip(NO_NUMBA_CUDA)
     from numba import cuda
@@ -47,8 +62,8 @@ def cb():
     return backend
 
 
-def test_simulator_suite():
-    """Rerun this module under ``NUMBA_ENABLE_CUDASIM=1`` in a fresh interpreter."""
+def run_simulator_suite(test_file: str) -> None:
+    """Rerun the test module `test_file` under ``NUMBA_ENABLE_CUDASIM=1`` in a fresh interpreter."""
     if not HAVE_NUMBA_CUDA:
         pytest.skip(NO_NUMBA_CUDA)
     if IN_SIMULATOR:
@@ -56,7 +71,7 @@ def test_simulator_suite():
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-           str(Path(__file__).resolve()), "-k", "not test_simulator_suite"]
+           str(Path(test_file).resolve()), "-k", "not test_simulator_suite"]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"simulator run failed (rc={proc.returncode}):\n{out[-6000:]}"
@@ -365,20 +380,203 @@ def test_dcd_conv2d(cb, rng, dtype):
     _compare(cb, "cuda", dc.dcd_conv2d, args, dict(stride=(2, 1), padding=1), np.dtype(dtype), rng)
 
 
-def test_routing_ops_on_device(cb, rng):
-    # The routing ops take device arrays and give device arrays back (they compute on
-    # the host: a few (N, C) matrices), through this backend's to_host / to_device.
-    z = rng.standard_normal((3, 4))
-    x = rng.standard_normal((2, 3, 4, 4))
-    w, b = rng.standard_normal((5, 4)), rng.standard_normal(5)
-    cases = [(dc.softmax, [z]), (dc.sigmoid, [z]), (dc.relu, [z]), (dc.tanh, [z]),
-             (dc.hard_sigmoid, [z]), (dc.global_avg_pool, [x]), (dc.linear, [z, w, b])]
-    for f, args in cases:
-        y_ref, pb_ref = f.vjp(*args)
-        dy = rng.standard_normal(y_ref.shape)
-        y, pb = f.vjp(*[cb.to_device(a) for a in args])
-        assert cb.is_device_array(y), f.__name__
-        assert_close(cb.to_host(y), y_ref, np.float64, f.__name__)
-        for a, r in zip(pb(cb.to_device(dy)), pb_ref(dy)):
-            assert cb.is_device_array(a), f.__name__
-            assert_close(cb.to_host(a), r, np.float64, f.__name__)
+# ----------------------------------------------------------------------------- routing ops
+def _away_from_kinks(rng, shape):
+    """Values in +-[0.1, 2.5]: off relu's 0 and hard_sigmoid's +-3."""
+    return rng.uniform(0.1, 2.5, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+# (op, argument shapes, kwargs); the dtype alternates along the list.
+ROUTING = [
+    ("global_avg_pool", [(2, 3, 4, 5)], {}),
+    ("linear", [(5, 6), (4, 6), (4,)], {}),
+    ("linear", [(2, 3, 6), (4, 6)], {}),
+    ("linear", [(6,), (4, 6), (4,)], {}),
+    ("linear", [(2, 1, 3, 6), (4, 6), (4,)], {}),      # four axes: flattened around the GEMMs
+    ("linear", [(9, 17), (10, 17), (10,)], {}),        # crosses the 8-tiles in M, K and N
+    ("relu", [(3, 4, 5)], {}),
+    ("tanh", [(3, 4, 5)], {}),
+    ("sigmoid", [(3, 4, 5)], {}),
+    ("sigmoid", [(3, 4, 5)], {"tau": 3.0}),
+    ("hard_sigmoid", [(3, 4, 5)], {}),
+    ("hard_sigmoid", [(3, 4, 5)], {"scale": 6.0}),
+    ("softmax", [(3, 4, 5)], {}),
+    ("softmax", [(3, 4, 5)], {"tau": 0.5, "axis": 0}),
+    ("softmax", [(3, 4, 5)], {"tau": 30.0, "axis": 1}),
+    ("softmax", [(45, 33)], {"tau": 2.0}),             # 45 rows: two blocks of row threads
+    ("batch_norm", [(4, 3, 5, 6), (3,), (3,)], {}),
+    ("batch_norm", [(4, 3, 5, 6), (3,), (3,), (3,), (3,)], {}),
+    ("batch_norm", [(4, 3, 5, 6), (3,), (3,), (3,), (3,)], {"training": False}),
+    ("batch_norm", [(6, 3), (3,), (3,)], {}),
+    ("batch_norm", [(6, 3), (3,), (3,), (3,), (3,)], {"training": False}),
+    ("batch_norm", [(3, 2, 11, 7), (2,), (2,)], {}),   # 231 values per channel: many block strides
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("i", range(len(ROUTING)), ids=[f"{c[0]}{i}" for i, c in enumerate(ROUTING)])
+def test_routing_ops(cb, rng, backend, i):
+    name, shapes, kwargs = ROUTING[i]
+    args = [_away_from_kinks(rng, s) for s in shapes]
+    if name == "batch_norm" and len(args) == 5:
+        args[4] = np.abs(args[4]) + 0.5                    # a variance
+    _compare(cb, backend, getattr(dc, name), args, kwargs, np.dtype(DTYPES[i % 2]), rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_norm_update_stats(cb, rng, dtype):
+    from dynconv_np.ops.routing import batch_norm_update_stats
+
+    for shape in [(4, 3, 5, 6), (6, 3)]:
+        args = [rng.standard_normal(shape), rng.standard_normal(3), rng.uniform(0.5, 2, 3)]
+        ref = batch_norm_update_stats(*args, momentum=0.25)
+        dev = [cb.to_device(a.astype(dtype)) for a in args]
+        before = [cb.to_host(a) for a in dev]
+        for a, r in zip(batch_norm_update_stats(*dev, momentum=0.25), ref):
+            assert cb.is_device_array(a)
+            assert_close(cb.to_host(a), r, dtype, f"running stats {shape}")
+        for a, b in zip(dev, before):
+            np.testing.assert_array_equal(cb.to_host(a), b)
+
+
+def test_routing_numerical_care_on_device(cb):
+    z = np.array([-5000.0, -1000.0, -30.0, 0.0, 30.0, 1000.0, 5000.0], np.float32)
+    y, pb = dc.sigmoid.vjp(cb.to_device(z))
+    yh, dz = cb.to_host(y), cb.to_host(pb(cb.to_device(np.ones_like(z)))[0])
+    assert np.all(np.isfinite(yh)) and np.all(np.isfinite(dz))
+    assert yh[0] == 0 and yh[-1] == 1 and yh[3] == 0.5
+    big = np.array([[1000.0, 0.0, -1000.0], [5e4, 5e4, 5e4]], np.float32)
+    y, pb = dc.softmax.vjp(cb.to_device(big))
+    np.testing.assert_allclose(cb.to_host(y), [[1, 0, 0], [1 / 3, 1 / 3, 1 / 3]], rtol=1e-6)
+    np.testing.assert_allclose(cb.to_host(pb(cb.to_device(np.ones_like(big)))[0]), 0, atol=1e-6)
+    d = cb.to_device
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        dc.batch_norm(d(np.zeros((1, 3, 1, 1))), d(np.ones(3)), d(np.zeros(3)))
+
+
+def test_routing_deterministic(cb, rng):
+    # The per-channel block reductions sum in a fixed tree: bitwise repeatable.
+    x = cb.to_device(rng.standard_normal((2, 3, 9, 7)).astype(np.float32))
+    g, b = cb.to_device(np.ones(3, np.float32)), cb.to_device(np.zeros(3, np.float32))
+    dy = cb.to_device(rng.standard_normal((2, 3, 9, 7)).astype(np.float32))
+    runs = []
+    for _ in range(2):
+        y, pb = dc.batch_norm.vjp(x, g, b)
+        runs.append([cb.to_host(y)] + [cb.to_host(a) for a in pb(dy)[:3]] + [cb.to_host(dc.global_avg_pool(x))])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_routing_and_atoms_mixing_is_a_type_error(cb, rng):
+    d = cb.to_device
+    a, w = rng.standard_normal((2, 3)), rng.standard_normal((4, 3))
+    with pytest.raises(TypeError, match="w is a cpu array but a is a cuda array"):
+        dc.linear(d(a), w)
+    with pytest.raises(TypeError, match="gamma is a cuda array but x is a cpu array"):
+        dc.batch_norm(a, d(np.ones(3)), np.zeros(3))
+    x, atoms, coeff = rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((1, 2, 3, 3, 4, 4)), \
+        rng.standard_normal((3, 2, 2))
+    with pytest.raises(TypeError, match="coeff is a cpu array but x is a cuda array"):
+        dc.atom_conv2d(d(x), d(atoms), coeff, padding=1)
+    y, pb = dc.softmax.vjp(d(a))
+    with pytest.raises(TypeError, match="dy is a cpu array"):
+        pb(a)
+
+
+# ----------------------------------------------------------------------------- atom_conv2d
+# (N, C, H, W, O, k, M, stride, padding, dilation, with bias)
+ATOMS_GRID = [
+    (2, 3, 5, 6, 4, 3, 2, 1, 1, 1, True),
+    (1, 2, 7, 6, 3, 3, 3, (2, 1), (1, 0), (1, 2), False),
+    (1, 2, 4, 4, 9, 3, 5, 1, 1, 1, True),   # O=9, C*M=10, P=16: every GEMM crosses an 8-tile
+]
+
+
+def _atom_args(rng, N, C, H, W, O, k, M, s, p, d, with_bias):
+    from dynconv_np import _args
+
+    g = _args.geometry((N, C, H, W), k, k, s, p, d)
+    return [rng.standard_normal((N, C, H, W)), rng.standard_normal((N, M, k, k, g.Ho, g.Wo)),
+            rng.standard_normal((O, C, M)), rng.standard_normal(O) if with_bias else None]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("i", range(len(ATOMS_GRID)))
+def test_atom_conv2d(cb, rng, backend, i):
+    *shape, s, p, d, with_bias = ATOMS_GRID[i]
+    args = _atom_args(rng, *shape, s, p, d, with_bias)
+    _compare(cb, backend, dc.atom_conv2d, args, dict(stride=s, padding=p, dilation=d),
+             np.dtype(DTYPES[i % 2]), rng)
+
+
+def test_atom_conv2d_chunked_on_device(cb, rng, monkeypatch):
+    # A small workspace splits the batch: the backward recomputes each chunk's Z and
+    # accumulates dcoeff inside the GEMM, chunk after chunk.
+    from dynconv_np.ops import atoms as atoms_mod
+
+    N, C, H, W, O, k, M = 3, 2, 4, 4, 3, 3, 2
+    per_sample = C * M * H * W * 8
+    monkeypatch.setattr(cb, "WORKSPACE_BYTES", 2 * per_sample)
+    assert atoms_mod._chunks(cb, N, per_sample) == [(0, 2), (2, 3)]
+    args = _atom_args(rng, N, C, H, W, O, k, M, 1, 1, 1, True)
+    _compare(cb, "cuda", dc.atom_conv2d, args, dict(padding=1), np.dtype(np.float64), rng)
+
+
+# ----------------------------------------------------------------------------- array primitives
+def test_array_primitives(cb, rng):
+    """The array-level primitives the ops above do not reach, against backends.cpu_array."""
+    from dynconv_np.backends import cpu
+
+    d = cb.to_device
+    a3 = rng.standard_normal((4, 3, 6))
+
+    def same(got, ref, name):
+        assert_close(cb.to_host(got), ref, np.float64, name)
+
+    same(cb.log_softmax(d(a3)), cpu.log_softmax(a3), "log_softmax")
+    same(cb.exp(d(a3)), cpu.exp(a3), "exp")
+    same(cb.sub(d(a3), d(2 * a3)), cpu.sub(a3, 2 * a3), "sub")
+    same(cb.scale(d(a3), 0.5), cpu.scale(a3, 0.5), "scale")
+    assert cb.total(d(a3)) == pytest.approx(cpu.total(a3), rel=1e-13)
+    same(cb.swap01(d(a3)), cpu.swap01(a3), "swap01")
+    A, B = rng.standard_normal((5, 7)), rng.standard_normal((9, 7))
+    acc = rng.standard_normal((5, 9))
+    same(cb.gemm(d(A), d(B), tb=True, out=d(acc), accumulate=True),
+         cpu.gemm(A, B, tb=True, out=acc.copy(), accumulate=True), "gemm accumulate")
+    same(cb.astype(d(a3), np.float32), a3.astype(np.float32), "astype")
+    same(cb.copy(d(a3)[:, 1:]), a3[:, 1:], "copy of a strided view")
+    t = d(a3.copy())
+    same(cb.add_into(t, d(a3.reshape(12, 6))), 2 * a3, "add_into")
+    same(cb.fill(t, 2.5), np.full_like(a3, 2.5), "fill")
+    same(cb.copy_into(t, a3.astype(np.float32)), a3.astype(np.float32), "copy_into from host")
+    same(cb.copy_into(t, d(a3)), a3, "copy_into on device")
+    same(cb.zeros((3, 2), np.float64), np.zeros((3, 2)), "zeros")
+    same(cb.add_eye(d(a3[:, :, :3])), cpu.add_eye(a3[:, :, :3]), "add_eye")
+    k, W, G = rng.standard_normal((3, 4)), rng.standard_normal((3, 4, 2, 3)), rng.standard_normal((4, 2, 3))
+    same(cb.channel_mix(d(k), d(W)), cpu.channel_mix(k, W), "channel_mix")
+    for got, ref in zip(cb.channel_mix_backward(d(k), d(W), d(G)), cpu.channel_mix_backward(k, W, G)):
+        same(got, ref, "channel_mix_backward")
+    for got, ref in zip(cb.channel_mix_backward(d(k), d(W[:, :, 0, 0]), d(G[:, 0, 0])),
+                        cpu.channel_mix_backward(k, W[:, :, 0, 0], G[:, 0, 0])):
+        same(got, ref, "channel_mix_backward, no trailing axes")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimiser_steps(cb, rng, dtype):
+    from dynconv_np.backends import cpu
+
+    p, g = rng.standard_normal(11).astype(dtype), rng.standard_normal(11).astype(dtype)
+    for lr, mom, wd, nesterov in [(0.1, 0.0, 0.0, False), (0.1, 0.9, 0.01, False), (0.05, 0.9, 0.0, True)]:
+        ph, pd = p.copy(), cb.to_device(p)
+        bh = bd = None
+        for _ in range(2):
+            bh = cpu.sgd_step(ph, g, bh, lr, mom, wd, nesterov)
+            bd = cb.sgd_step(pd, cb.to_device(g), bd, lr, mom, wd, nesterov)
+        assert_close(cb.to_host(pd), ph, dtype, f"sgd {lr, mom, wd, nesterov}")
+    ph, pd = p.copy(), cb.to_device(p)
+    mh = vh = md = vd = None
+    for t in (1, 2):
+        c1, c2 = 1 - 0.9 ** t, 1 - 0.999 ** t
+        mh, vh = cpu.adam_step(ph, g, mh, vh, 0.01 / c1, 0.9, 0.999, c2, 1e-8, 0.01)
+        md, vd = cb.adam_step(pd, cb.to_device(g), md, vd, 0.01 / c1, 0.9, 0.999, c2, 1e-8, 0.01)
+    assert_close(cb.to_host(pd), ph, dtype, "adam")

@@ -1,8 +1,350 @@
 """CPU backend, array-level primitives (NumPy): the counterparts of the CUDA backend's
 elementwise, reduction and layout kernels used by the routing ops, atom_conv2d and the
 layers. Re-exported by :mod:`dynconv_np.backends.cpu`; list every public name in ``__all__``.
+
+Each function is the NumPy expression the ops and layers used before they were written
+against backend primitives, so host results are bitwise what they were. Shapes follow
+the CUDA backend's docstrings; "per channel" means axis 1 (``(N, C)`` or ``(N, C, H,
+W)`` arrays, or an ``(A, C, B)`` view).
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import numpy as np
+
+from .cpu_taps import taps_backward_filter, taps_backward_input, taps_forward
+
+__all__ = [
+    # arrays
+    "empty", "zeros", "astype", "copy", "fill", "copy_into", "add_into",
+    # elementwise
+    "sub", "mul", "scale", "exp", "total",
+    "relu", "relu_backward", "sigmoid", "sigmoid_backward", "hard_sigmoid", "hard_sigmoid_backward",
+    "tanh", "tanh_backward",
+    # rows and channels
+    "softmax", "softmax_backward", "log_softmax", "mean_pool", "mean_pool_backward",
+    "batch_stats", "batch_norm_forward", "batch_norm_backward", "running_update",
+    "channel_sum", "add_channel_bias", "channel_mix", "channel_mix_backward", "add_eye",
+    # layout and GEMM
+    "gemm", "swap01",
+    # optimisers
+    "sgd_step", "adam_step",
+    # the tap engine
+    "taps_forward", "taps_backward_input", "taps_backward_filter",
+]
+
+
+# ----------------------------------------------------------------------------- arrays
+def empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array."""
+    return np.empty(tuple(shape), dtype=dtype)
+
+
+def zeros(shape, dtype) -> np.ndarray:
+    """A C-contiguous array of zeros."""
+    return np.zeros(tuple(shape), dtype=dtype)
+
+
+def astype(a: np.ndarray, dtype) -> np.ndarray:
+    """`a` in `dtype`: `a` itself when it already has it, else a converted copy."""
+    return a.astype(dtype, copy=False)
+
+
+def copy(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of `a`."""
+    return np.array(a, copy=True, order="C")
+
+
+def fill(a: np.ndarray, value: float) -> np.ndarray:
+    """Set every entry of `a` (which the caller owns) to `value`, in place; returns `a`."""
+    a.fill(value)
+    return a
+
+
+def copy_into(dst: np.ndarray, src) -> np.ndarray:
+    """``dst[...] = src`` in place (`src` host data of dst's shape, cast as needed); returns `dst`."""
+    np.copyto(dst, src, casting="unsafe")
+    return dst
+
+
+def add_into(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """``dst += src`` in place, `src` reshaped to dst's shape (a gradient accumulator); returns `dst`."""
+    dst += np.asarray(src).reshape(dst.shape)
+    return dst
+
+
+# ----------------------------------------------------------------------------- elementwise
+def sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a - b`` (a new array)."""
+    return a - b
+
+
+def mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a * b`` (a new array)."""
+    return a * b
+
+
+def scale(a: np.ndarray, s: float) -> np.ndarray:
+    """``a * s``, `s` taken in a's dtype (a new array)."""
+    return a * a.dtype.type(s)
+
+
+def exp(a: np.ndarray) -> np.ndarray:
+    """``exp(a)`` (a new array)."""
+    return np.exp(a)
+
+
+def total(a: np.ndarray):
+    """The sum of every entry, as a host scalar of a's dtype."""
+    return a.sum()
+
+
+def relu(z: np.ndarray) -> np.ndarray:
+    """``max(z, 0)``."""
+    return np.maximum(z, 0)
+
+
+def relu_backward(z: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """``dy`` where ``z > 0``, else 0."""
+    return np.where(z > 0, dy, 0).astype(z.dtype, copy=False)
+
+
+def sigmoid(z: np.ndarray, tau: float) -> np.ndarray:
+    """``1 / (1 + exp(-z / tau))``, evaluating ``exp(-|u|)`` only (no overflow at any finite z)."""
+    u = z / z.dtype.type(tau)
+    e = np.exp(-np.abs(u))
+    return np.where(u >= 0, 1 / (1 + e), e / (1 + e)).astype(u.dtype, copy=False)
+
+
+def sigmoid_backward(y: np.ndarray, dy: np.ndarray, tau: float) -> np.ndarray:
+    """``dy * y * (1 - y) / tau`` from the forward's output `y`."""
+    return dy * (y * (1 - y)) / y.dtype.type(tau)
+
+
+def hard_sigmoid(z: np.ndarray, scale: float) -> np.ndarray:
+    """``relu6(z + 3) / scale``."""
+    t = z.dtype.type
+    return np.clip(z + t(3), t(0), t(6)) / t(scale)
+
+
+def hard_sigmoid_backward(z: np.ndarray, dy: np.ndarray, scale: float) -> np.ndarray:
+    """``dy / scale`` on the open interval ``-3 < z < 3``, else 0."""
+    t = z.dtype.type
+    inside = (z > -3) & (z < 3)
+    return np.where(inside, dy / t(scale), 0).astype(z.dtype, copy=False)
+
+
+def tanh(z: np.ndarray) -> np.ndarray:
+    """``tanh(z)``."""
+    return np.tanh(z)
+
+
+def tanh_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """``dy * (1 - y**2)`` from the forward's output `y`."""
+    return dy * (1 - y * y)
+
+
+# ----------------------------------------------------------------------------- rows
+def softmax(z: np.ndarray, tau: float, axis: int) -> np.ndarray:
+    """``softmax(z / tau)`` along `axis` (non-negative), the row maximum subtracted first."""
+    u = z / z.dtype.type(tau)
+    u = u - u.max(axis=axis, keepdims=True)                   # largest exponent is 0
+    e = np.exp(u)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def softmax_backward(y: np.ndarray, dy: np.ndarray, tau: float, axis: int) -> np.ndarray:
+    """``y * (dy - sum(dy * y, axis)) / tau`` from the forward's output `y`."""
+    s = (dy * y).sum(axis=axis, keepdims=True)
+    return y * (dy - s) / y.dtype.type(tau)
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """``log(softmax(z))`` along the last axis: ``(z - max) - log(sum(exp(z - max)))``."""
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+# ----------------------------------------------------------------------------- channels
+def _axes(x: np.ndarray) -> tuple[int, ...]:
+    # every axis but the channel axis 1
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def _per_channel(v: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return v.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+def mean_pool(x: np.ndarray) -> np.ndarray:
+    """``(N, C, H, W) -> (N, C)``: the mean of each plane."""
+    return x.mean(axis=(2, 3))
+
+
+def mean_pool_backward(dy: np.ndarray, H: int, W: int) -> np.ndarray:
+    """``(N, C) -> (N, C, H, W)``: ``dy / (H*W)`` spread over each plane."""
+    dx = np.empty(tuple(dy.shape) + (H, W), dtype=dy.dtype)
+    dx[...] = (dy / (H * W))[:, :, None, None]
+    return dx
+
+
+def batch_stats(x: np.ndarray, ddof: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and variance (divisor ``count - ddof``) of x (N, C) or (N, C, H, W): two (C,)."""
+    axes = _axes(x)
+    return x.mean(axis=axes), x.var(axis=axes, ddof=ddof)
+
+
+def batch_norm_forward(x, mean, var, gamma, beta, eps: float):
+    """Normalise x (N, C[, H, W]) per channel.
+
+    Returns
+    -------
+    y, xhat : x's shape
+        ``xhat = (x - mean) * inv``, ``y = xhat * gamma + beta``.
+    inv : (C,)
+        ``1 / sqrt(var + eps)``.
+    """
+    t = x.dtype.type
+    inv = 1 / np.sqrt(var + t(eps))
+    xhat = (x - _per_channel(mean, x)) * _per_channel(inv, x)
+    y = xhat * _per_channel(gamma, x) + _per_channel(beta, x)
+    return y, xhat, inv
+
+
+def batch_norm_backward(dy, xhat, gamma, inv, training: bool):
+    """Backward of :func:`batch_norm_forward` (statistics of the batch when `training`).
+
+    Returns
+    -------
+    dx : dy's shape
+    dgamma, dbeta : (C,)
+    drm, drv : (C,) or None
+        Gradients w.r.t. the running mean and variance (eval mode); None when `training`.
+    """
+    axes = _axes(dy)
+    t = dy.dtype.type
+    M = dy.size // max(dy.shape[1], 1)
+    dbeta = dy.sum(axis=axes)
+    dgamma = (dy * xhat).sum(axis=axes)
+    gi = gamma * inv
+    drm = drv = None
+    if training:
+        # the batch statistics depend on x: the usual three-term formula
+        dx = _per_channel(gi / M, dy) * (M * dy - _per_channel(dbeta, dy) - xhat * _per_channel(dgamma, dy))
+    else:
+        dx = dy * _per_channel(gi, dy)
+        drm = -gi * dbeta
+        drv = -t(0.5) * gamma * inv * inv * dgamma            # d xhat / d var = -xhat * inv**2 / 2
+    return dx.astype(dy.dtype, copy=False), dgamma, dbeta, drm, drv
+
+
+def running_update(r: np.ndarray, batch: np.ndarray, momentum: float) -> np.ndarray:
+    """``(1 - momentum) * r + momentum * batch`` (a new array)."""
+    m = r.dtype.type(momentum)
+    return (1 - m) * r + m * batch
+
+
+def channel_sum(a: np.ndarray) -> np.ndarray:
+    """``a (A, C, B)`` summed over A and B: (C,)."""
+    return a.sum(axis=(0, 2))
+
+
+def add_channel_bias(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a (A, C, B) += b (C,)`` per channel, in place (the caller owns `a`); returns `a`."""
+    a += b.reshape(1, -1, 1)
+    return a
+
+
+def _letters(W: np.ndarray) -> str:
+    # einsum subscripts of W's trailing axes (after K, O)
+    return "abcdefgh"[:W.ndim - 2]
+
+
+def channel_mix(a: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """``out[o, ...] = sum_k a[k, o] * W[k, o, ...]``: a (K, O), W (K, O, ...) -> (O, ...)."""
+    s = _letters(W)
+    return np.einsum(f"ko,ko{s}->o{s}", a, W)
+
+
+def channel_mix_backward(a: np.ndarray, W: np.ndarray, G: np.ndarray):
+    """Gradients of :func:`channel_mix` for the cotangent ``G (O, ...)``.
+
+    Returns
+    -------
+    dW : (K, O, ...)
+        ``a[k, o] * G[o, ...]``.
+    da : (K, O)
+        ``sum_... G[o, ...] * W[k, o, ...]``.
+    """
+    dW = a.reshape(a.shape + (1,) * (W.ndim - 2)) * G
+    s = _letters(W)
+    return dW, np.einsum(f"o{s},ko{s}->ko", G, W)
+
+
+def add_eye(a: np.ndarray) -> np.ndarray:
+    """``a (N, L, L) + I`` (a new array)."""
+    return np.eye(a.shape[1], dtype=a.dtype) + a
+
+
+# ----------------------------------------------------------------------------- layout and GEMM
+def gemm(a: np.ndarray, b: np.ndarray, ta: bool = False, tb: bool = False, out: np.ndarray | None = None,
+         accumulate: bool = False) -> np.ndarray:
+    """``op(a) @ op(b)`` as one plain ``np.matmul`` (op transposes the last two axes when `ta`/`tb`).
+
+    No shape-dependent dispatch (unlike :func:`dynconv_np.backends.cpu.matmul`): the
+    caller chooses BLAS's threads (``blas_single_thread``). With `out`, the product is
+    written (or, with `accumulate`, added) into it.
+    """
+    a = np.swapaxes(a, -1, -2) if ta else a
+    b = np.swapaxes(b, -1, -2) if tb else b
+    if out is None:
+        return np.matmul(a, b)
+    if accumulate:
+        out += np.matmul(a, b)
+    else:
+        np.matmul(a, b, out=out)
+    return out
+
+
+def swap01(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a (A, B, P) -> (B, A, P)``, C-contiguous (into `out` when given)."""
+    if out is None:
+        return np.ascontiguousarray(a.transpose(1, 0, 2))
+    out[...] = a.transpose(1, 0, 2)
+    return out
+
+
+# ----------------------------------------------------------------------------- optimisers
+def sgd_step(p: np.ndarray, g: np.ndarray, buf: np.ndarray | None, lr: float, momentum: float,
+             weight_decay: float, nesterov: bool) -> np.ndarray | None:
+    """One SGD update of `p` in place (PyTorch's rule); returns the momentum buffer.
+
+    ``g += weight_decay * p``; ``buf = momentum * buf + g`` (``g`` at the first step, when
+    `buf` is None); ``p -= lr * (g + momentum * buf if nesterov else buf)``.
+    """
+    t = p.dtype.type
+    if weight_decay:
+        g = g + t(weight_decay) * p
+    if momentum:
+        buf = g.copy() if buf is None else t(momentum) * buf + g
+        g = g + t(momentum) * buf if nesterov else buf
+    p -= t(lr) * g
+    return buf
+
+
+def adam_step(p: np.ndarray, g: np.ndarray, m: np.ndarray | None, v: np.ndarray | None, lr_c1: float,
+              b1: float, b2: float, c2: float, eps: float, weight_decay: float):
+    """One Adam update of `p` in place; returns the new moments ``(m, v)``.
+
+    ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2`` (zeros before the first step),
+    ``p -= lr_c1 * m / (sqrt(v / c2) + eps)`` with the bias corrections ``lr_c1 = lr / c1``
+    and ``c2`` of the caller.
+    """
+    t = p.dtype.type
+    if weight_decay:
+        g = g + t(weight_decay) * p
+    if m is None:
+        m, v = np.zeros_like(p), np.zeros_like(p)
+    m = t(b1) * m + t(1 - b1) * g
+    v = t(b2) * v + t(1 - b2) * (g * g)
+    p -= t(lr_c1) * m / (np.sqrt(v / t(c2)) + t(eps))
+    return m, v

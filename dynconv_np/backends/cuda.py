@@ -1,5 +1,10 @@
 """CUDA backend: the CPU backend's primitives as numba.cuda kernels, on device arrays.
 
+The conv template, GEMM, tap engine and DCD helpers of ``backends/cpu.py``, and the
+array-level primitives of ``backends/cpu_array.py`` (elementwise maps, per-row softmax,
+per-channel block reductions, layout changes and optimiser updates; the last section of
+this file) that the routing ops, ``atom_conv2d`` and the ``nn`` layers are written against.
+
 This is the only module that imports ``numba.cuda``; :func:`dynconv_np.backends.get`
 imports it lazily, the first time device arrays reach an op. Every primitive takes
 numba device arrays or any object with ``__cuda_array_interface__`` (CuPy, PyTorch CUDA
@@ -13,17 +18,20 @@ stride, ``ph, pw`` top/left padding, ``dh, dw`` dilation, ``Ho, Wo`` output size
 
 Determinism: every output element is written by exactly one thread, which sums its terms
 in a fixed order (the GEMM over shared-memory tiles in ascending ``k``, col2im as a
-gather over taps in ascending order, the reductions serially). There are no atomics, so
-the same call on the same inputs gives bitwise the same result on every run.
+gather over taps in ascending order, the reductions serially or, per channel, as a fixed
+tree over a block's partial sums). There are no atomics, so the same call on the same
+inputs gives bitwise the same result on every run.
 
 Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the kernels run as Python threads:
 each CUDA thread is a Python thread, so tests there use tiny grids, and the tile and block
-sizes shrink (:data:`TPB`, :data:`THREADS`); the kernels are the same.
+sizes shrink (:data:`TPB`, :data:`THREADS`, :data:`RED_THREADS`); the kernels are the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -507,13 +515,6 @@ def _add_rows(y, b):
     y[n, o, t % P] += b[n % b.shape[0], o]
 
 
-@cuda.jit
-def _add(a, b, out):
-    t = cuda.grid(1)
-    if t < out.size:
-        out[t] = a[t] + b[t]
-
-
 # ----------------------------------------------------------------------------- GEMM
 def _gemm(A, B, C, ta=False, tb=False, R=1, accumulate=False):
     """Launch the tiled GEMM on C-contiguous 3-D operands (see the kernel's comment)."""
@@ -585,19 +586,6 @@ def matmul_tn(a, b):
 def matmul_nt(a, b):
     """``a @ b^T`` over the last two axes: a (M, K) or (B|1, M, K), b (N, K) or (B|1, N, K)."""
     return _matmul(a, b, False, True)
-
-
-def add(a, b):
-    """Elementwise ``a + b`` of two device arrays of one shape and dtype (a new array)."""
-    a = contiguous(a)
-    b = contiguous(b)
-    if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
-        raise ValueError(f"add needs one shape and dtype, got {tuple(a.shape)} {a.dtype} and "
-                         f"{tuple(b.shape)} {b.dtype}")
-    out = empty(a.shape, a.dtype)
-    size = int(np.prod(a.shape))
-    _launch(_add, size, a.reshape(size), b.reshape(size), out.reshape(size))
-    return out
 
 
 # ----------------------------------------------------------------------------- im2col / col2im
@@ -921,3 +909,630 @@ def matmul_nt_sum(a, b):
     out = empty((1, a.shape[1], b.shape[1]), a.dtype)
     _gemm(a, b, out, tb=True, R=a.shape[0])
     return out.reshape(a.shape[1], b.shape[1])
+
+
+# ----------------------------------------------------------------------------- array-level primitives
+# The counterparts of backends/cpu_array.py, for the routing ops, atom_conv2d and the
+# layers: elementwise maps, per-row softmax, per-channel reductions, layout changes and
+# optimiser updates. Same names, arguments and results as the CPU functions.
+
+#: Threads per block of the per-channel reductions, a power of two: each block sums its
+#: threads' partial sums as a tree in shared memory. The simulator pays for every thread
+#: and barrier in Python, so it gets small blocks; the tree is the same.
+RED_THREADS = 8 if SIMULATOR else 256
+
+
+def chunk_size(N: int, bytes_per_sample: int) -> int:
+    """Samples per chunk so that a chunk's workspace stays within :data:`WORKSPACE_BYTES`."""
+    return max(1, min(N, WORKSPACE_BYTES // max(1, bytes_per_sample)))
+
+
+def blas_single_thread():
+    """A context that does nothing: there is no BLAS here (the CPU backend's holds BLAS at one thread)."""
+    return contextlib.nullcontext()
+
+
+@cuda.jit(device=True)
+def _block_sum(buf, v):
+    # The sum of every thread's `v` over the block, returned to all of them: a tree over
+    # `buf` (shared, RED_THREADS long) with a fixed pairing, so the result is deterministic.
+    tid = cuda.threadIdx.x
+    buf[tid] = v
+    cuda.syncthreads()
+    s = RED_THREADS // 2
+    while s > 0:
+        if tid < s:
+            buf[tid] += buf[tid + s]
+        cuda.syncthreads()
+        s //= 2
+    total = buf[0]
+    cuda.syncthreads()  # all have read buf[0] before a later call overwrites it
+    return total
+
+
+# Elementwise maps ``out[t] = f(a[t], b[t], c[t], p, q, r)``: three operands (unused ones
+# are passed as `a`) and three scalars in the arrays' dtype. One kernel template
+# (_ew_kernel), one device function per op below; each mirrors the NumPy expression of
+# the cpu_array function of the same purpose, in the same order of operations.
+@functools.cache
+def _array_kernels(dtype: np.dtype) -> SimpleNamespace:
+    """The dtype-specialised array-level kernels (constants in `dtype`, see :func:`_kernels`)."""
+    dt = np.dtype(dtype)
+    nbtype = _NB_TYPES[dt]
+    zero, one, three, six, half = (dt.type(v) for v in (0, 1, 3, 6, 0.5))
+
+    dev = cuda.jit(device=True)
+    ops = {
+        "relu": dev(lambda a, b, c, p, q, r: zero if a < zero else a),
+        "relu_backward": dev(lambda a, b, c, p, q, r: b if a > zero else zero),
+        "sigmoid": dev(_sigmoid_fn(zero, one)),
+        "sigmoid_backward": dev(lambda a, b, c, p, q, r: b * (a * (one - a)) / p),
+        "hard_sigmoid": dev(lambda a, b, c, p, q, r: min(max(a + three, zero), six) / p),
+        "hard_sigmoid_backward": dev(lambda a, b, c, p, q, r: b / p if -three < a < three else zero),
+        "tanh": dev(lambda a, b, c, p, q, r: math.tanh(a)),
+        "tanh_backward": dev(lambda a, b, c, p, q, r: b * (one - a * a)),
+        "exp": dev(lambda a, b, c, p, q, r: math.exp(a)),
+        "add": dev(lambda a, b, c, p, q, r: a + b),
+        "sub": dev(lambda a, b, c, p, q, r: a - b),
+        "mul": dev(lambda a, b, c, p, q, r: a * b),
+        "scale": dev(lambda a, b, c, p, q, r: a * p),
+        "div": dev(lambda a, b, c, p, q, r: a / p),
+        "fill": dev(lambda a, b, c, p, q, r: p),
+        "lerp": dev(lambda a, b, c, p, q, r: (one - p) * a + p * b),
+        "rsqrt_eps": dev(lambda a, b, c, p, q, r: one / math.sqrt(a + p)),
+        "neg_mul": dev(lambda a, b, c, p, q, r: -a * b),
+        "bn_drv": dev(lambda a, b, c, p, q, r: -half * a * b * b * c),
+        "axpy": dev(lambda a, b, c, p, q, r: a + p * b),
+        "axpby": dev(lambda a, b, c, p, q, r: p * a + q * b),
+        "axpbyy": dev(lambda a, b, c, p, q, r: p * a + q * (b * b)),
+        "adam": dev(lambda a, b, c, p, q, r: a - p * b / (math.sqrt(c / q) + r)),
+    }
+
+    @cuda.jit
+    def rows(a, b, out, mode, tau):
+        # One thread per row a[i, :, j] of a (A, L, B), entries in order. mode 0:
+        # softmax(a / tau), the row maximum subtracted; 1: log-softmax of a (tau = 1);
+        # 2: softmax backward with a = y, b = dy.
+        t = cuda.grid(1)
+        A, L, B = a.shape
+        if t >= A * B:
+            return
+        i = t // B
+        j = t - i * B
+        if mode == 2:
+            s = zero
+            for k in range(L):
+                s += b[i, k, j] * a[i, k, j]
+            for k in range(L):
+                out[i, k, j] = a[i, k, j] * (b[i, k, j] - s) / tau
+            return
+        mx = a[i, 0, j] / tau
+        for k in range(1, L):
+            mx = max(mx, a[i, k, j] / tau)
+        s = zero
+        for k in range(L):
+            s += math.exp(a[i, k, j] / tau - mx)
+        if mode == 0:
+            for k in range(L):
+                out[i, k, j] = math.exp(a[i, k, j] / tau - mx) / s
+        else:
+            ls = math.log(s)
+            for k in range(L):
+                out[i, k, j] = (a[i, k, j] / tau - mx) - ls
+
+    @cuda.jit
+    def channel_reduce(a, b, out1, out2, mode, d1, d2):
+        # Block c owns channel c of a (A, C, B): its threads stride over the channel's
+        # A*B entries (neighbouring threads on neighbouring entries) and _block_sum adds
+        # their partial sums. out1[c] = sum(a) / d1; mode 1: out2[c] = sum((a -
+        # out1[c])**2) / d2, a second pass as NumPy's var; mode 2: out2[c] = sum(a*b) / d2.
+        buf = cuda.shared.array(RED_THREADS, nbtype)
+        c = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        B = a.shape[2]
+        n = a.shape[0] * B
+        s = zero
+        p = zero
+        for k in range(tid, n, RED_THREADS):
+            i = k // B
+            v = a[i, c, k - i * B]
+            s += v
+            if mode == 2:
+                p += v * b[i, c, k - i * B]
+        mean = _block_sum(buf, s) / d1
+        if mode == 1:
+            for k in range(tid, n, RED_THREADS):
+                i = k // B
+                dv = a[i, c, k - i * B] - mean
+                p += dv * dv
+        if mode != 0:
+            p = _block_sum(buf, p)
+        if tid == 0:
+            out1[c] = mean
+            if mode != 0:
+                out2[c] = p / d2
+
+    @cuda.jit
+    def add_eye(a, out):
+        t = cuda.grid(1)
+        N, L = a.shape[0], a.shape[1]
+        if t >= N * L * L:
+            return
+        j = t % L
+        q = t // L
+        i = q % L
+        n = q // L
+        out[n, i, j] = a[n, i, j] + one if i == j else a[n, i, j]
+
+    return SimpleNamespace(ew={k: _ew_kernel(f) for k, f in ops.items()}, rows=rows,
+                           channel_reduce=channel_reduce, add_eye=add_eye)
+
+
+def _sigmoid_fn(zero, one):
+    # exp only of non-positive numbers: no overflow for any finite input
+    def f(a, b, c, p, q, r):
+        u = a / p
+        e = math.exp(-abs(u))
+        return one / (one + e) if u >= zero else e / (one + e)
+    return f
+
+
+def _ew_kernel(f):
+    @cuda.jit
+    def k(a, b, c, out, p, q, r):
+        t = cuda.grid(1)
+        if t < out.size:
+            out[t] = f(a[t], b[t], c[t], p, q, r)
+    return k
+
+
+def _size(a) -> int:
+    return int(np.prod(a.shape))
+
+
+def _ew(op: str, a, b=None, c=None, p=0.0, q=0.0, r=0.0, out=None):
+    """Run the elementwise map `op` (see ``_EW_DOC``) over C-contiguous operands of one size.
+
+    `out` may be one of the operands (each thread reads its entries before writing them).
+    """
+    a = contiguous(a)
+    size = _size(a)
+    b = a if b is None else contiguous(b)
+    c = a if c is None else contiguous(c)
+    if out is None:
+        out = empty(a.shape, a.dtype)
+    for name, v in (("b", b), ("c", c), ("out", out)):
+        if _size(v) != size or v.dtype != a.dtype:
+            raise ValueError(f"{op}: {name} has shape {tuple(v.shape)} and dtype {v.dtype}, "
+                             f"a has {tuple(a.shape)} and {a.dtype}")
+    t = a.dtype.type
+    _launch(_array_kernels(a.dtype).ew[op], size, a.reshape(size), b.reshape(size), c.reshape(size),
+            out.reshape(size), t(p), t(q), t(r))
+    return out
+
+
+def _three(a, axis: int):
+    # a C-contiguous (A, L, B) view of `a` around `axis`
+    s = tuple(a.shape)
+    return a.reshape(int(np.prod(s[:axis])), s[axis], int(np.prod(s[axis + 1:])))
+
+
+def _channels(a):
+    # (N, C) or (N, C, ...) as a C-contiguous (N, C, B) view
+    return _three(contiguous(a), 1)
+
+
+def _reduce(a3, mode: int, d1, d2=1, b3=None):
+    """Per-channel sums of ``a3 (A, C, B)`` (see the kernel); ``(out1, out2)``, out2 None in mode 0."""
+    C = a3.shape[1]
+    out1 = empty((C,), a3.dtype)
+    out2 = empty((C,), a3.dtype) if mode else out1
+    t = a3.dtype.type
+    if C:
+        _array_kernels(a3.dtype).channel_reduce[C, RED_THREADS](
+            a3, a3 if b3 is None else b3, out1, out2, mode, t(d1), t(d2))
+    return out1, (out2 if mode else None)
+
+
+# ---------------------------------------------------------------- arrays
+def zeros(shape, dtype):
+    """A C-contiguous device array of zeros."""
+    return fill(empty(shape, dtype), 0)
+
+
+def astype(a, dtype):
+    """`a` in `dtype`: `a` itself when it already has it, else a converted device copy."""
+    a = as_device_array(a)
+    if a.dtype == np.dtype(dtype):
+        return a
+    a = contiguous(a)
+    out = empty(a.shape, dtype)
+    _launch(_copy1, _size(a), a.reshape(_size(a)), out.reshape(_size(a)))
+    return out
+
+
+def copy(a):
+    """A C-contiguous device copy of `a`."""
+    a = as_device_array(a)
+    out = empty(a.shape, a.dtype)
+    size = _size(a)
+    if a.is_c_contiguous():
+        _launch(_copy1, size, a.reshape(size), out.reshape(size))
+    else:
+        _launch(_COPY[a.ndim], size, a, out.reshape(size))
+    return out
+
+
+def fill(a, value: float):
+    """Set every entry of `a` (a C-contiguous device array the caller owns) to `value`; returns `a`."""
+    return _ew("fill", a, p=value, out=a)
+
+
+def copy_into(dst, src):
+    """``dst[...] = src`` in place: `src` a host array (copied over) or a device array of dst's shape."""
+    if isinstance(src, np.ndarray) or not (is_device_array(src) or hasattr(src, "__cuda_array_interface__")):
+        host = np.ascontiguousarray(np.broadcast_to(np.asarray(src), tuple(dst.shape)), dtype=dst.dtype)
+        dst.copy_to_device(host)
+        return dst
+    src = astype(contiguous(src), dst.dtype)
+    if tuple(src.shape) != tuple(dst.shape):
+        raise ValueError(f"copy_into: src has shape {tuple(src.shape)}, dst {tuple(dst.shape)}")
+    size = _size(dst)
+    _launch(_copy1, size, src.reshape(size), dst.reshape(size))
+    return dst
+
+
+def add_into(dst, src):
+    """``dst += src`` in place, `src` of dst's size (a gradient accumulator); returns `dst`."""
+    return _ew("add", dst, src, out=dst)
+
+
+# ---------------------------------------------------------------- elementwise
+def add(a, b):
+    """Elementwise ``a + b`` of two device arrays of one shape and dtype (a new array)."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"add needs one shape and dtype, got {tuple(a.shape)} {a.dtype} and "
+                         f"{tuple(b.shape)} {b.dtype}")
+    return _ew("add", a, b)
+
+
+def sub(a, b):
+    """``a - b`` (a new array)."""
+    return _ew("sub", a, b)
+
+
+def mul(a, b):
+    """``a * b`` (a new array)."""
+    return _ew("mul", a, b)
+
+
+def scale(a, s: float):
+    """``a * s``, `s` taken in a's dtype (a new array)."""
+    return _ew("scale", a, p=s)
+
+
+def exp(a):
+    """``exp(a)`` (a new array)."""
+    return _ew("exp", a)
+
+
+def total(a):
+    """The sum of every entry, as a host scalar of a's dtype (one block's tree; copies one number back)."""
+    a = contiguous(a)
+    s, _ = _reduce(a.reshape(1, 1, _size(a)), 0, 1)
+    return s.copy_to_host()[0]
+
+
+def relu(z):
+    """``max(z, 0)``."""
+    return _ew("relu", z)
+
+
+def relu_backward(z, dy):
+    """``dy`` where ``z > 0``, else 0."""
+    return _ew("relu_backward", z, dy)
+
+
+def sigmoid(z, tau: float):
+    """``1 / (1 + exp(-z / tau))``, evaluating ``exp(-|u|)`` only (no overflow at any finite z)."""
+    return _ew("sigmoid", z, p=tau)
+
+
+def sigmoid_backward(y, dy, tau: float):
+    """``dy * y * (1 - y) / tau`` from the forward's output `y`."""
+    return _ew("sigmoid_backward", y, dy, p=tau)
+
+
+def hard_sigmoid(z, scale: float):
+    """``relu6(z + 3) / scale``."""
+    return _ew("hard_sigmoid", z, p=scale)
+
+
+def hard_sigmoid_backward(z, dy, scale: float):
+    """``dy / scale`` on the open interval ``-3 < z < 3``, else 0."""
+    return _ew("hard_sigmoid_backward", z, dy, p=scale)
+
+
+def tanh(z):
+    """``tanh(z)``."""
+    return _ew("tanh", z)
+
+
+def tanh_backward(y, dy):
+    """``dy * (1 - y**2)`` from the forward's output `y`."""
+    return _ew("tanh_backward", y, dy)
+
+
+# ---------------------------------------------------------------- rows
+def _rows(mode: int, a, b, tau: float, axis: int):
+    a = contiguous(a)
+    a3 = _three(a, axis)
+    b3 = a3 if b is None else _three(contiguous(b), axis)
+    out = empty(a.shape, a.dtype)
+    _launch(_array_kernels(a.dtype).rows, a3.shape[0] * a3.shape[2], a3, b3, _three(out, axis), mode,
+            a.dtype.type(tau))
+    return out
+
+
+def softmax(z, tau: float, axis: int):
+    """``softmax(z / tau)`` along `axis` (non-negative): one thread per row, the row maximum subtracted."""
+    return _rows(0, z, None, tau, axis)
+
+
+def softmax_backward(y, dy, tau: float, axis: int):
+    """``y * (dy - sum(dy * y, axis)) / tau`` from the forward's output `y`."""
+    return _rows(2, y, dy, tau, axis)
+
+
+def log_softmax(z):
+    """``log(softmax(z))`` along the last axis: ``(z - max) - log(sum(exp(z - max)))``."""
+    return _rows(1, z, None, 1.0, len(z.shape) - 1)
+
+
+# ---------------------------------------------------------------- channels
+@cuda.jit
+def _expand_rows(a, out, L, d):
+    # out[r, l] = a[r] / d over a flat (R*L) out
+    t = cuda.grid(1)
+    if t < out.size:
+        out[t] = a[t // L] / d
+
+
+@cuda.jit
+def _bn_apply(x, mean, inv, gamma, beta, xhat, y):
+    # One thread per entry of x (A, C, B): xhat = (x - mean) * inv, y = xhat * gamma + beta.
+    t = cuda.grid(1)
+    A, C, B = x.shape
+    if t >= A * C * B:
+        return
+    j = t % B
+    q = t // B
+    c = q % C
+    i = q // C
+    h = (x[i, c, j] - mean[c]) * inv[c]
+    xhat[i, c, j] = h
+    y[i, c, j] = h * gamma[c] + beta[c]
+
+
+@cuda.jit
+def _bn_dx(dy, xhat, gm, dbeta, dgamma, dx, Mf, training):
+    # One thread per entry of dy (A, C, B). Training: gm = gamma * inv / M and
+    # dx = gm * (M dy - dbeta - xhat dgamma); eval: gm = gamma * inv and dx = dy * gm.
+    t = cuda.grid(1)
+    A, C, B = dy.shape
+    if t >= A * C * B:
+        return
+    j = t % B
+    q = t // B
+    c = q % C
+    i = q // C
+    if training:
+        dx[i, c, j] = gm[c] * (Mf * dy[i, c, j] - dbeta[c] - xhat[i, c, j] * dgamma[c])
+    else:
+        dx[i, c, j] = dy[i, c, j] * gm[c]
+
+
+@cuda.jit
+def _channel_mix(a, W, out):
+    # out[o, f] = sum_k a[k, o] * W[k, o, f], k in order
+    t = cuda.grid(1)
+    K, O, F = W.shape
+    if t >= O * F:
+        return
+    o = t // F
+    f = t - o * F
+    acc = a[0, o] * W[0, o, f]
+    for k in range(1, K):
+        acc += a[k, o] * W[k, o, f]
+    out[o, f] = acc
+
+
+@cuda.jit
+def _channel_mix_back(a, W, G, dW, da):
+    # The thread of (k, o) owns dW[k, o, :] = a[k, o] * G[o, :] and da[k, o] = sum_f
+    # G[o, f] * W[k, o, f], f in order.
+    t = cuda.grid(1)
+    K, O, F = W.shape
+    if t >= K * O:
+        return
+    k = t // O
+    o = t - k * O
+    s = a[k, o]
+    acc = G[o, 0] * W[k, o, 0]
+    dW[k, o, 0] = s * G[o, 0]
+    for f in range(1, F):
+        acc += G[o, f] * W[k, o, f]
+        dW[k, o, f] = s * G[o, f]
+    da[k, o] = acc
+
+
+@cuda.jit
+def _swap01(a, out):
+    # out[j, i, p] = a[i, j, p]; neighbouring threads on neighbouring p (coalesced both ways)
+    t = cuda.grid(1)
+    A, B, P = a.shape
+    if t >= A * B * P:
+        return
+    p = t % P
+    q = t // P
+    i = q % A
+    j = q // A
+    out[j, i, p] = a[i, j, p]
+
+
+def mean_pool(x):
+    """``(N, C, H, W) -> (N, C)``: the mean of each plane (a block per plane)."""
+    x = contiguous(x)
+    N, C, H, W = x.shape
+    m, _ = _reduce(x.reshape(1, N * C, H * W), 0, H * W)
+    return m.reshape(N, C)
+
+
+def mean_pool_backward(dy, H: int, W: int):
+    """``(N, C) -> (N, C, H, W)``: ``dy / (H*W)`` spread over each plane."""
+    dy = contiguous(dy)
+    N, C = dy.shape
+    dx = empty((N, C, H, W), dy.dtype)
+    size = N * C * H * W
+    _launch(_expand_rows, size, dy.reshape(N * C), dx.reshape(size), H * W, dy.dtype.type(H * W))
+    return dx
+
+
+def batch_stats(x, ddof: int = 0):
+    """Per-channel mean and variance (divisor ``count - ddof``) of x (N, C) or (N, C, H, W): two (C,)."""
+    x3 = _channels(x)
+    M = x3.shape[0] * x3.shape[2]
+    return _reduce(x3, 1, M, M - ddof)
+
+
+def batch_norm_forward(x, mean, var, gamma, beta, eps: float):
+    """Normalise x (N, C[, H, W]) per channel: ``(y, xhat, inv)`` as the CPU backend's."""
+    x = contiguous(x)
+    inv = _ew("rsqrt_eps", var, p=eps)
+    y = empty(x.shape, x.dtype)
+    xhat = empty(x.shape, x.dtype)
+    _launch(_bn_apply, _size(x), _channels(x), contiguous(mean), inv, contiguous(gamma), contiguous(beta),
+            _channels(xhat), _channels(y))
+    return y, xhat, inv
+
+
+def batch_norm_backward(dy, xhat, gamma, inv, training: bool):
+    """Backward of :func:`batch_norm_forward`: ``(dx, dgamma, dbeta, drm, drv)`` as the CPU backend's."""
+    dy3, xhat3 = _channels(dy), _channels(xhat)
+    C = dy3.shape[1]
+    M = dy3.shape[0] * dy3.shape[2]
+    dbeta, dgamma = _reduce(dy3, 2, 1, 1, xhat3)
+    gi = mul(gamma, inv)
+    dx = empty(dy.shape, dy3.dtype)
+    drm = drv = None
+    if training:
+        gm = _ew("div", gi, p=M)
+    else:
+        gm = gi
+        drm = _ew("neg_mul", gi, dbeta)
+        drv = _ew("bn_drv", gamma, inv, dgamma)
+    if C:
+        _launch(_bn_dx, _size(dy3), dy3, xhat3, gm, dbeta, dgamma, _channels(dx), dy3.dtype.type(M),
+                int(training))
+    return dx, dgamma, dbeta, drm, drv
+
+
+def running_update(r, batch, momentum: float):
+    """``(1 - momentum) * r + momentum * batch`` (a new array)."""
+    return _ew("lerp", r, batch, p=momentum)
+
+
+def channel_sum(a):
+    """``a (A, C, B)`` summed over A and B: (C,), a block per channel."""
+    s, _ = _reduce(contiguous(a), 0, 1)
+    return s
+
+
+def add_channel_bias(a, b):
+    """``a (A, C, B) += b (C,)`` per channel, in place (a C-contiguous array the caller owns); returns `a`."""
+    _launch(_add_rows, _size(a), a, contiguous(b).reshape(1, a.shape[1]))
+    return a
+
+
+def channel_mix(a, W):
+    """``out[o, ...] = sum_k a[k, o] * W[k, o, ...]``: a (K, O), W (K, O, ...) -> (O, ...)."""
+    W = contiguous(W)
+    K, O = W.shape[0], W.shape[1]
+    F = _size(W) // max(1, K * O)
+    out = empty(tuple(W.shape[1:]), W.dtype)
+    _launch(_channel_mix, O * F, contiguous(a), W.reshape(K, O, F), out.reshape(O, F))
+    return out
+
+
+def channel_mix_backward(a, W, G):
+    """Gradients of :func:`channel_mix` for ``G (O, ...)``: ``(dW (K, O, ...), da (K, O))``."""
+    W = contiguous(W)
+    K, O = W.shape[0], W.shape[1]
+    F = _size(W) // max(1, K * O)
+    dW = empty(W.shape, W.dtype)
+    da = empty((K, O), W.dtype)
+    if F:
+        _launch(_channel_mix_back, K * O, contiguous(a), W.reshape(K, O, F), contiguous(G).reshape(O, F),
+                dW.reshape(K, O, F), da)
+    return dW, da
+
+
+def add_eye(a):
+    """``a (N, L, L) + I`` (a new array)."""
+    a = contiguous(a)
+    out = empty(a.shape, a.dtype)
+    _launch(_array_kernels(a.dtype).add_eye, _size(a), a, out)
+    return out
+
+
+# ---------------------------------------------------------------- layout and GEMM
+def gemm(a, b, ta: bool = False, tb: bool = False, out=None, accumulate: bool = False):
+    """``op(a) @ op(b)`` with the tiled GEMM (op transposes the last two axes when `ta`/`tb`).
+
+    With `out` (a C-contiguous (M, N) or (B, M, N) device array), the product is written
+    into it, or added to it with `accumulate` (inside the kernel: no temporary).
+    """
+    if out is None:
+        return _matmul(a, b, ta, tb)
+    a3, b3, o3 = _as3(contiguous(a)), _as3(contiguous(b)), _as3(out)
+    M, Ka = (a3.shape[2], a3.shape[1]) if ta else (a3.shape[1], a3.shape[2])
+    N, Kb = (b3.shape[1], b3.shape[2]) if tb else (b3.shape[2], b3.shape[1])
+    if Ka != Kb or tuple(o3.shape[1:]) != (M, N) or {a3.shape[0], b3.shape[0]} - {1, o3.shape[0]}:
+        raise ValueError(f"gemm shapes {tuple(a.shape)}, {tuple(b.shape)} do not fit out {tuple(out.shape)} "
+                         f"(transposed: {ta}, {tb})")
+    _gemm(a3, b3, o3, ta, tb, accumulate=accumulate)
+    return out
+
+
+def swap01(a, out=None):
+    """``a (A, B, P) -> (B, A, P)``, C-contiguous (into `out`, a C-contiguous device array, when given)."""
+    a = contiguous(a)
+    A, B, P = a.shape
+    if out is None:
+        out = empty((B, A, P), a.dtype)
+    _launch(_swap01, A * B * P, a, out)
+    return out
+
+
+# ---------------------------------------------------------------- optimisers
+def sgd_step(p, g, buf, lr: float, momentum: float, weight_decay: float, nesterov: bool):
+    """One SGD update of `p` in place, as the CPU backend's (buffers updated in place); returns `buf`."""
+    if weight_decay:
+        g = _ew("axpy", g, p, p=weight_decay)
+    if momentum:
+        buf = copy(g) if buf is None else _ew("axpy", g, buf, p=momentum, out=buf)
+        g = _ew("axpy", g, buf, p=momentum) if nesterov else buf
+    _ew("axpy", p, g, p=-lr, out=p)  # p + (-lr) g is p - lr g, bit for bit
+    return buf
+
+
+def adam_step(p, g, m, v, lr_c1: float, b1: float, b2: float, c2: float, eps: float, weight_decay: float):
+    """One Adam update of `p` in place, as the CPU backend's (moments updated in place); returns ``(m, v)``."""
+    if weight_decay:
+        g = _ew("axpy", g, p, p=weight_decay)
+    if m is None:
+        m, v = zeros(p.shape, p.dtype), zeros(p.shape, p.dtype)
+    _ew("axpby", m, g, p=b1, q=1 - b1, out=m)
+    _ew("axpbyy", v, g, p=b2, q=1 - b2, out=v)
+    _ew("adam", p, m, v, p=lr_c1, q=c2, r=eps, out=p)
+    return m, v

@@ -12,7 +12,8 @@ Forward::
 The generator's 3x3 convs at padding 1 (the first at the layer's stride) give exactly
 the main convolution's output size. The backward runs the same chain in reverse: the
 atoms' gradient goes to ``beta`` through the bases, then through tanh, BN and the convs,
-and the generator's input gradient is added to the main path's ``dx``.
+and the generator's input gradient is added to the main path's ``dx``. Host or device
+arrays: the bases product is a backend GEMM (``be.matmul_tn`` / ``be.matmul``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .. import _args
 from ..bases import fourier_bessel_bases
 from ..ops import atom_conv2d, conv2d, tanh
 from .layers import inner_batch_norm
-from .module import Module, make_rng, uniform_init
+from .module import Module, array_backend, make_rng, uniform_init
 
 __all__ = ["AtomConv2d"]
 
@@ -117,8 +118,9 @@ class AtomConv2d(Module):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"x has {x.shape[1]} channels, but {self.name()} expects {self.in_channels}")
         k, M = self.kernel_size, self.num_atoms
-        B = self.bases.astype(x.dtype, copy=False).reshape(-1, k * k)   # (T, k*k)
-        T = B.shape[0]
+        be = array_backend(x)
+        T = self.bases.shape[0]
+        B = be.astype(self.bases, x.dtype).reshape(T, k * k)            # (T, k*k)
         # generator: conv3x3_s -> BN -> tanh -> conv3x3 -> BN -> tanh
         g1, pb_c1 = conv2d.vjp(x, self.gen1_weight, None, stride=self.geo["stride"], padding=1)
         g1n, pb_b1 = inner_batch_norm(self, "bn1", g1)
@@ -127,20 +129,20 @@ class AtomConv2d(Module):
         g2n, pb_b2 = inner_batch_norm(self, "bn2", g2)
         beta, pb_t2 = tanh.vjp(g2n)                               # (N, M*T, Ho, Wo)
         N, _, Ho, Wo = beta.shape
-        atoms = np.matmul(B.T, beta.reshape(N, M, T, Ho * Wo))      # (N, M, k*k, P)
+        atoms = be.matmul_tn(B, be.contiguous(beta).reshape(N * M, T, Ho * Wo))   # (N*M, k*k, P)
         atoms = atoms.reshape(N, M, k, k, Ho, Wo)
         y, pb_ac = atom_conv2d.vjp(x, atoms, self.coeff, self._params.get("bias"), **self.geo)
 
         def pullback(dy):
             dx, datoms, dcoeff, dbias = pb_ac(dy)
-            dbeta = np.matmul(B, datoms.reshape(N, M, k * k, Ho * Wo)).reshape(beta.shape)
+            dbeta = be.matmul(B, be.contiguous(datoms).reshape(N * M, k * k, Ho * Wo)).reshape(beta.shape)
             dg2, dgam2, dbet2 = pb_b2(pb_t2(dbeta)[0])[:3]
             dh1, dw2, _ = pb_c2(dg2)
             dg1, dgam1, dbet1 = pb_b1(pb_t1(dh1)[0])[:3]
             dxg, dw1, _ = pb_c1(dg1)
             grads = {"coeff": dcoeff, "bias": dbias, "gen1_weight": dw1, "gen2_weight": dw2,
                      "bn1_weight": dgam1, "bn1_bias": dbet1, "bn2_weight": dgam2, "bn2_bias": dbet2}
-            return dx + dxg, grads
+            return be.add(dx, dxg), grads
 
         self._cache = (pullback, y.shape, y.dtype)
         return y
@@ -153,7 +155,7 @@ class AtomConv2d(Module):
             raise TypeError(f"dy must have the output's dtype {np.dtype(dtype)}, got {dy.dtype}")
         if tuple(dy.shape) != tuple(shape):
             raise ValueError(f"dy must have the output's shape {tuple(shape)}, got {tuple(dy.shape)}")
-        dx, grads = pullback(np.ascontiguousarray(dy))
+        dx, grads = pullback(array_backend(dy).contiguous(dy))
         for name, g in grads.items():
             if name in self._params:
                 self.accumulate(name, g)

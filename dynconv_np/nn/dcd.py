@@ -17,8 +17,12 @@ With ``residual_bn=True`` the residual follows the code's batch norms exactly::
     z = BN1(Q^T x_centre)        v = z + BN2(Phi z)        y = lam * conv(x, W0) + P v
 
 which is no longer a per-sample kernel (the batch statistics couple the samples), so it
-is computed from the parts: the static conv, a centre-tap-only conv for ``Q^T x`` and
-the batch norms. By default the residual has no batch norm (the eval-folded form).
+is computed from the parts: the static conv, ``Q^T`` applied to x at the centre taps
+(the backends' ``centre_taps``, as in :func:`dynconv_np.dcd_conv2d`) and the batch
+norms. By default the residual has no batch norm (the eval-folded form).
+
+Forward and backward run on host or device arrays: everything goes through the ops and
+backend primitives (``be.mul``, ``be.matmul*``, ``be.add_eye``, ...).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numpy as np
 from .. import _args
 from ..ops import conv2d, dcd_conv2d, global_avg_pool, hard_sigmoid, linear
 from .layers import inner_batch_norm
-from .module import Module, make_rng, uniform_init
+from .module import Module, array_backend, make_rng, uniform_init
 
 __all__ = ["DCDConv2d", "MIN_SQUEEZE"]
 
@@ -117,11 +121,12 @@ class DCDConv2d(Module):
     def _route(self, x):
         """``lam (N, O)``, ``Phi (N, L, L)`` and the pullback of the branch into x."""
         N, L = x.shape[0], self.latent_dim
+        be = array_backend(x)
         a, pb_gap = global_avg_pool.vjp(x)                    # (N, C)
         t0, pb_fc = linear.vjp(a, self.fc_weight)             # (N, S)
         gate_in, pb_se = linear.vjp(t0, self.se_weight)       # (N, S)
         gate, pb_hg = hard_sigmoid.vjp(gate_in)               # (N, S)
-        t = t0 * gate
+        t = be.mul(t0, gate)
         phi, pb_phi = linear.vjp(t, self.phi_weight)          # (N, L*L)
         s, pb_sc = linear.vjp(t, self.scale_weight)           # (N, O)
         lam, pb_hl = hard_sigmoid.vjp(s)                      # (N, O)
@@ -130,11 +135,11 @@ class DCDConv2d(Module):
             """Gradients of the branch; returns ``(dx (N, C, H, W), {param: grad})``."""
             ds, = pb_hl(dlam)
             dt, dscale, _ = pb_sc(ds)
-            dt_phi, dphi_w, _ = pb_phi(dPhi.reshape(N, L * L))
-            dt = dt + dt_phi
-            dgate, = pb_hg(dt * t0)
+            dt_phi, dphi_w, _ = pb_phi(be.contiguous(dPhi).reshape(N, L * L))
+            dt = be.add(dt, dt_phi)
+            dgate, = pb_hg(be.mul(dt, t0))
             dt0, dse, _ = pb_se(dgate)
-            dt0 = dt0 + dt * gate
+            dt0 = be.add(dt0, be.mul(dt, gate))
             da, dfc, _ = pb_fc(dt0)
             dx, = pb_gap(da)
             return dx, {"fc_weight": dfc, "se_weight": dse, "phi_weight": dphi_w, "scale_weight": dscale}
@@ -147,35 +152,40 @@ class DCDConv2d(Module):
         W0, Pw, Qw = self.weight, self.p_weight, self.q_weight
         O, C, kh, kw = W0.shape
         L = self.latent_dim
+        be = array_backend(x)
         r, pb_r = conv2d.vjp(x, W0, None, **self.geo)                 # (N, O, Ho, Wo)
         N, _, Ho, Wo = r.shape
-        # Q^T as a kernel that is zero except at the centre tap: the residual reads x at
-        # the centre-tap positions for any padding and dilation.
-        qk = np.zeros((L, C, kh, kw), dtype=x.dtype)
-        qk[:, :, kh // 2, kw // 2] = Qw.T
-        zq, pb_q = conv2d.vjp(x, qk, None, **self.geo)               # (N, L, Ho, Wo)
+        P = Ho * Wo
+        g = _args.geometry(x.shape, kh, kw, **self.geo)
+        # Q^T applied to x at the centre taps: the residual reads x there for any padding
+        # and dilation (zeros where a centre tap falls in the padding)
+        xs = be.centre_taps(be.contiguous(x), g).reshape(N, C, P)     # (N, C, P)
+        zq = be.matmul_tn(Qw, xs).reshape(N, L, Ho, Wo)               # (N, L, Ho, Wo)
         z, pb_b1 = inner_batch_norm(self, "bn1", zq)
-        w = np.matmul(Phi, z.reshape(N, L, Ho * Wo)).reshape(N, L, Ho, Wo)
+        zr = be.contiguous(z).reshape(N, L, P)
+        w = be.matmul(Phi, zr).reshape(N, L, Ho, Wo)
         wb, pb_b2 = inner_batch_norm(self, "bn2", w)
-        v = (z + wb).reshape(N, L, Ho * Wo)
-        y = lam[:, :, None, None] * r + np.matmul(Pw, v).reshape(N, O, Ho, Wo)
+        v = be.add(zr, be.contiguous(wb).reshape(N, L, P))            # (N, L, P)
+        r3 = r.reshape(N, O, P)
+        y = be.add(be.scale_rows(r3, lam), be.matmul(Pw, v)).reshape(N, O, Ho, Wo)
 
         def pullback(dy):
-            dyr = dy.reshape(N, O, Ho * Wo)
-            dlam = np.einsum("nohw,nohw->no", dy, r)
-            dx, dW0, _ = pb_r(lam[:, :, None, None] * dy)
-            dP = np.matmul(dyr, v.transpose(0, 2, 1)).sum(axis=0)
-            dv = np.matmul(Pw.T, dyr).reshape(N, L, Ho, Wo)
+            dyr = be.contiguous(dy).reshape(N, O, P)
+            dlam = be.rowdot(dyr, r3)
+            dx, dW0, _ = pb_r(be.scale_rows(dyr, lam).reshape(N, O, Ho, Wo))
+            dP = be.matmul_nt_sum(dyr, v)                             # (O, L)
+            dv = be.matmul_tn(Pw, dyr).reshape(N, L, Ho, Wo)
             dw, dg2, db2 = pb_b2(dv)[:3]
-            dw = dw.reshape(N, L, Ho * Wo)
-            zr = z.reshape(N, L, Ho * Wo)
-            dPhi = np.matmul(dw, zr.transpose(0, 2, 1))
-            dz = dv + np.matmul(Phi.transpose(0, 2, 1), dw).reshape(N, L, Ho, Wo)
+            dw = be.contiguous(dw).reshape(N, L, P)
+            dPhi = be.matmul_nt(dw, zr)                               # (N, L, L)
+            dz = be.add(dv, be.matmul_tn(Phi, dw).reshape(N, L, Ho, Wo))
             dzq, dg1, db1 = pb_b1(dz)[:3]
-            dxq, dqk, _ = pb_q(dzq)
-            grads = {"weight": dW0, "p_weight": dP, "q_weight": dqk[:, :, kh // 2, kw // 2].T,
+            dzq = be.contiguous(dzq).reshape(N, L, P)
+            dQ = be.matmul_nt_sum(xs, dzq)                            # (C, L)
+            dx = be.add_centre_taps(dx, be.matmul(Qw, dzq).reshape(N, C, Ho, Wo), g)   # dx is ours
+            grads = {"weight": dW0, "p_weight": dP, "q_weight": dQ,
                      "bn1_weight": dg1, "bn1_bias": db1, "bn2_weight": dg2, "bn2_bias": db2}
-            return dx + dxq, dlam, dPhi, grads
+            return dx, dlam, dPhi, grads
 
         return y, pullback
 
@@ -190,9 +200,8 @@ class DCDConv2d(Module):
         if self.residual_bn:
             y, pb_main = self._forward_bn(x, lam, Phi)
         else:
-            eye = np.eye(self.latent_dim, dtype=x.dtype)
-            y, pb_op = dcd_conv2d.vjp(x, self.weight, lam, eye + Phi, self.p_weight, self.q_weight,
-                                      **self.geo)
+            y, pb_op = dcd_conv2d.vjp(x, self.weight, lam, array_backend(x).add_eye(Phi), self.p_weight,
+                                      self.q_weight, **self.geo)
 
             def pb_main(dy):
                 dx, dW0, dlam, dphi, dP, dQ = pb_op(dy)
@@ -209,8 +218,9 @@ class DCDConv2d(Module):
             raise TypeError(f"dy must have the output's dtype {np.dtype(dtype)}, got {dy.dtype}")
         if tuple(dy.shape) != tuple(shape):
             raise ValueError(f"dy must have the output's shape {tuple(shape)}, got {tuple(dy.shape)}")
-        dx, dlam, dPhi, grads = pb_main(np.ascontiguousarray(dy))
+        be = array_backend(dy)
+        dx, dlam, dPhi, grads = pb_main(be.contiguous(dy))
         dx_route, grads_route = pb_route(dlam, dPhi)
         for k, v in {**grads, **grads_route}.items():
             self.accumulate(k, v)
-        return dx + dx_route
+        return be.add(dx, dx_route)

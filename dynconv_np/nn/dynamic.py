@@ -7,7 +7,9 @@
 
 Every layer builds its mixing weights, calls :func:`dynconv_np.dynamic_conv2d` and chains
 the pullbacks by hand: the routing branch's gradient flows back into ``dx`` through
-GAP, on top of the convolution's own ``dx``.
+GAP, on top of the convolution's own ``dx``. Forward and backward run on host or device
+arrays (ops and backend primitives only); the inference helpers ``merged_kernel(s)`` and
+``fold_bn`` are host-only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from .. import _args
 from ..ops import conv2d, dynamic_conv2d, global_avg_pool, relu, sigmoid, softmax
 from .layers import BatchNorm2d, ConvConfig, Linear, _uniform, conv_config
-from .module import Module, make_rng
+from .module import Module, array_backend, host_only, make_rng
 
 __all__ = ["MixtureConv2d", "CondConv2d", "DynamicConv2d", "TemperatureSchedule"]
 
@@ -93,6 +95,7 @@ class _Mixing(Module):
         b : ndarray (N, O) or None
             ``sum_k pi[n, k] bias[k]`` (plus a static bias if the layer has one).
         """
+        host_only(self, "merged_kernels")
         pi = self.routing_weights(x)                                      # (N, K)
         K = self.num_experts
         W = (pi @ self.weight.reshape(K, -1)).reshape((x.shape[0],) + self.weight.shape[1:])
@@ -145,6 +148,7 @@ class MixtureConv2d(_Mixing):
 
     def merged_kernel(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The single equivalent convolution: ``(W (O, C//groups, kh, kw), b (O,) or None)``."""
+        host_only(self, "merged_kernel")
         a = self.mixture()
         K = self.num_experts
         if self.per_channel:
@@ -164,6 +168,7 @@ class MixtureConv2d(_Mixing):
                 None if b is None else np.broadcast_to(b, (N,) + b.shape).copy())
 
     def _route(self, x: np.ndarray):
+        host_only(self, "routing_weights")
         a, pb = softmax.vjp(self.theta, axis=0)
         return np.broadcast_to(a, (x.shape[0],) + a.shape).copy(), pb
 
@@ -176,8 +181,9 @@ class MixtureConv2d(_Mixing):
             return y
         # per-output-channel mixture: merge the kernels here, then one static conv
         has_b = "bias" in self._params
-        Wm = np.einsum("ko,koabc->oabc", a, self.weight)                  # (O, Cg, kh, kw)
-        bm = (a * self.bias).sum(axis=0) if has_b else None               # (O,)
+        be = array_backend(x)
+        Wm = be.channel_mix(a, self.weight)                               # (O, Cg, kh, kw)
+        bm = be.channel_mix(a, self.bias) if has_b else None              # (O,)
         y, pb = conv2d.vjp(x, Wm, bm, groups=self.config.groups, **self.config.geo)
         self._cache = (pb, pb_a, a)
         return y
@@ -188,15 +194,15 @@ class MixtureConv2d(_Mixing):
         if not self.per_channel:
             dx, dW, da, dbias = pb(dy)
         else:
+            be = array_backend(dy)
             dx, dWm, dbm = pb(dy)                                         # (O, Cg, kh, kw), (O,)
-            dW = a[:, :, None, None, None] * dWm                          # (K, O, Cg, kh, kw)
-            da = np.einsum("oabc,koabc->ko", dWm, self.weight)            # (K, O)
+            dW, da = be.channel_mix_backward(a, self.weight, dWm)         # (K, O, Cg, kh, kw), (K, O)
             dbias = None
             if has_b:
-                dbias = a * dbm
-                da = da + self.bias * dbm
+                dbias, da_b = be.channel_mix_backward(a, self.bias, dbm)  # (K, O), (K, O)
+                da = be.add(da, da_b)
         self._accumulate_experts(dW, dbias)
-        self.accumulate("theta", pb_a(da.astype(dy.dtype, copy=False))[0])
+        self.accumulate("theta", pb_a(array_backend(da).astype(da, dy.dtype))[0])
         return dx
 
 
@@ -268,7 +274,8 @@ class CondConv2d(_Mixing):
             r, pbs = self._route(x)
         y, pb = self._conv(x, r)
         if self.static_bias:
-            y = y + self.shift[:, None, None]
+            N, O, Ho, Wo = y.shape
+            array_backend(y).add_channel_bias(y.reshape(N, O, Ho * Wo), self.shift)   # y is ours: in place
         self._cache = (pb, pbs)
         return y
 
@@ -276,8 +283,10 @@ class CondConv2d(_Mixing):
         pb, pbs = self.cache()
         dx, dW, dr, dbias = pb(dy)                                        # dr (N, E)
         self._accumulate_experts(dW, dbias)
+        be = array_backend(dx)
         if self.static_bias:
-            self.accumulate("shift", dy.sum(axis=(0, 2, 3)))
+            N, O, Ho, Wo = dy.shape
+            self.accumulate("shift", be.channel_sum(be.contiguous(dy).reshape(N, O, Ho * Wo)))
         if pbs is None:
             object.__setattr__(self, "routing_grad", dr)
             return dx
@@ -285,9 +294,10 @@ class CondConv2d(_Mixing):
         pb_gap, pb_sig = pbs
         dz = pb_sig(dr)[0]                                                # (N, E)
         da = self.route.backward(dz)                                      # (N, C)
-        return dx + pb_gap(da)[0]                                         # routing's share of dx
+        return be.add(dx, pb_gap(da)[0])                                  # routing's share of dx
 
     def merged_kernels(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        host_only(self, "merged_kernels")
         W, b = super().merged_kernels(x)
         if self.static_bias:
             b = np.broadcast_to(self.shift, (x.shape[0], self.config.out_channels)) + (0 if b is None else b)
@@ -298,9 +308,10 @@ class CondConv2d(_Mixing):
 
         Experts (and their biases) are scaled by ``s = gamma / sqrt(running_var + eps)``;
         the shift ``beta - s * running_mean`` becomes the static bias ``shift (O,)``
-        (the routing weights do not sum to 1, so it cannot go into the experts).
+        (the routing weights do not sum to 1, so it cannot go into the experts). Host layers only.
         """
         _check_bn(bn, self.config)
+        host_only(self, "fold_bn")
         cfg = self.config
         out = CondConv2d(cfg.in_channels, cfg.out_channels, cfg.kernel_size, cfg.stride, cfg.padding,
                          cfg.dilation, cfg.groups, cfg.bias, num_experts=self.num_experts, static_bias=True,
@@ -397,16 +408,17 @@ class DynamicConv2d(_Mixing):
         dz = pb_soft(dpi)[0]                                              # (N, K)
         dh = pb_relu(self.fc2.backward(dz))[0]                            # (N, hidden)
         da = self.fc1.backward(dh)                                        # (N, C)
-        return dx + pb_gap(da)[0]                                         # routing's share of dx
+        return array_backend(dx).add(dx, pb_gap(da)[0])                   # routing's share of dx
 
     def fold_bn(self, bn: BatchNorm2d) -> DynamicConv2d:
         """A new DynamicConv2d whose output equals ``bn(self(x))`` with bn in eval mode.
 
         Exact: the attention sums to 1, so ``s * (sum_k pi_k W_k) = sum_k pi_k (s W_k)`` and the
         shift ``t = beta - s * running_mean`` goes into every expert bias. The result has
-        expert biases even when this layer has none.
+        expert biases even when this layer has none. Host layers only.
         """
         _check_bn(bn, self.config)
+        host_only(self, "fold_bn")
         cfg = self.config
         out = DynamicConv2d(cfg.in_channels, cfg.out_channels, cfg.kernel_size, cfg.stride, cfg.padding,
                             cfg.dilation, cfg.groups, True, num_experts=self.num_experts,

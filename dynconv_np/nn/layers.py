@@ -3,7 +3,7 @@
 Each calls an op's ``vjp`` in ``forward``, keeps the pullback in ``self._cache`` and calls
 it in ``backward`` (see :mod:`dynconv_np.nn.module` for the protocol). Constructors follow
 ``torch.nn`` (argument names, order and default initialisation), plus ``dtype=`` and
-``seed=`` / ``rng=``.
+``seed=`` / ``rng=``. Every layer runs on host or device arrays (see ``Module.to_device``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from .. import _args
 from ..ops import conv2d, global_avg_pool, linear, relu
 from ..ops.routing import batch_norm, batch_norm_update_stats
-from .module import Module, make_rng
+from .module import Module, array_backend, host_only, make_rng
 
 __all__ = ["ConvConfig", "conv_config", "Conv2d", "Linear", "ReLU", "BatchNorm1d", "BatchNorm2d",
            "GlobalAvgPool2d", "Flatten"]
@@ -185,18 +185,20 @@ class Flatten(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         _args.check_arrays({"x": x})
-        if x.ndim < 1:
+        shape = tuple(x.shape)
+        if len(shape) < 1:
             raise ValueError("x must have a batch axis, got a 0-D array")
-        self._cache = x.shape
-        return x.reshape(x.shape[0], -1)
+        self._cache = shape
+        # device arrays reshape only when C-contiguous (a copy otherwise, as NumPy's reshape)
+        return array_backend(x).contiguous(x).reshape(shape[0], int(np.prod(shape[1:])))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         shape = self.cache()
         _args.check_arrays({"dy": dy})
-        if dy.size != int(np.prod(shape)):
+        if int(np.prod(dy.shape)) != int(np.prod(shape)):
             raise ValueError(f"dy must have {int(np.prod(shape))} entries to unflatten into {shape}, "
                              f"got shape {tuple(dy.shape)}")
-        return dy.reshape(shape)
+        return array_backend(dy).contiguous(dy).reshape(shape)
 
 
 def inner_batch_norm(layer: Module, prefix: str, z: np.ndarray):
@@ -246,18 +248,19 @@ class _BatchNorm(Module):
         _args.check_ndim("x", x, self._ndim, self._layout)
         if x.shape[1] != self.num_features:
             raise ValueError(f"{self.name()} expects {self.num_features} channels, x has shape {tuple(x.shape)}")
-        if self.training and x.size // self.num_features < 2:
+        if self.training and int(np.prod(x.shape)) // self.num_features < 2:
             raise ValueError(
                 f"{self.name()} in training mode needs more than one value per channel to compute "
                 f"batch statistics, got x of shape {tuple(x.shape)}; use a larger batch or spatial "
                 f"size, or call .eval() to use the running statistics")
         if self.training:
             y, pb = batch_norm.vjp(x, self.weight, self.bias, training=True, eps=self.eps)
-            rm, rv = batch_norm_update_stats(x, self.running_mean.astype(x.dtype, copy=False),
-                                             self.running_var.astype(x.dtype, copy=False), self.momentum)
+            be = array_backend(x)
+            rm, rv = batch_norm_update_stats(x, be.astype(self.running_mean, x.dtype),
+                                             be.astype(self.running_var, x.dtype), self.momentum)
             # the layer owns its running statistics: update them in place
-            np.copyto(self.running_mean, rm, casting="unsafe")
-            np.copyto(self.running_var, rv, casting="unsafe")
+            be.copy_into(self.running_mean, rm)
+            be.copy_into(self.running_var, rv)
         else:
             y, pb = batch_norm.vjp(x, self.weight, self.bias, self.running_mean, self.running_var,
                                    training=False, eps=self.eps)
@@ -272,7 +275,8 @@ class _BatchNorm(Module):
         return dx
 
     def scale_shift(self) -> tuple[np.ndarray, np.ndarray]:
-        """The eval-mode affine map ``y = s * x + t`` per channel: ``(s (C,), t (C,))``."""
+        """The eval-mode affine map ``y = s * x + t`` per channel: ``(s (C,), t (C,))`` (host layers)."""
+        host_only(self, "scale_shift")
         s = self.weight / np.sqrt(self.running_var + self.running_var.dtype.type(self.eps))
         return s, self.bias - s * self.running_mean
 

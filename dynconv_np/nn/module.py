@@ -37,8 +37,19 @@ Writing a layer (the whole contract for subclasses)
 
 ``params``, ``grads`` and ``buffers`` are dicts keyed by dotted paths (``"fc1.weight"``),
 built at each access; their values are the layer's own arrays, so optimisers update
-them in place. Assigning ``layer.params[key] = a`` replaces the layer's array (same shape
-and dtype required).
+them in place. Assigning ``layer.params[key] = a`` replaces the layer's array (same shape,
+dtype and device required).
+
+Devices: :meth:`Module.to_device` moves every parameter, gradient and buffer (of child
+layers too) to the CUDA device, :meth:`Module.to_host` brings them back; both return the
+layer. A layer on the device takes and returns numba CUDA device arrays (any array with
+``__cuda_array_interface__`` as input) and runs forward and backward there, through the
+ops and the backend primitives (``be = array_backend(a)``: never NumPy arithmetic on a
+layer's arrays, which would not run on device arrays). 0-d buffers (DynamicConv2d's
+temperature) are host scalars and stay on the host. :func:`as_function` (gradcheck),
+:meth:`save` / :meth:`state_dict` (host copies) and the inference helpers that rebuild
+kernels (``merged_kernel(s)``, ``fold_bn``) work on host layers; ``state_dict`` and
+``load_state_dict`` also on device layers.
 """
 
 from __future__ import annotations
@@ -47,13 +58,39 @@ import inspect
 import keyword
 import re
 from collections.abc import Callable, Iterator, Mapping
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from .. import _args
+from .. import _args, backends
 
-__all__ = ["Module", "Sequential", "as_function", "make_rng"]
+__all__ = ["Module", "Sequential", "as_function", "make_rng", "array_backend"]
+
+
+def array_backend(a) -> ModuleType:
+    """The backend module (``backends.cpu`` or ``backends.cuda``) of the array `a`."""
+    device = _args.device_of(a)
+    if not device:
+        raise TypeError(f"expected a numpy.ndarray or a CUDA device array, got {type(a).__name__}")
+    return backends.get(device)
+
+
+def host_only(layer: Module, what: str) -> None:
+    """Raise ``TypeError`` when `layer` holds device arrays: `what` runs on host layers only."""
+    for v in (*layer.params.values(), *layer.buffers.values()):
+        if _args.device_of(v) == "cuda":
+            raise TypeError(f"{layer.name()}.{what} works on host layers only; call .to_host() first")
+
+
+def _movable(a) -> bool:
+    # float arrays with at least one axis travel between devices; 0-d buffers are host scalars
+    return len(a.shape) > 0 and np.dtype(a.dtype).kind == "f"
+
+
+def _host_copy(a, copy: Callable) -> np.ndarray:
+    """A host copy of `a` (`copy` for host arrays; device arrays are copied back)."""
+    return copy(a) if isinstance(a, np.ndarray) else array_backend(a).to_host(a)
 
 
 def make_rng(seed: int | None = None, rng: np.random.Generator | None = None) -> np.random.Generator:
@@ -94,7 +131,8 @@ class ArrayDict(dict):
 
     Built afresh by each access to ``layer.params`` / ``grads`` / ``buffers``; its values are
     the layer's own arrays (in-place updates reach the layer). ``d[key] = a`` replaces
-    the layer's array (same shape and dtype required); keys cannot be added or removed.
+    the layer's array (same shape, dtype and device required); keys cannot be added or
+    removed.
     """
 
     def __init__(self, module: Module, kind: str):
@@ -106,10 +144,14 @@ class ArrayDict(dict):
         mod, name = _locate(self._module, self._kind, key)
         store = getattr(mod, self._kind)
         old = store[name]
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f"{key} must be a numpy.ndarray, got {type(value).__name__}")
-        if value.shape != old.shape:
-            raise ValueError(f"{key} must have shape {old.shape}, got {value.shape}")
+        device = _args.device_of(old)
+        if _args.device_of(value) != device:
+            kind = "a numpy.ndarray" if device == "cpu" else "a CUDA device array (the layer is on the device)"
+            raise TypeError(f"{key} must be {kind}, got {type(value).__name__}")
+        if device != "cpu":
+            value = array_backend(value).contiguous(value)    # a numba device array
+        if tuple(value.shape) != tuple(old.shape):
+            raise ValueError(f"{key} must have shape {tuple(old.shape)}, got {tuple(value.shape)}")
         if value.dtype != old.dtype:
             raise TypeError(f"{key} must have dtype {old.dtype}, got {value.dtype}")
         store[name] = value
@@ -160,20 +202,21 @@ class Module:
             raise ValueError(f"{type(self).__name__} already has an entry named {name!r}")
 
     def add_param(self, name: str, value: np.ndarray) -> np.ndarray:
-        """Register a trainable array (float32/float64) and its zero gradient."""
+        """Register a trainable array (float32/float64, host or device) and its zero gradient."""
         self._check_free(name)
         _args.check_arrays({name: value})
         if not isinstance(value, np.ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
+            value = array_backend(value).contiguous(value)    # a numba device array
         self._params[name] = value
-        self._grads[name] = np.zeros_like(value)
+        self._grads[name] = (np.zeros_like(value) if isinstance(value, np.ndarray)
+                             else array_backend(value).zeros(value.shape, value.dtype))
         return value
 
     def add_buffer(self, name: str, value: np.ndarray) -> np.ndarray:
-        """Register a non-trained array saved in :meth:`state_dict`."""
+        """Register a non-trained array (host or device) saved in :meth:`state_dict`."""
         self._check_free(name)
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
+        if not _args.device_of(value):
+            raise TypeError(f"{name} must be a numpy.ndarray (or a CUDA device array), got {type(value).__name__}")
         self._buffers[name] = value
         return value
 
@@ -246,16 +289,49 @@ class Module:
         return self._cache
 
     def accumulate(self, name: str, grad: np.ndarray | None) -> None:
-        """Add `grad` to ``self.grads[name]`` (None is ignored)."""
+        """Add `grad` (on the gradient's device, any shape of its size) to ``self.grads[name]``
+        in place (None is ignored)."""
         if grad is not None:
             g = self._grads[name]
-            g += np.asarray(grad).reshape(g.shape)
+            if _args.device_of(grad) != _args.device_of(g):
+                raise TypeError(f"the gradient of {name} is a {_args.device_of(grad) or type(grad).__name__} "
+                                f"array but {self.name()}'s grads are {_args.device_of(g)} arrays")
+            array_backend(g).add_into(g, grad)
 
     def zero_grad(self) -> None:
         """Reset every gradient (own and of child layers) to zero."""
         for _, mod in self.named_modules():
             for g in mod._grads.values():
-                g.fill(0)
+                array_backend(g).fill(g, 0)
+
+    # ------------------------------------------------------------------ devices
+    def to_device(self) -> Module:
+        """Move every parameter, gradient and buffer (children's too) to the CUDA device.
+
+        Copies host arrays to numba device arrays (0-d buffers stay host scalars); the
+        last forward's cache is dropped (call forward again before backward). Raises
+        ``TypeError`` when the CUDA backend is unavailable.
+
+        Returns
+        -------
+        self
+        """
+        be = backends.get("cuda")
+        return self._move("cuda", be.to_device)
+
+    def to_host(self) -> Module:
+        """Move every parameter, gradient and buffer back to host NumPy arrays; returns self."""
+        return self._move("cpu", lambda a: array_backend(a).to_host(a))
+
+    def _move(self, device: str, fn: Callable) -> Module:
+        for _, mod in self.named_modules():
+            for store in (mod._params, mod._grads, mod._buffers):
+                for k, a in store.items():
+                    if _movable(a) and _args.device_of(a) != device:
+                        store[k] = fn(a)
+            # the cache holds arrays (and pullbacks over them) of the old device
+            object.__setattr__(mod, "_cache", None)
+        return self
 
     def train(self, mode: bool = True) -> Module:
         """Training mode (batch statistics, routing as in training) for this layer and its children."""
@@ -276,13 +352,13 @@ class Module:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every parameter and buffer, keyed by dotted path."""
-        out = {k: v.copy() for k, v in self.params.items()}
-        out.update({k: np.array(v, copy=True) for k, v in self.buffers.items()})
+        """Host copies of every parameter and buffer, keyed by dotted path (from either device)."""
+        out = {k: _host_copy(v, np.ndarray.copy) for k, v in self.params.items()}
+        out.update({k: _host_copy(v, lambda b: np.array(b, copy=True)) for k, v in self.buffers.items()})
         return out
 
     def load_state_dict(self, state: Mapping[str, np.ndarray], strict: bool = True) -> None:
-        """Copy `state` into the layer's own arrays (their dtype and shape are kept).
+        """Copy `state` into the layer's own arrays (their dtype, shape and device are kept).
 
         Raises ``KeyError`` for missing or unexpected keys when `strict`, ``ValueError``
         for a shape mismatch, before anything is written.
@@ -301,14 +377,16 @@ class Module:
             if k not in state:
                 continue
             cur = view[k]
-            new = np.asarray(state[k])
+            new = state[k]
+            new = np.asarray(new if isinstance(new, np.ndarray) or not _args.device_of(new)
+                             else array_backend(new).to_host(new))
             if new.shape != cur.shape:
                 raise ValueError(f"state_dict[{k!r}] has shape {new.shape}, {self.name()} expects {cur.shape}")
             if new.dtype.kind not in "fiu":
                 raise TypeError(f"state_dict[{k!r}] must be numeric, got dtype {new.dtype}")
             plan.append((cur, new))
         for cur, new in plan:
-            np.copyto(cur, new, casting="unsafe")
+            array_backend(cur).copy_into(cur, new)
 
     def save(self, path: str) -> None:
         """Write :meth:`state_dict` to an ``.npz`` file."""
@@ -396,7 +474,8 @@ def as_function(layer: Module, **forward_kwargs: Any) -> Callable:
         layer. Calls leave the layer exactly as they found it: its arrays, running
         statistics, gradients and cache are swapped out for the call and restored
         (buffers are copied and cast to x's dtype, so a float32 layer can be checked in
-        float64).
+        float64). Host layers and NumPy arrays only (gradcheck differentiates on the host):
+        call ``layer.to_host()`` first.
     """
     if not isinstance(layer, Module):
         raise TypeError(f"layer must be a dynconv_np.nn.Module, got {type(layer).__name__}")

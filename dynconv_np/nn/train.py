@@ -5,6 +5,11 @@ Optimisers update a layer's parameter arrays in place from its accumulated gradi
     opt = SGD(model, lr=0.1, momentum=0.9)
     loss = crit(model(x), labels)
     opt.zero_grad(); model.backward(crit.backward()); opt.step()
+
+On a layer moved with ``to_device()`` the loss takes device logits (labels stay a host
+array; the one-hot targets are copied over) and the optimisers update the device
+parameters in place with fused backend updates (``be.sgd_step``, ``be.adam_step``); their
+state follows the parameters' device.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import _args
-from .module import Module
+from .. import _args, backends
+from .module import Module, array_backend
 
 __all__ = ["SoftmaxCrossEntropy", "SGD", "Adam"]
 
@@ -35,36 +40,48 @@ class SoftmaxCrossEntropy:
         return self.forward(logits, target)
 
     def forward(self, logits: np.ndarray, target: np.ndarray) -> float:
-        _args.check_arrays({"logits": logits})
+        dtype, device = _args.check_arrays({"logits": logits})
         _args.check_ndim("logits", logits, 2, "(N, K)")
         N, K = logits.shape
         if N < 1 or K < 1:
-            raise ValueError(f"logits must have at least one sample and one class, got shape {logits.shape}")
-        if not isinstance(target, np.ndarray):
+            raise ValueError(f"logits must have at least one sample and one class, got shape {tuple(logits.shape)}")
+        be = backends.get(device)
+        target_device = _args.device_of(target)
+        if not target_device:
             raise TypeError(f"target must be a numpy.ndarray, got {type(target).__name__}")
-        if target.dtype.kind in "iu":
+        kind = np.dtype(target.dtype).kind
+        if kind in "iu":
+            if target_device != "cpu":
+                raise TypeError("integer target labels must be a numpy.ndarray (host), got a CUDA array")
             _args.check_shape("target", target, (N,), f"(N,) integer labels with N={N}")
             if target.min() < 0 or target.max() >= K:
                 raise ValueError(f"target labels must be in [0, {K}), got values in "
                                  f"[{target.min()}, {target.max()}]")
-            onehot = np.zeros_like(logits)
+            onehot = np.zeros_like(logits) if device == "cpu" else np.zeros((N, K), dtype)
             onehot[np.arange(N), target] = 1
-        elif target.dtype.kind == "f":
+        elif kind == "f":
             _args.check_shape("target", target, (N, K), "(N, K) probabilities")
-            onehot = target.astype(logits.dtype)
+            if target_device == "cpu":
+                onehot = target.astype(logits.dtype)
+            elif device == "cuda":
+                onehot = be.astype(target, dtype)
+            else:
+                raise TypeError("target is a cuda array but logits is a cpu array")
         else:
             raise TypeError(f"target must hold integer labels or float probabilities, got dtype {target.dtype}")
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))   # (N, K)
-        self._cache = (np.exp(logp), onehot)
-        return float(-(onehot * logp).sum() / N)
+        if device != "cpu":
+            onehot = be.to_device(onehot)                      # host targets copied over
+        logp = be.log_softmax(logits)                           # (N, K), max-subtracted
+        self._cache = (be.exp(logp), onehot)
+        return float(-be.total(be.mul(onehot, logp)) / N)
 
     def backward(self, dloss: float = 1.0) -> np.ndarray:
-        """``d (dloss * loss) / d logits``, shape ``(N, K)``."""
+        """``d (dloss * loss) / d logits``, shape ``(N, K)``, on the logits' device."""
         if self._cache is None:
             raise RuntimeError("SoftmaxCrossEntropy.backward called before forward")
         p, onehot = self._cache
-        return ((p - onehot) * (p.dtype.type(dloss) / p.shape[0])).astype(p.dtype, copy=False)
+        be = array_backend(p)
+        return be.scale(be.sub(p, onehot), p.dtype.type(dloss) / p.shape[0])
 
 
 class _Optimizer:
@@ -100,11 +117,17 @@ class _Optimizer:
     def zero_grad(self) -> None:
         """Set every gradient to zero (in place)."""
         for g in self.grads.values():
-            g.fill(0)
+            array_backend(g).fill(g, 0)
 
-    def _grad(self, grads: Mapping, key: str, p: np.ndarray) -> np.ndarray:
-        g = grads[key]
-        return g + p.dtype.type(self.weight_decay) * p if self.weight_decay else g
+
+def _follow(a, p):
+    """Optimiser state `a` on the device of its parameter `p` (moved after ``to_device`` /
+    ``to_host`` of the model); None stays None."""
+    device = _args.device_of(p)
+    if a is None or _args.device_of(a) == device:
+        return a
+    cuda = backends.get("cuda")
+    return cuda.to_device(a) if device == "cuda" else cuda.to_host(a)
 
 
 class SGD(_Optimizer):
@@ -134,14 +157,12 @@ class SGD(_Optimizer):
         """Update every parameter in place."""
         grads = self.grads
         for key, p in self.params.items():
-            g = self._grad(grads, key, p)
+            be = array_backend(p)
+            st = self.state.setdefault(key, {}) if self.momentum else {}
+            buf = be.sgd_step(p, grads[key], _follow(st.get("buf"), p), self.lr, self.momentum,
+                              self.weight_decay, self.nesterov)
             if self.momentum:
-                st = self.state.setdefault(key, {})
-                buf = st.get("buf")
-                buf = g.copy() if buf is None else p.dtype.type(self.momentum) * buf + g
                 st["buf"] = buf
-                g = g + p.dtype.type(self.momentum) * buf if self.nesterov else buf
-            p -= p.dtype.type(self.lr) * g
 
 
 class Adam(_Optimizer):
@@ -173,9 +194,6 @@ class Adam(_Optimizer):
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
         grads = self.grads
         for key, p in self.params.items():
-            t = p.dtype.type
-            g = self._grad(grads, key, p)
-            st = self.state.setdefault(key, {"m": np.zeros_like(p), "v": np.zeros_like(p)})
-            st["m"] = t(b1) * st["m"] + t(1 - b1) * g
-            st["v"] = t(b2) * st["v"] + t(1 - b2) * (g * g)
-            p -= t(self.lr / c1) * st["m"] / (np.sqrt(st["v"] / t(c2)) + t(self.eps))
+            st = self.state.setdefault(key, {"m": None, "v": None})
+            st["m"], st["v"] = array_backend(p).adam_step(p, grads[key], _follow(st["m"], p), _follow(st["v"], p),
+                                                          self.lr / c1, b1, b2, c2, self.eps, self.weight_decay)

@@ -7,8 +7,8 @@ are never materialised. The paper's two-layer computation::
                                             (C*M, N, Ho, Wo)  tap engine, atoms shared by channels
     y = A Z + bias                          (O, N*P) -> (N, O, Ho, Wo)   one 1x1 GEMM, A = coeff as (O, C*M)
 
-Z is laid out channel-major so the GEMM (and the two of the backward) is one BLAS call
-for the whole batch (chunk), not one per sample.
+Z is laid out channel-major so the GEMM (and the two of the backward) is one GEMM for
+the whole batch (chunk), not one per sample.
 
 Backward, with ``dY (N, O, P)``::
 
@@ -16,11 +16,17 @@ Backward, with ``dY (N, O, P)``::
     datoms[n, m, t, i, j] = sum_c dZ[n, c*M+m, i, j] * xpad[n, c, tap t of (i, j)]
     dx = the tap engine's gather of atoms * dZ
 
+The op is written once against backend primitives (``be.taps_*``, ``be.gemm``,
+``be.swap01``, ``be.add_channel_bias``, ``be.channel_sum``): on the CPU backend the
+Numba tap engine (``backends/cpu_taps.py``) and one ``np.matmul`` per GEMM with BLAS
+held at one thread; on the CUDA backend the tap-engine gather kernels and the tiled
+GEMM, on device arrays end to end (no host round trip).
+
 The workspace is ``Z`` and ``dZ`` (``M/(kh*kw)`` times the unfolded input each), bounded
-by batch chunks within the CPU backend's workspace budget
-(``backends.cpu.WORKSPACE_BYTES``), and never the unfolded input itself. When the whole
-batch fits, Z is kept from the forward; otherwise the backward recomputes each chunk's
-Z (one extra tap pass) instead of holding it.
+by batch chunks within the backend's workspace budget (``WORKSPACE_BYTES`` of
+``backends.cpu`` or ``backends.cuda``), and never the unfolded input itself. When the
+whole batch fits, Z is kept from the forward; otherwise the backward recomputes each
+chunk's Z (one extra tap pass) instead of holding it.
 """
 
 from __future__ import annotations
@@ -75,49 +81,47 @@ def atom_conv2d(x: np.ndarray, atoms: np.ndarray, coeff: np.ndarray, bias: np.nd
     _args.check_shape("coeff", coeff, (O, C, M), f"(O, C, M) for x's C={C} and atoms' M={M}")
     if bias is not None:
         _args.check_shape("bias", bias, (O,), f"(O,) for coeff's O={O}")
-    if device != "cpu":
-        raise TypeError("atom_conv2d runs on the CPU backend only; got CUDA device arrays")
     be = backends.get(device)
-    from ..backends import cpu_taps  # Numba kernels: imported on first use
 
     x_ = be.contiguous(x)
     filt = be.contiguous(atoms).reshape(N, M, g.taps, g.Ho, g.Wo)   # (N, M, T, Ho, Wo)
     A = be.contiguous(coeff).reshape(O, C * M)                     # (O, C*M)
     chunks = _chunks(be, N, C * M * g.P * x_.dtype.itemsize)
-    y = np.empty((N, O, g.P), dtype=x_.dtype)
+    y = be.empty((N, O, g.P), x_.dtype)
     # Z is kept for the backward when the whole batch fits the budget; otherwise each
     # chunk's Z is dropped here and recomputed in the backward (bounded workspace).
     Z_kept = None
     # BLAS on one thread: OpenBLAS threads left spinning after a GEMM slow the Numba tap
-    # kernels that follow (measured 2x on 2 cores, docs/dcd_acda.md).
+    # kernels that follow (measured 2x on 2 cores, docs/dcd_acda.md). be.gemm is one
+    # plain GEMM (np.matmul on the CPU backend: no shape-dependent dispatch).
     with be.blas_single_thread():
         for n0, n1 in chunks:
-            Zc = _z(x_, filt, g, M, n0, n1)                        # (C*M, nb*P) channel-major
+            Zc = _z(be, x_, filt, g, M, n0, n1)                    # (C*M, nb*P) channel-major
             # one GEMM for the chunk; the (O, nb, P) result is transposed into y
-            y[n0:n1] = np.matmul(A, Zc).reshape(O, n1 - n0, g.P).transpose(1, 0, 2)
+            be.swap01(be.gemm(A, Zc).reshape(O, n1 - n0, g.P), out=y[n0:n1])
             if len(chunks) == 1:
                 Z_kept = Zc
     if bias is not None:
-        y += bias.reshape(1, O, 1)
+        be.add_channel_bias(y, bias)
     y = y.reshape(N, O, g.Ho, g.Wo)
 
     def pullback(dy):
         _args.check_cotangent(dy, y)
-        dyr = dy.reshape(N, O, g.P)
-        dcoeff = np.zeros((O, C * M), dtype=x_.dtype)
-        dx = np.empty((N, C, g.H, g.W), dtype=x_.dtype)
-        datoms = np.empty((N, M, g.taps, g.Ho, g.Wo), dtype=x_.dtype)
+        dyr = be.contiguous(dy).reshape(N, O, g.P)
+        dcoeff = be.zeros((O, C * M), x_.dtype)
+        dx = be.empty((N, C, g.H, g.W), x_.dtype)
+        datoms = be.empty((N, M, g.taps, g.Ho, g.Wo), x_.dtype)
         with be.blas_single_thread():
             for n0, n1 in chunks:
                 nb = n1 - n0
-                Zc = Z_kept if Z_kept is not None else _z(x_, filt, g, M, n0, n1)   # (C*M, nb*P)
-                dyc = np.ascontiguousarray(dyr[n0:n1].transpose(1, 0, 2)).reshape(O, nb * g.P)
-                dcoeff += np.matmul(dyc, Zc.T)                          # (O, C*M)
-                dZ = np.matmul(A.T, dyc).reshape(C * M, nb, g.Ho, g.Wo)   # channel-major
+                Zc = Z_kept if Z_kept is not None else _z(be, x_, filt, g, M, n0, n1)   # (C*M, nb*P)
+                dyc = be.swap01(dyr[n0:n1]).reshape(O, nb * g.P)          # (O, nb*P)
+                be.gemm(dyc, Zc, tb=True, out=dcoeff, accumulate=True)    # (O, C*M)
+                dZ = be.gemm(A, dyc, ta=True).reshape(C * M, nb, g.Ho, g.Wo)   # channel-major
                 gc = replace(g, N=nb)
-                cpu_taps.taps_backward_input(filt[n0:n1], dZ, gc, M, C, out=dx[n0:n1], channel_major=True)
-                cpu_taps.taps_backward_filter(x_[n0:n1], dZ, gc, M, C, out=datoms[n0:n1], channel_major=True)
-        dbias = None if bias is None else dyr.sum(axis=(0, 2))
+                be.taps_backward_input(filt[n0:n1], dZ, gc, M, C, out=dx[n0:n1], channel_major=True)
+                be.taps_backward_filter(x_[n0:n1], dZ, gc, M, C, out=datoms[n0:n1], channel_major=True)
+        dbias = None if bias is None else be.channel_sum(dyr)
         return dx, datoms.reshape(atoms.shape), dcoeff.reshape(O, C, M), dbias
 
     return y, pullback
@@ -129,10 +133,8 @@ def _chunks(be, N: int, bytes_per_sample: int) -> list[tuple[int, int]]:
     return [(n0, min(N, n0 + nb)) for n0 in range(0, N, nb)]
 
 
-def _z(x_, filt, g, M, n0, n1):
+def _z(be, x_, filt, g, M, n0, n1):
     """``Z`` of samples ``n0:n1``, channel-major: ``(C*M, (n1-n0)*P)``."""
-    from ..backends import cpu_taps
-
     gc = replace(g, N=n1 - n0)
-    Z = cpu_taps.taps_forward(x_[n0:n1], filt[n0:n1], gc, M, g.C, channel_major=True)
+    Z = be.taps_forward(x_[n0:n1], filt[n0:n1], gc, M, g.C, channel_major=True)
     return Z.reshape(g.C * M, (n1 - n0) * g.P)

@@ -1,13 +1,16 @@
 """Routing building blocks: the small ops that compute mixing weights and attentions.
 
 GAP -> linear -> ReLU / BN -> linear -> sigmoid or softmax (with temperature), plus the
-DCD code's hard sigmoid and tanh. Each op is ``f(...)`` and ``f.vjp(...)``; they are
-cheap (a few (N, C) matrices), so they are plain NumPy on the host: CUDA arrays are
-copied to the host and the results (and gradients) copied back to the device.
+DCD code's hard sigmoid and tanh. Each op is ``f(...)`` and ``f.vjp(...)``, written once
+against backend primitives (``be.softmax``, ``be.batch_stats``, ``be.matmul_nt``, ...):
+NumPy expressions on the CPU backend (``backends/cpu_array.py``), elementwise, per-row
+and per-channel kernels on the CUDA backend, so device arrays stay on the device (no
+host round trip inside an op) and results come back on the inputs' device.
 
 Numerical care: softmax subtracts the row maximum; sigmoid evaluates ``exp(-|u|)`` only,
 so no overflow warning at any finite input; batch normalisation refuses a batch with
-one value per channel (its variance is 0 and the output would be meaningless).
+one value per channel (its variance is 0 and the output would be meaningless); the
+per-channel statistics are two-pass (mean, then the squared deviations), as NumPy's.
 """
 
 from __future__ import annotations
@@ -18,27 +21,8 @@ from .. import _args, backends
 from .._op import op
 
 
-def _host(device: str, *arrays):
-    """The arrays as NumPy arrays: CUDA arrays are copied to the host (None stays None)."""
-    be = backends.get(device)
-    if device == "cpu":
-        return arrays
-    return tuple(None if a is None else be.to_host(a) for a in arrays)
-
-
-def _back(device: str, y: np.ndarray, pullback):
-    """``(y, pullback)`` on the caller's device: host results are copied back for CUDA callers."""
-    if device == "cpu":
-        return y, pullback
-    be = backends.get(device)
-    y_dev = be.to_device(y)
-
-    def device_pullback(dy):
-        _args.check_cotangent(dy, y_dev)
-        grads = pullback(be.to_host(dy))
-        return tuple(None if g is None else be.to_device(g) for g in grads)
-
-    return y_dev, device_pullback
+def _size(a) -> int:
+    return int(np.prod(a.shape))
 
 
 @op("x")
@@ -57,18 +41,15 @@ def global_avg_pool(x: np.ndarray):
     _, device = _args.check_arrays({"x": x})
     _args.check_ndim("x", x, 4, "(N, C, H, W)")
     _args.check_nonempty("x", x, (2, 3), "row and column")
-    (x,) = _host(device, x)
-    shape, dtype = x.shape, x.dtype
-    HW = shape[2] * shape[3]
-    y = x.mean(axis=(2, 3))                                   # (N, C)
+    be = backends.get(device)
+    H, W = x.shape[2], x.shape[3]
+    y = be.mean_pool(x)                                       # (N, C)
 
     def pullback(dy):
         _args.check_cotangent(dy, y)
-        dx = np.empty(shape, dtype=dtype)
-        dx[...] = (dy / HW)[:, :, None, None]                 # (N, C, H, W)
-        return (dx,)
+        return (be.mean_pool_backward(dy, H, W),)             # (N, C, H, W)
 
-    return _back(device, y, pullback)
+    return y, pullback
 
 
 @op("a", "w", "b")
@@ -88,54 +69,57 @@ def linear(a: np.ndarray, w: np.ndarray, b: np.ndarray | None = None):
         pullback -> ``(da (..., in), dw (out, in), db (out,) or None)``.
     """
     _, device = _args.check_arrays({"a": a, "w": w, "b": b}, optional=("b",))
-    a, w, b = _host(device, a, w, b)
-    if a.ndim < 1:
+    shape = tuple(a.shape)
+    if len(shape) < 1:
         raise ValueError("a must be at least 1-D (..., in), got a 0-D array")
     _args.check_ndim("w", w, 2, "(out, in)")
     n_out, n_in = w.shape
-    if a.shape[-1] != n_in:
+    if shape[-1] != n_in:
         raise ValueError(f"w has {n_in} input features (shape {tuple(w.shape)}), "
-                         f"but a has {a.shape[-1]} (shape {tuple(a.shape)})")
+                         f"but a has {shape[-1]} (shape {shape})")
     if b is not None:
         _args.check_shape("b", b, (n_out,), "(out,)")
-    y = a @ w.T                                               # (..., out)
+    be = backends.get(device)
+    rows = int(np.prod(shape[:-1]))
+    # the backends' GEMMs take 1-D to 3-D operands: more leading axes are flattened
+    flat = len(shape) > 3
+    a_ = be.contiguous(a).reshape(rows, n_in) if flat else a
+    y = be.matmul_nt(a_, w)                                   # (..., out)
     if b is not None:
-        y = y + b
+        be.add_channel_bias(y.reshape(rows, n_out, 1), b)     # y is ours: in place
+    if flat:
+        y = y.reshape(shape[:-1] + (n_out,))
 
     def pullback(dy):
         _args.check_cotangent(dy, y)
-        a2 = a.reshape(-1, n_in)                              # (M, in)
-        dy2 = dy.reshape(-1, n_out)                           # (M, out)
-        da = dy @ w                                           # (..., in)
-        dw = dy2.T @ a2                                       # (out, in)
-        db = None if b is None else dy2.sum(axis=0)           # (out,)
+        a2 = be.contiguous(a).reshape(rows, n_in)             # (M, in)
+        dy2 = be.contiguous(dy).reshape(rows, n_out)          # (M, out)
+        da = be.matmul(dy2 if flat else dy, w)                # (..., in)
+        if flat:
+            da = da.reshape(shape)
+        dw = be.matmul_tn(dy2, a2)                            # (out, in)
+        db = None if b is None else be.channel_sum(dy2.reshape(rows, n_out, 1))   # (out,)
         return da, dw, db
 
-    return _back(device, y, pullback)
+    return y, pullback
 
 
-def _elementwise(z) -> tuple[np.ndarray, str]:
+def _backend(z):
     _, device = _args.check_arrays({"z": z})
-    return _host(device, z)[0], device
+    return backends.get(device)
 
 
 @op("z")
 def relu(z: np.ndarray):
     """``max(z, 0)``, any shape. pullback -> ``(dz,)`` with the gradient 0 at ``z == 0``."""
-    z, device = _elementwise(z)
-    y = np.maximum(z, 0)
+    be = _backend(z)
+    y = be.relu(z)
 
     def pullback(dy):
         _args.check_cotangent(dy, y)
-        return (np.where(z > 0, dy, 0).astype(y.dtype, copy=False),)
+        return (be.relu_backward(z, dy),)
 
-    return _back(device, y, pullback)
-
-
-def _sigmoid(u: np.ndarray) -> np.ndarray:
-    # exp only of non-positive numbers: no overflow for any finite u
-    e = np.exp(-np.abs(u))
-    return np.where(u >= 0, 1 / (1 + e), e / (1 + e)).astype(u.dtype, copy=False)
+    return y, pullback
 
 
 @op("z")
@@ -153,15 +137,15 @@ def sigmoid(z: np.ndarray, tau: float = 1.0):
     y : ndarray (...)
         pullback -> ``(dz,)`` with ``dz = dy * y * (1 - y) / tau``.
     """
-    z, device = _elementwise(z)
+    be = _backend(z)
     tau = _args.positive_float("tau", tau)
-    y = _sigmoid(z / z.dtype.type(tau))
+    y = be.sigmoid(z, tau)
 
     def pullback(dy):
         _args.check_cotangent(dy, y)
-        return (dy * (y * (1 - y)) / y.dtype.type(tau),)
+        return (be.sigmoid_backward(y, dy, tau),)
 
-    return _back(device, y, pullback)
+    return y, pullback
 
 
 @op("z")
@@ -181,24 +165,21 @@ def softmax(z: np.ndarray, tau: float = 1.0, axis: int = -1):
         Sums to 1 along `axis`. pullback -> ``(dz,)`` with
         ``dz = y * (dy - sum(dy * y, axis)) / tau``.
     """
-    z, device = _elementwise(z)
-    if z.ndim < 1:
+    be = _backend(z)
+    ndim = len(z.shape)
+    if ndim < 1:
         raise ValueError("z must be at least 1-D for softmax, got a 0-D array")
     tau = _args.positive_float("tau", tau)
-    ax = _args.axis("axis", axis, z.ndim)
+    ax = _args.axis("axis", axis, ndim)
     if z.shape[ax] < 1:
         raise ValueError(f"z must have at least one entry along axis {ax}, got shape {tuple(z.shape)}")
-    u = z / z.dtype.type(tau)
-    u = u - u.max(axis=ax, keepdims=True)                     # largest exponent is 0
-    e = np.exp(u)
-    y = e / e.sum(axis=ax, keepdims=True)
+    y = be.softmax(z, tau, ax)
 
     def pullback(dy):
         _args.check_cotangent(dy, y)
-        s = (dy * y).sum(axis=ax, keepdims=True)
-        return (y * (dy - s) / y.dtype.type(tau),)
+        return (be.softmax_backward(y, dy, tau, ax),)
 
-    return _back(device, y, pullback)
+    return y, pullback
 
 
 @op("z")
@@ -209,53 +190,43 @@ def hard_sigmoid(z: np.ndarray, scale: float = 3.0):
     ``scale=6`` is the usual ``[0, 1]`` hard sigmoid of MobileNetV3. pullback ->
     ``(dz,)`` with slope ``1/scale`` on the open interval ``(-3, 3)``, 0 elsewhere.
     """
-    z, device = _elementwise(z)
+    be = _backend(z)
     scale = _args.positive_float("scale", scale)
-    t = z.dtype.type
-    y = np.clip(z + t(3), t(0), t(6)) / t(scale)
+    y = be.hard_sigmoid(z, scale)
 
     def pullback(dy):
         _args.check_cotangent(dy, y)
-        inside = (z > -3) & (z < 3)
-        return (np.where(inside, dy / t(scale), 0).astype(y.dtype, copy=False),)
+        return (be.hard_sigmoid_backward(z, dy, scale),)
 
-    return _back(device, y, pullback)
+    return y, pullback
 
 
 @op("z")
 def tanh(z: np.ndarray):
     """Hyperbolic tangent, any shape. pullback -> ``(dz,)`` with ``dz = dy * (1 - y**2)``."""
-    z, device = _elementwise(z)
-    y = np.tanh(z)
+    be = _backend(z)
+    y = be.tanh(z)
 
     def pullback(dy):
         _args.check_cotangent(dy, y)
-        return (dy * (1 - y * y),)
+        return (be.tanh_backward(y, dy),)
 
-    return _back(device, y, pullback)
+    return y, pullback
 
 
 def _bn_checks(x, gamma, beta, running_mean, running_var):
-    _, device = _args.check_arrays(
+    dtype, device = _args.check_arrays(
         {"x": x, "gamma": gamma, "beta": beta, "running_mean": running_mean, "running_var": running_var},
         optional=("running_mean", "running_var"))
-    x, gamma, beta, running_mean, running_var = _host(device, x, gamma, beta, running_mean, running_var)
-    if x.ndim not in (2, 4):
-        raise ValueError(f"x must be (N, C) or (N, C, H, W), got {x.ndim}-D array of shape {tuple(x.shape)}")
+    ndim = len(x.shape)
+    if ndim not in (2, 4):
+        raise ValueError(f"x must be (N, C) or (N, C, H, W), got {ndim}-D array of shape {tuple(x.shape)}")
     C = x.shape[1]
     for name, a in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
                     ("running_var", running_var)):
         if a is not None:
             _args.check_shape(name, a, (C,), f"(C,) with x's C={C}")
-    return C, device, (x, gamma, beta, running_mean, running_var)
-
-
-def _bn_axes(x):
-    return (0,) if x.ndim == 2 else (0, 2, 3)
-
-
-def _per_channel(v, x):
-    return v.reshape((1, -1) + (1,) * (x.ndim - 2))
+    return C, dtype, backends.get(device)
 
 
 @op("x", "gamma", "beta", "running_mean", "running_var")
@@ -292,14 +263,11 @@ def batch_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean:
     ValueError
         In training mode when there is only one value per channel (``N*H*W == 1``).
     """
-    C, device, (x, gamma, beta, running_mean, running_var) = _bn_checks(x, gamma, beta, running_mean,
-                                                                         running_var)
+    C, dtype, be = _bn_checks(x, gamma, beta, running_mean, running_var)
     training = _args.flag("training", training)
     _args.unit_interval("momentum", momentum)
     eps = _args.positive_float("eps", eps)
-    axes = _bn_axes(x)
-    M = x.size // max(C, 1)
-    t = x.dtype.type
+    M = _size(x) // max(C, 1)
     if training and M < 2:
         raise ValueError(f"batch_norm in training mode needs more than one value per channel, "
                          f"got x of shape {tuple(x.shape)} (N*H*W = {M}); use a larger batch or eval mode")
@@ -308,34 +276,21 @@ def batch_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean:
         raise ValueError(f"batch_norm with training=False needs {missing}, got None")
 
     if training:
-        mean = x.mean(axis=axes)                              # (C,)
-        var = x.var(axis=axes)                                # (C,), biased
+        mean, var = be.batch_stats(x)                         # (C,), biased variance
     else:
         mean, var = running_mean, running_var
-    inv = 1 / np.sqrt(var + t(eps))                           # (C,)
-    xhat = (x - _per_channel(mean, x)) * _per_channel(inv, x)  # x's shape
-    y = xhat * _per_channel(gamma, x) + _per_channel(beta, x)
+    y, xhat, inv = be.batch_norm_forward(x, mean, var, gamma, beta, eps)   # x's shape, (C,)
 
     def pullback(dy):
         _args.check_cotangent(dy, y)
-        dbeta = dy.sum(axis=axes)                             # (C,)
-        dgamma = (dy * xhat).sum(axis=axes)                   # (C,)
-        gi = gamma * inv                                      # (C,)
-        drm = drv = None
+        dx, dgamma, dbeta, drm, drv = be.batch_norm_backward(dy, xhat, gamma, inv, training)
         if training:
-            # the batch statistics depend on x: the usual three-term formula
-            dx = _per_channel(gi / M, x) * (M * dy - _per_channel(dbeta, x) - xhat * _per_channel(dgamma, x))
-            if running_mean is not None:
-                drm = np.zeros_like(running_mean)
-            if running_var is not None:
-                drv = np.zeros_like(running_var)
-        else:
-            dx = dy * _per_channel(gi, x)
-            drm = -gi * dbeta                                 # (C,)
-            drv = -t(0.5) * gamma * inv * inv * dgamma        # (C,): d xhat / d var = -xhat * inv**2 / 2
-        return dx.astype(y.dtype, copy=False), dgamma, dbeta, drm, drv
+            # the output does not depend on the running statistics
+            drm = None if running_mean is None else be.zeros((C,), dtype)
+            drv = None if running_var is None else be.zeros((C,), dtype)
+        return dx, dgamma, dbeta, drm, drv
 
-    return _back(device, y, pullback)
+    return y, pullback
 
 
 def batch_norm_update_stats(x: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,
@@ -351,25 +306,20 @@ def batch_norm_update_stats(x: np.ndarray, running_mean: np.ndarray, running_var
     Returns
     -------
     new_mean, new_var : ndarray (C,)
-        ``(1 - momentum) * running + momentum * batch``, with the unbiased batch variance.
+        ``(1 - momentum) * running + momentum * batch``, with the unbiased batch variance,
+        on the inputs' device.
     """
     _, device = _args.check_arrays({"x": x, "running_mean": running_mean, "running_var": running_var})
-    x, running_mean, running_var = _host(device, x, running_mean, running_var)
-    if x.ndim not in (2, 4):
-        raise ValueError(f"x must be (N, C) or (N, C, H, W), got {x.ndim}-D array of shape {tuple(x.shape)}")
+    ndim = len(x.shape)
+    if ndim not in (2, 4):
+        raise ValueError(f"x must be (N, C) or (N, C, H, W), got {ndim}-D array of shape {tuple(x.shape)}")
     C = x.shape[1]
     _args.check_shape("running_mean", running_mean, (C,), f"(C,) with x's C={C}")
     _args.check_shape("running_var", running_var, (C,), f"(C,) with x's C={C}")
-    m = x.dtype.type(_args.unit_interval("momentum", momentum))
-    M = x.size // max(C, 1)
-    if M < 2:
+    m = _args.unit_interval("momentum", momentum)
+    if _size(x) // max(C, 1) < 2:
         raise ValueError(f"x must have more than one value per channel to update running statistics, "
                          f"got shape {tuple(x.shape)}")
-    axes = _bn_axes(x)
-    mean = x.mean(axis=axes)
-    var = x.var(axis=axes, ddof=1)
-    new_mean, new_var = (1 - m) * running_mean + m * mean, (1 - m) * running_var + m * var
-    if device == "cpu":
-        return new_mean, new_var
     be = backends.get(device)
-    return be.to_device(new_mean), be.to_device(new_var)
+    mean, var = be.batch_stats(x, ddof=1)
+    return be.running_update(running_mean, mean, m), be.running_update(running_var, var, m)
