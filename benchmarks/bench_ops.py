@@ -37,11 +37,11 @@ def _preload_kernels():
     ints = (1,) * 10
     typeof = numba.typeof
     try:
-        cpu._fwd_slots.compile(tuple(typeof(a) for a in (f4, f3, f2, f3, f2, 1, 1, 1, True) + ints))
-        cpu._bwd_slots.compile(tuple(typeof(a) for a in (f4, f3, f3, f4, f3, f2, f2, 1, 1, 1, True, True, True)
-                                     + ints))
+        cpu._fwd_items.compile(tuple(typeof(a) for a in (f4, f3, f2, f3, f2, 1, 1, True) + ints))
+        cpu._bwd_samples.compile(tuple(typeof(a) for a in (f4, f3, f3, f4, f3, f2, f2, 1, 1, 1, True, True, True)
+                                       + ints))
         i2 = np.zeros((1, 1), np.int64)
-        cpu._bwd_blocks.compile(tuple(typeof(a) for a in (f4, f3, f3, f4, f3, f2, f2, i2, 1, 1, True, True, True)
+        cpu._bwd_blocks.compile(tuple(typeof(a) for a in (f4, f3, f3, f4, f3, f2, f2, i2, 1, True, True, True)
                                       + ints))
     except Exception:  # an optimisation only: the first real call loads what it needs
         pass

@@ -4,31 +4,34 @@ Layout of the column buffer (Chainer's, flattened): ``cols[n, (c*kh + u)*kw + v,
 = xpad[n, c, i*sh + u*dh, j*sw + v*dw]``.
 
 The convolution template (``conv_forward``/``conv_backward``) runs every GEMM as a
-single-threaded BLAS call inside one Numba region per pass, parallel over at most
-:data:`SLOTS` slots; BLAS is held at one thread meanwhile, so Numba's and BLAS's threads
-never compete (OpenBLAS threads left spinning after a multithreaded call were measured
-to halve the speed of the Numba region that follows).
+single-threaded BLAS call inside one Numba region per pass; BLAS is held at one thread
+meanwhile, so Numba's and BLAS's threads never compete (OpenBLAS threads left spinning
+after a multithreaded call were measured to halve the speed of the Numba region that
+follows).
 
-* forward (``_fwd_slots``): work items are (sample, tile of output rows) pairs. An item
-  unfolds its tile into the slot's cache-sized buffer (:data:`TILE_BYTES`, so the
-  columns are written and read back from L2, never from memory) and multiplies it by
-  the sample's kernel. Small batches are cut into more, smaller tiles.
-* backward, batches of :data:`MIN_BATCH` samples or more (``_bwd_slots``): a slot takes
-  whole samples and, tile by tile, computes the kernel gradient, the input gradient
-  (col2im of each tile into the sample's ``dx``) and the bias gradient with one unfold
-  per tile.
+* forward (``_fwd_items``): work items are (sample, tile of output rows) pairs, spread
+  over all threads. An item unfolds its tile into its thread's cache-sized buffer
+  (:data:`TILE_BYTES`, so the columns are written and read back from L2, never from
+  memory) and multiplies it by the sample's kernel. Small batches are cut into more,
+  smaller tiles.
+* backward, batches of :data:`MIN_BATCH` samples or more (``_bwd_samples``): a sample is
+  done whole, tile by tile: the kernel gradient, the input gradient (col2im of each tile
+  into the sample's ``dx``) and the bias gradient with one unfold per tile. Per-sample
+  kernels spread the samples over all threads; a shared kernel's gradient is summed
+  over :data:`SLOTS` fixed slots of samples.
 * backward, smaller batches (``_bwd_blocks``): work items are blocks of input channels.
   An item unfolds its block over the whole image and owns its columns of the kernel
   gradient and its planes of ``dx``.
 
 Pointwise layers (1x1, stride 1, no padding) skip the unfold: the columns are ``x``.
 
-Determinism: every thread owns what it writes (an item owns its outputs, a channel block
-its gradient columns and ``dx`` planes, an ``_im2col``/``_col2im`` thread an ``(n, c)``
-plane); shared-kernel gradients are summed per slot in sample order and then over slots
-in slot order; tile, block and slot counts depend on the shapes and budgets, never on
-the thread count. Results are bitwise identical whatever ``NUMBA_NUM_THREADS`` is
-(tests/test_cpu_backend.py).
+Determinism: every work item owns what it writes (a tile its outputs, a sample its
+gradients, a channel block its gradient columns and ``dx`` planes, an
+``_im2col``/``_col2im`` thread an ``(n, c)`` plane), so which thread takes it changes
+nothing, and a thread's scratch buffer is only workspace; a shared kernel's gradient is
+summed per slot in sample order and then over slots in slot order; tile, block and slot
+counts depend on the shapes and budgets, never on the thread count. Results are bitwise
+identical whatever ``NUMBA_NUM_THREADS`` is (tests/test_cpu_backend.py).
 
 Inner loops index flat arrays with unsigned integers: without Numba's negative-index
 wraparound check, LLVM vectorises the copies (measured 2.5 to 4x faster).
@@ -40,10 +43,10 @@ import contextlib
 import threading
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, get_thread_id, njit, prange
 
 #: Upper bound, in bytes, on the workspace of one batch chunk (the atom features ``Z``
-#: of ``atom_conv2d``; the conv template's buffers are per slot, :data:`TILE_BYTES`).
+#: of ``atom_conv2d``; the conv template's buffers are per thread, :data:`TILE_BYTES`).
 WORKSPACE_BYTES = 64 * 2**20
 
 
@@ -118,11 +121,10 @@ def col2im(cols: np.ndarray, g, out: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- batch kernels
-# The fast path: one Numba region per pass, parallel over a fixed number of sample
-# slots. Slot s handles samples s, s+S, s+2S, ... in order, each sample entirely
-# (im2col of a row tile into the slot's own cache-sized buffer, then single-threaded
-# BLAS GEMMs on it), so every output a slot writes is owned by it, and partial sums
-# are accumulated in an order fixed by the shapes alone.
+# One Numba region per pass. Each work item (a row tile, a sample, a channel block)
+# unfolds into a cache-sized buffer and runs single-threaded BLAS GEMMs on it; it owns
+# every output it writes, and partial sums are accumulated in an order fixed by the
+# shapes alone (see the module docstring).
 @njit(inline="always")
 def _im2col_rows(x, n, cols, i0, i1, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, Wo):
     # cols ((c1-c0)*kh*kw, (i1-i0)*Wo) <- the window rows i0..i1-1 of sample n, channels c0..c1-1.
@@ -266,102 +268,114 @@ def _pixel_sums(dy, dbt, n):
 
 
 @njit(parallel=True, cache=True)
-def _fwd_slots(x, wt, bt, y, ws, S, R, G, pointwise, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo):
+def _fwd_items(x, wt, bt, y, ws, R, G, pointwise, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo):
     # x (N, C, H, W); wt (N or 1, O, Fg); bt (N or 1, O), or (0, O) for no bias;
-    # y (N, O, Ho*Wo); ws (S, workspace floats). Work items are (sample, row tile) pairs,
-    # item t = n * tiles + tile; slot s takes the contiguous run of items
-    # [s*L, (s+1)*L), so a slot's items share samples (and kernels) where they can.
+    # y (N, O, Ho*Wo); ws (threads, workspace floats). Work items are (sample, row tile)
+    # pairs, item t = n * tiles + tile, each owning its part of y: which thread takes
+    # which item does not change any result, so each thread works in its own buffer.
     N, C = x.shape[0], x.shape[1]
     O, Fg = wt.shape[1], wt.shape[2]
     Og = O // G
     CT = C * kh * kw
     P = Ho * Wo
     tiles = (Ho + R - 1) // R
-    L = (N * tiles + S - 1) // S
-    for s in prange(S):
-        buf = ws[s]
-        for t in range(s * L, min(N * tiles, (s + 1) * L)):
-            n = t // tiles
-            i0 = (t - n * tiles) * R
-            i1 = min(Ho, i0 + R)
-            Pt = (i1 - i0) * Wo
-            w_n = wt[n if wt.shape[0] > 1 else 0]
-            y_n = y[n]
+    for t in prange(N * tiles):
+        buf = ws[get_thread_id()]
+        n = t // tiles
+        i0 = (t - n * tiles) * R
+        i1 = min(Ho, i0 + R)
+        Pt = (i1 - i0) * Wo
+        w_n = wt[n if wt.shape[0] > 1 else 0]
+        y_n = y[n]
+        if pointwise:
+            cols = x[n].reshape(C, P)
+        else:
+            cols = buf[:CT * Pt].reshape(CT, Pt)
+            _im2col_rows(x, n, cols, i0, i1, 0, C, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
+        out = y_n if Pt == P else buf[CT * Pt:CT * Pt + O * Pt].reshape(O, Pt)
+        for g in range(G):
+            np.dot(w_n[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg], out[g * Og:(g + 1) * Og])
+        _store_tile(y_n, out, bt, n, i0 * Wo, Pt == P)
+
+
+@njit(inline="always")
+def _bwd_sample(x, w_n, dy, dx, g_n, dbt, buf, n, first, R, G, pointwise, need_dx, need_dw,
+                kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo):
+    # Sample n of the backward, tile by tile: one unfold per tile, g_n (O, Fg) =
+    # (first: set, else: add) dY X^T, the tile's dX folded into dx[n], the bias sums.
+    C = x.shape[1]
+    O, Fg = w_n.shape
+    Og = O // G
+    CT = C * kh * kw
+    P = Ho * Wo
+    _pixel_sums(dy, dbt, n)
+    if need_dx and not pointwise:
+        dx[n, :, :, :] = 0
+    for i0 in range(0, Ho, R):
+        i1 = min(Ho, i0 + R)
+        Pt = (i1 - i0) * Wo
+        at = 0 if pointwise else CT * Pt
+        if Pt == P:
+            dyt = dy[n]
+        else:
+            dyt = buf[at:at + O * Pt].reshape(O, Pt)
+            _load_tile(dyt, dy[n], i0 * Wo)
+            at += O * Pt
+        if need_dw:
             if pointwise:
                 cols = x[n].reshape(C, P)
             else:
                 cols = buf[:CT * Pt].reshape(CT, Pt)
                 _im2col_rows(x, n, cols, i0, i1, 0, C, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
-            out = y_n if Pt == P else buf[CT * Pt:CT * Pt + O * Pt].reshape(O, Pt)
+            direct = first and i0 == 0
+            tmp = g_n if direct else buf[at:at + O * Fg].reshape(O, Fg)
             for g in range(G):
-                np.dot(w_n[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg], out[g * Og:(g + 1) * Og])
-            _store_tile(y_n, out, bt, n, i0 * Wo, Pt == P)
+                np.dot(dyt[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg].T,
+                       tmp[g * Og:(g + 1) * Og])
+            if not direct:
+                g_n += tmp
+        if need_dx:
+            dcols = dx[n].reshape(C, P) if pointwise else buf[:CT * Pt].reshape(CT, Pt)
+            for g in range(G):
+                np.dot(w_n[g * Og:(g + 1) * Og].T, dyt[g * Og:(g + 1) * Og],
+                       dcols[g * Fg:(g + 1) * Fg])
+            if not pointwise:
+                _col2im_rows(dcols, dx, n, i0, i1, 0, C, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
 
 
 @njit(parallel=True, cache=True)
-def _bwd_slots(x, wt, dy, dx, gw, dbt, ws, S, R, G, pointwise, need_dx, need_dw,
-               kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo):
+def _bwd_samples(x, wt, dy, dx, gw, dbt, ws, S, R, G, pointwise, need_dx, need_dw,
+                 kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo):
     # x (N, C, H, W); wt (N or 1, O, Fg); dy (N, O, Ho*Wo); dx (N, C, H, W);
     # gw (N, O, Fg) per sample, or (S, O, Fg) slot partials for a shared kernel;
     # dbt (N, O), the pixel sums of dy, accumulated in float64 in a fixed order.
-    N, C = x.shape[0], x.shape[1]
-    O, Fg = wt.shape[1], wt.shape[2]
-    Og = O // G
-    CT = C * kh * kw
-    P = Ho * Wo
-    shared = wt.shape[0] == 1
-    for s in prange(S):
-        buf = ws[s]
-        if need_dw and shared:
-            gw[s, :, :] = 0
-        for n in range(s, N, S):
-            w_n = wt[0 if shared else n]
-            g_n = gw[s] if shared else gw[n]
-            _pixel_sums(dy, dbt, n)
-            if need_dx and not pointwise:
-                dx[n, :, :, :] = 0
-            for i0 in range(0, Ho, R):
-                i1 = min(Ho, i0 + R)
-                Pt = (i1 - i0) * Wo
-                at = 0 if pointwise else CT * Pt
-                if Pt == P:
-                    dyt = dy[n]
-                else:
-                    dyt = buf[at:at + O * Pt].reshape(O, Pt)
-                    _load_tile(dyt, dy[n], i0 * Wo)
-                    at += O * Pt
-                if need_dw:
-                    if pointwise:
-                        cols = x[n].reshape(C, P)
-                    else:
-                        cols = buf[:CT * Pt].reshape(CT, Pt)
-                        _im2col_rows(x, n, cols, i0, i1, 0, C, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
-                    direct = Pt == P and not shared
-                    tmp = g_n if direct else buf[at:at + O * Fg].reshape(O, Fg)
-                    for g in range(G):
-                        np.dot(dyt[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg].T,
-                               tmp[g * Og:(g + 1) * Og])
-                    if not direct:
-                        if i0 == 0 and not shared:
-                            g_n[:, :] = tmp
-                        else:
-                            g_n += tmp
-                if need_dx:
-                    dcols = dx[n].reshape(C, P) if pointwise else buf[:CT * Pt].reshape(CT, Pt)
-                    for g in range(G):
-                        np.dot(w_n[g * Og:(g + 1) * Og].T, dyt[g * Og:(g + 1) * Og],
-                               dcols[g * Fg:(g + 1) * Fg])
-                    if not pointwise:
-                        _col2im_rows(dcols, dx, n, i0, i1, 0, C, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
+    N = x.shape[0]
+    if wt.shape[0] == 1:
+        # A shared kernel's gradient sums over samples: slot s sums samples s, s+S, ...
+        # in order into gw[s] (S fixed by the shapes), so the sum's order never depends
+        # on the threads. ws (S, workspace floats).
+        for s in prange(S):
+            if need_dw:
+                gw[s, :, :] = 0
+            for n in range(s, N, S):
+                _bwd_sample(x, wt[0], dy, dx, gw[s], dbt, ws[s], n, False, R, G, pointwise,
+                            need_dx, need_dw, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)
+    else:
+        # Per-sample kernels: a sample owns all it writes, so any thread may take it,
+        # working in its own buffer. ws (threads, workspace floats).
+        for n in prange(N):
+            _bwd_sample(x, wt[n], dy, dx, gw[n], dbt, ws[get_thread_id()], n, True, R, G,
+                        pointwise, need_dx, need_dw, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)
 
 
 @njit(parallel=True, cache=True)
-def _bwd_blocks(x, wt, dy, dx, gw, dbt, ws, blocks, S, G, pointwise, need_dx, need_dw,
+def _bwd_blocks(x, wt, dy, dx, gw, dbt, ws, blocks, G, pointwise, need_dx, need_dw,
                 kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo):
-    # The backward for batches too small to spread over sample slots. Work items are
-    # channel blocks, ``blocks[b] = (group, c0, c1)`` with c0..c1-1 inside one group; an
-    # item unfolds its block over the whole image, one sample after the other, and owns
-    # all it writes: the block's columns of the kernel gradient and its planes of dx.
+    # The backward for batches too small to spread over samples. Work items are channel
+    # blocks, ``blocks[b] = (group, c0, c1)`` with c0..c1-1 inside one group; an item
+    # unfolds its block over the whole image, one sample after the other, and owns all
+    # it writes: the block's columns of the kernel gradient and its planes of dx. Any
+    # thread may take any block, in its own buffer (ws (threads, workspace floats)).
     # x (N, C, H, W); wt (N or 1, O, Fg); dy (N, O, Ho*Wo); dx (N, C, H, W);
     # gw (N or 1, O, Fg) (a shared kernel's gradient summed over n in order); dbt (N, O).
     N, C = x.shape[0], x.shape[1]
@@ -371,52 +385,49 @@ def _bwd_blocks(x, wt, dy, dx, gw, dbt, ws, blocks, S, G, pointwise, need_dx, ne
     T = kh * kw
     P = Ho * Wo
     shared = wt.shape[0] == 1
-    B = blocks.shape[0]
     for n in prange(N):
         _pixel_sums(dy, dbt, n)
-    L = (B + S - 1) // S
-    for s in prange(S):
-        buf = ws[s]
-        for b in range(s * L, min(B, (s + 1) * L)):
-            gi, c0, c1 = blocks[b, 0], blocks[b, 1], blocks[b, 2]
-            rows = (c1 - c0) * T
-            f0 = (c0 - gi * Cg) * T
-            o0 = gi * Og
-            at = 0 if pointwise else rows * P
-            blk = buf[:at].reshape(rows, at // rows)
-            tmp = buf[at:at + Og * rows].reshape(Og, rows)
-            for n in range(N):
-                dyg = dy[n, o0:o0 + Og]                                  # (Og, P)
-                if need_dw:
-                    if pointwise:
-                        cols = x[n, c0:c1].reshape(rows, P)
-                    else:
-                        cols = blk
-                        _im2col_rows(x, n, cols, 0, Ho, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
-                    np.dot(dyg, cols.T, tmp)
-                    g_n = gw[0 if shared else n]
-                    if shared and n > 0:
-                        g_n[o0:o0 + Og, f0:f0 + rows] += tmp
-                    else:
-                        g_n[o0:o0 + Og, f0:f0 + rows] = tmp
-                if need_dx:
-                    # the block's kernel columns, copied: BLAS needs unit stride in one axis
-                    tmp[:, :] = wt[0 if shared else n, o0:o0 + Og, f0:f0 + rows]
-                    if pointwise:
-                        np.dot(tmp.T, dyg, dx[n, c0:c1].reshape(rows, P))
-                    else:
-                        np.dot(tmp.T, dyg, blk)
-                        dx[n, c0:c1] = 0
-                        _col2im_rows(blk, dx, n, 0, Ho, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
+    for b in prange(blocks.shape[0]):
+        buf = ws[get_thread_id()]
+        gi, c0, c1 = blocks[b, 0], blocks[b, 1], blocks[b, 2]
+        rows = (c1 - c0) * T
+        f0 = (c0 - gi * Cg) * T
+        o0 = gi * Og
+        at = 0 if pointwise else rows * P
+        blk = buf[:at].reshape(rows, at // rows)
+        tmp = buf[at:at + Og * rows].reshape(Og, rows)
+        for n in range(N):
+            dyg = dy[n, o0:o0 + Og]                                  # (Og, P)
+            if need_dw:
+                if pointwise:
+                    cols = x[n, c0:c1].reshape(rows, P)
+                else:
+                    cols = blk
+                    _im2col_rows(x, n, cols, 0, Ho, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
+                np.dot(dyg, cols.T, tmp)
+                g_n = gw[0 if shared else n]
+                if shared and n > 0:
+                    g_n[o0:o0 + Og, f0:f0 + rows] += tmp
+                else:
+                    g_n[o0:o0 + Og, f0:f0 + rows] = tmp
+            if need_dx:
+                # the block's kernel columns, copied: BLAS needs unit stride in one axis
+                tmp[:, :] = wt[0 if shared else n, o0:o0 + Og, f0:f0 + rows]
+                if pointwise:
+                    np.dot(tmp.T, dyg, dx[n, c0:c1].reshape(rows, P))
+                else:
+                    np.dot(tmp.T, dyg, blk)
+                    dx[n, c0:c1] = 0
+                    _col2im_rows(blk, dx, n, 0, Ho, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw, Wo)
 
 
 # ----------------------------------------------------------------------------- template
-#: Work is spread over at most this many slots by the batch kernels (a constant, so that
-#: the order of every partial sum is the same whatever the thread count).
+#: A shared kernel's gradient is summed over this many slots of samples (a constant, so
+#: that the order of every partial sum is the same whatever the thread count).
 SLOTS = 8
-#: Budget, in bytes, of one slot's column tile: small enough to stay in a core's L2.
+#: Budget, in bytes, of one work item's column tile: small enough to stay in a core's L2.
 TILE_BYTES = 1 * 2**20
-#: Smallest batch whose backward goes to the sample slots; smaller ones are split over
+#: Smallest batch whose backward is split over samples; smaller ones are split over
 #: channel blocks instead (``_bwd_blocks``).
 MIN_BATCH = 4
 #: The forward splits a small batch into at least this many (sample, row tile) items.
@@ -450,7 +461,7 @@ def _rows_per_tile(g, itemsize: int) -> int:
     if _is_pointwise(g):
         return g.Ho
     R = max(1, min(g.Ho, TILE_BYTES // (g.C * g.taps * g.Wo * itemsize)))
-    # a small batch is cut into more, smaller tiles so that every slot has work
+    # a small batch is cut into more, smaller tiles so that every thread has work
     per_sample = -(-MIN_ITEMS // max(1, g.N))
     return max(1, min(R, -(-g.Ho // per_sample)))
 
@@ -475,17 +486,18 @@ def _scratch(rows: int, cols: int, dtype) -> np.ndarray:
     return buf[:rows * cols].reshape(rows, cols)
 
 
-def _slot_workspace(g, R, dtype, items, extra):
-    # (S, columns tile + extra) for S slots; `extra` floats per slot for GEMM outputs
-    S = min(items, SLOTS)
+def _tile_workspace(g, R, dtype, rows, extra):
+    # (rows, column tile + extra): one row per slot or thread; `extra` floats each for
+    # GEMM outputs
     cols = 0 if _is_pointwise(g) else g.C * g.taps * R * g.Wo
-    return S, _scratch(S, cols + extra, dtype)
+    return _scratch(rows, cols + extra, dtype)
 
 
 def _channel_blocks(g, G: int, itemsize: int) -> np.ndarray:
     """``(B, 3)`` rows ``(group, c0, c1)``: channel blocks of about equal size, none
     straddling a group, each block's unfolded image within :data:`TILE_BYTES`, and at
-    least :data:`SLOTS` of them where there are channels enough."""
+    least :data:`SLOTS` of them where there are channels enough (a constant, not the
+    thread count: the blocks decide the GEMM shapes, hence the rounding)."""
     Cg = g.C // G
     cb = max(1, min(Cg, TILE_BYTES // (g.taps * g.P * itemsize)))
     nb = max(-(-Cg // cb), min(Cg, -(-SLOTS // G)))
@@ -514,11 +526,11 @@ def conv_forward(x, wt, bt, g, groups):
     if g.N == 0:
         return y
     R = _rows_per_tile(g, x.dtype.itemsize)
-    S, ws = _slot_workspace(g, R, x.dtype, g.N * -(-g.Ho // R), O * R * g.Wo)
+    ws = _tile_workspace(g, R, x.dtype, get_num_threads(), O * R * g.Wo)
     w3 = wt.reshape(1, O, F) if wt.ndim == 2 else wt
     b2 = np.zeros((0, O), x.dtype) if bt is None else bt.reshape(-1, O)
     with blas_single_thread():
-        _fwd_slots(x, w3, contiguous(b2), y.reshape(g.N, O, g.P), ws, S, R, groups,
+        _fwd_items(x, w3, contiguous(b2), y.reshape(g.N, O, g.P), ws, R, groups,
                    _is_pointwise(g), *g.ints())
     return y
 
@@ -553,19 +565,19 @@ def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
     pointwise = _is_pointwise(g)
     if _use_blocks(g):
         blocks = _channel_blocks(g, G, x.dtype.itemsize)
-        S = min(len(blocks), SLOTS)
         rows = int((blocks[:, 2] - blocks[:, 1]).max()) * g.taps
-        ws = _scratch(S, (0 if pointwise else rows * g.P) + O // G * rows, x.dtype)
+        ws = _scratch(get_num_threads(), (0 if pointwise else rows * g.P) + O // G * rows, x.dtype)
         gw = np.empty((1 if shared else g.N, O, F), dtype=x.dtype)
         with blas_single_thread():
-            _bwd_blocks(x, w3, dyr, dx_, gw, dbt, ws, blocks, S, G, pointwise, need_dx, need_dw, *g.ints())
+            _bwd_blocks(x, w3, dyr, dx_, gw, dbt, ws, blocks, G, pointwise, need_dx, need_dw, *g.ints())
         gw = gw[0] if shared else gw
     else:
         R = _rows_per_tile(g, x.dtype.itemsize)
-        S, ws = _slot_workspace(g, R, x.dtype, g.N, O * R * g.Wo + O * F)
+        S = min(g.N, SLOTS)
+        ws = _tile_workspace(g, R, x.dtype, S if shared else get_num_threads(), O * R * g.Wo + O * F)
         gw = np.empty((S if shared else g.N, O, F), dtype=x.dtype)
         with blas_single_thread():
-            _bwd_slots(x, w3, dyr, dx_, gw, dbt, ws, S, R, G, pointwise, need_dx, need_dw, *g.ints())
+            _bwd_samples(x, w3, dyr, dx_, gw, dbt, ws, S, R, G, pointwise, need_dx, need_dw, *g.ints())
         if shared:
             # Slot partials summed in slot order: a fixed order, whatever the threads.
             gw = np.add.reduce(gw, axis=0)
