@@ -300,3 +300,17 @@ def check_odd_kernel(name: str, kh: int, kw: int) -> None:
     """Raise ``ValueError`` unless both kernel sizes are odd (a centre tap exists)."""
     if kh % 2 == 0 or kw % 2 == 0:
         raise ValueError(f"{name} must have an odd kernel size (it needs a centre tap), got {kh}x{kw}")
+
+
+def tap_filters(g: Geometry, M: int, cdiv: int, filt=None) -> int:
+    """Number of filters ``F = (C // cdiv) * M`` of the per-pixel tap engine, checking the
+    channel-to-filter mapping (and `filt`'s shape ``(N, F, kh*kw, Ho, Wo)`` when given).
+
+    The ops validate user input before they reach the engine; this guards the op authors.
+    """
+    if M < 1 or cdiv < 1 or g.C % cdiv:
+        raise ValueError(f"tap engine: need M >= 1 and cdiv dividing C, got M={M}, cdiv={cdiv}, C={g.C}")
+    F = (g.C // cdiv) * M
+    if filt is not None and tuple(filt.shape) != (g.N, F, g.taps, g.Ho, g.Wo):
+        raise ValueError(f"tap engine: filt must be {(g.N, F, g.taps, g.Ho, g.Wo)}, got {tuple(filt.shape)}")
+    return F

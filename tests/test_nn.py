@@ -1,12 +1,12 @@
 """Layers: whole-layer gradchecks, routing, folding, schedules, state, training, errors."""
 
-import copy
 
 import numpy as np
 import pytest
 
 import dynconv_np as dc
 from dynconv_np import nn
+from dynconv_np.checks.nn import eval_twin
 
 F64 = np.float64
 
@@ -19,16 +19,6 @@ def perturb(layer, rng, scale=0.3):
         if k.endswith("fc1.bias"):
             p += 1
     return layer
-
-
-def eval_twin(layer):
-    twin = copy.deepcopy(layer).eval()
-    for k, v in twin.buffers.items():
-        if k.endswith("running_mean"):
-            v += 0.2
-        elif k.endswith("running_var"):
-            v *= 1.5
-    return twin
 
 
 LAYERS = {

@@ -55,6 +55,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange, uintp
 
+from .. import _args
+
 
 @njit(inline="always", cache=True)
 def _span(off, stride, size, out):
@@ -178,16 +180,6 @@ def _taps_backward_filter(x, dout, dfilt, cm, M, cdiv, kh, kw, sh, sw, ph, pw, d
 
 
 # ----------------------------------------------------------------------------- wrappers
-def _check_mapping(g, M: int, cdiv: int, filt=None) -> int:
-    """Number of filters ``F``; the ops validate user input, this guards the op authors."""
-    if M < 1 or cdiv < 1 or g.C % cdiv:
-        raise ValueError(f"tap engine: need M >= 1 and cdiv dividing C, got M={M}, cdiv={cdiv}, C={g.C}")
-    F = (g.C // cdiv) * M
-    if filt is not None and tuple(filt.shape) != (g.N, F, g.taps, g.Ho, g.Wo):
-        raise ValueError(f"tap engine: filt must be {(g.N, F, g.taps, g.Ho, g.Wo)}, got {filt.shape}")
-    return F
-
-
 def taps_forward(x: np.ndarray, filt: np.ndarray, g, M: int, cdiv: int,
                  out: np.ndarray | None = None, channel_major: bool = False) -> np.ndarray:
     """Apply per-pixel filters tap by tap.
@@ -209,7 +201,7 @@ def taps_forward(x: np.ndarray, filt: np.ndarray, g, M: int, cdiv: int,
     -------
     out : ndarray (N, C*M, Ho, Wo), or (C*M, N, Ho, Wo) if `channel_major`
     """
-    _check_mapping(g, M, cdiv, filt)
+    _args.tap_filters(g, M, cdiv, filt)
     if out is None:
         shape = (g.C * M, g.N) if channel_major else (g.N, g.C * M)
         out = np.empty(shape + (g.Ho, g.Wo), dtype=x.dtype)
@@ -232,7 +224,7 @@ def taps_backward_input(filt: np.ndarray, dout: np.ndarray, g, M: int, cdiv: int
     -------
     dx : ndarray (N, C, H, W)
     """
-    _check_mapping(g, M, cdiv, filt)
+    _args.tap_filters(g, M, cdiv, filt)
     dx = np.empty((g.N, g.C, g.H, g.W), dtype=dout.dtype) if out is None else out
     _taps_backward_input(filt, dout, dx, channel_major, M, cdiv, *g.ints())
     return dx
@@ -253,7 +245,7 @@ def taps_backward_filter(x: np.ndarray, dout: np.ndarray, g, M: int, cdiv: int,
     -------
     dfilt : ndarray (N, F, kh*kw, Ho, Wo), ``F = (C // cdiv) * M``
     """
-    F = _check_mapping(g, M, cdiv)
+    F = _args.tap_filters(g, M, cdiv)
     dfilt = np.empty((g.N, F, g.taps, g.Ho, g.Wo), dtype=x.dtype) if out is None else out
     _taps_backward_filter(x, dout, dfilt, channel_major, M, cdiv, *g.ints())
     return dfilt

@@ -40,6 +40,8 @@ from numba import cuda
 from numba import float32 as _nb_float32
 from numba import float64 as _nb_float64
 
+from .. import _args
+
 #: True when the kernels run in the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
 SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
 
@@ -727,15 +729,6 @@ def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
 # ``filt (N, F, kh*kw, Ho, Wo)``, ``F = (C // cdiv) * M``; input channel c and output slot
 # m use filter ``f = (c // cdiv)*M + m``, and output channel ``c*M + m``. Three gathers,
 # one thread per element written, no unfolded input.
-def _taps_filters(g, M: int, cdiv: int, filt=None) -> int:
-    if M < 1 or cdiv < 1 or g.C % cdiv:
-        raise ValueError(f"tap engine: need M >= 1 and cdiv dividing C, got M={M}, cdiv={cdiv}, C={g.C}")
-    F = (g.C // cdiv) * M
-    if filt is not None and tuple(filt.shape) != (g.N, F, g.taps, g.Ho, g.Wo):
-        raise ValueError(f"tap engine: filt must be {(g.N, F, g.taps, g.Ho, g.Wo)}, got {tuple(filt.shape)}")
-    return F
-
-
 def taps_forward(x, filt, g, M: int, cdiv: int, out=None, channel_major: bool = False):
     """Apply per-pixel filters tap by tap, on the device.
 
@@ -757,7 +750,7 @@ def taps_forward(x, filt, g, M: int, cdiv: int, out=None, channel_major: bool = 
     """
     x = contiguous(x)
     filt = contiguous(filt)
-    _taps_filters(g, M, cdiv, filt)
+    _args.tap_filters(g, M, cdiv, filt)
     if out is None:
         shape = (g.C * M, g.N) if channel_major else (g.N, g.C * M)
         out = empty(shape + (g.Ho, g.Wo), x.dtype)
@@ -783,7 +776,7 @@ def taps_backward_input(filt, dout, g, M: int, cdiv: int, out=None, channel_majo
     """
     filt = contiguous(filt)
     dout = contiguous(dout)
-    _taps_filters(g, M, cdiv, filt)
+    _args.tap_filters(g, M, cdiv, filt)
     dx = empty((g.N, g.C, g.H, g.W), dout.dtype) if out is None else out
     size = g.N * g.C * g.H * g.W
     _launch(_kernels(dout.dtype).taps_backward_input, size,
@@ -807,7 +800,7 @@ def taps_backward_filter(x, dout, g, M: int, cdiv: int, out=None, channel_major:
     """
     x = contiguous(x)
     dout = contiguous(dout)
-    F = _taps_filters(g, M, cdiv)
+    F = _args.tap_filters(g, M, cdiv)
     dfilt = empty((g.N, F, g.taps, g.Ho, g.Wo), x.dtype) if out is None else out
     size = g.N * F * g.taps * g.P
     _launch(_kernels(x.dtype).taps_backward_filter, size,

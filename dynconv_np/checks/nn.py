@@ -39,25 +39,22 @@ def cases():
                 p += 1.0  # keep the hidden ReLUs of the attention branch active
         for mode in ("train", "eval"):
             if mode == "eval":
-                layer = _copy_eval(layer)
+                layer = eval_twin(layer)
             out.append(Case(f"nn.{label} {mode}", nn.as_function(layer), (x, *layer.params.values()),
                             mode="projection"))
     return out
 
 
-def _copy_eval(layer):
-    # as_function reads the mode when it is called, so the eval case needs its own layer
-    twin = _rebuild(layer)
-    twin.load_state_dict(layer.state_dict())
-    twin.eval()
-    # running statistics away from their (0, 1) start so eval mode differs from identity
+def eval_twin(layer):
+    """A copy of `layer` in eval mode, its running statistics moved away from their
+    (0, 1) start so that eval-mode batch norm differs from the identity.
+
+    ``as_function`` reads the mode when it is called, so an eval check needs its own layer.
+    """
+    twin = copy.deepcopy(layer).eval()
     for k, v in twin.buffers.items():
         if k.endswith("running_mean"):
             v += 0.2
         elif k.endswith("running_var"):
             v *= 1.5
     return twin
-
-
-def _rebuild(layer):
-    return copy.deepcopy(layer)

@@ -25,6 +25,16 @@ def _size(a) -> int:
     return int(np.prod(a.shape))
 
 
+def _one_input(y, grad):
+    """``(y, pullback)`` of a one-input op whose pullback is ``(grad(dy),)``."""
+
+    def pullback(dy):
+        _args.check_cotangent(dy, y)
+        return (grad(dy),)
+
+    return y, pullback
+
+
 @op("x")
 def global_avg_pool(x: np.ndarray):
     """Global average pooling over the spatial axes.
@@ -45,11 +55,7 @@ def global_avg_pool(x: np.ndarray):
     H, W = x.shape[2], x.shape[3]
     y = be.mean_pool(x)                                       # (N, C)
 
-    def pullback(dy):
-        _args.check_cotangent(dy, y)
-        return (be.mean_pool_backward(dy, H, W),)             # (N, C, H, W)
-
-    return y, pullback
+    return _one_input(y, lambda dy: be.mean_pool_backward(dy, H, W))   # dx (N, C, H, W)
 
 
 @op("a", "w", "b")
@@ -115,11 +121,7 @@ def relu(z: np.ndarray):
     be = _backend(z)
     y = be.relu(z)
 
-    def pullback(dy):
-        _args.check_cotangent(dy, y)
-        return (be.relu_backward(z, dy),)
-
-    return y, pullback
+    return _one_input(y, lambda dy: be.relu_backward(z, dy))
 
 
 @op("z")
@@ -141,11 +143,7 @@ def sigmoid(z: np.ndarray, tau: float = 1.0):
     tau = _args.positive_float("tau", tau)
     y = be.sigmoid(z, tau)
 
-    def pullback(dy):
-        _args.check_cotangent(dy, y)
-        return (be.sigmoid_backward(y, dy, tau),)
-
-    return y, pullback
+    return _one_input(y, lambda dy: be.sigmoid_backward(y, dy, tau))
 
 
 @op("z")
@@ -175,11 +173,7 @@ def softmax(z: np.ndarray, tau: float = 1.0, axis: int = -1):
         raise ValueError(f"z must have at least one entry along axis {ax}, got shape {tuple(z.shape)}")
     y = be.softmax(z, tau, ax)
 
-    def pullback(dy):
-        _args.check_cotangent(dy, y)
-        return (be.softmax_backward(y, dy, tau, ax),)
-
-    return y, pullback
+    return _one_input(y, lambda dy: be.softmax_backward(y, dy, tau, ax))
 
 
 @op("z")
@@ -194,11 +188,7 @@ def hard_sigmoid(z: np.ndarray, scale: float = 3.0):
     scale = _args.positive_float("scale", scale)
     y = be.hard_sigmoid(z, scale)
 
-    def pullback(dy):
-        _args.check_cotangent(dy, y)
-        return (be.hard_sigmoid_backward(z, dy, scale),)
-
-    return y, pullback
+    return _one_input(y, lambda dy: be.hard_sigmoid_backward(z, dy, scale))
 
 
 @op("z")
@@ -207,11 +197,7 @@ def tanh(z: np.ndarray):
     be = _backend(z)
     y = be.tanh(z)
 
-    def pullback(dy):
-        _args.check_cotangent(dy, y)
-        return (be.tanh_backward(y, dy),)
-
-    return y, pullback
+    return _one_input(y, lambda dy: be.tanh_backward(y, dy))
 
 
 def _bn_checks(x, gamma, beta, running_mean, running_var):
