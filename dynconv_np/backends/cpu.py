@@ -654,6 +654,26 @@ def matmul_nt(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return matmul(a, np.swapaxes(b, -1, -2))
 
 
+def gemm(a: np.ndarray, b: np.ndarray, ta: bool = False, tb: bool = False, out: np.ndarray | None = None,
+         accumulate: bool = False) -> np.ndarray:
+    """``op(a) @ op(b)`` (NumPy's matmul rules), op transposing the last two axes when `ta`/`tb`.
+
+    The one GEMM entry point of the ops: thin products go to the thin-product kernel,
+    the rest to BLAS on one thread (see :func:`matmul`). With `out`, the product is
+    written (or, with `accumulate`, added) into it.
+    """
+    a = np.swapaxes(a, -1, -2) if ta else a
+    b = np.swapaxes(b, -1, -2) if tb else b
+    if out is None:
+        return matmul(a, b)
+    with blas_single_thread():
+        if accumulate:
+            out += np.matmul(a, b)
+        else:
+            np.matmul(a, b, out=out)
+    return out
+
+
 def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Elementwise ``a + b`` (a new array)."""
     return np.add(a, b)
@@ -720,6 +740,9 @@ def matmul_nt_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a2 = np.ascontiguousarray(a.transpose(1, 0, 2)).reshape(M, N * K)
     b2 = np.ascontiguousarray(b.transpose(1, 0, 2)).reshape(J, N * K)
     return np.matmul(a2, b2.T)
+
+
+gemm_nt_sum = matmul_nt_sum
 
 
 # Array-level primitives (routing ops, atom_conv2d, layers) live in their own module.

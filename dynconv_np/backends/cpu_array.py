@@ -25,8 +25,8 @@ __all__ = [
     "softmax", "softmax_backward", "log_softmax", "mean_pool", "mean_pool_backward",
     "batch_stats", "batch_norm_forward", "batch_norm_backward", "running_update",
     "channel_sum", "add_channel_bias", "channel_mix", "channel_mix_backward", "add_eye",
-    # layout and GEMM
-    "gemm", "swap01",
+    # layout
+    "swap01",
     # optimisers
     "sgd_step", "adam_step",
     # the tap engine
@@ -285,26 +285,7 @@ def add_eye(a: np.ndarray) -> np.ndarray:
     return np.eye(a.shape[1], dtype=a.dtype) + a
 
 
-# ----------------------------------------------------------------------------- layout and GEMM
-def gemm(a: np.ndarray, b: np.ndarray, ta: bool = False, tb: bool = False, out: np.ndarray | None = None,
-         accumulate: bool = False) -> np.ndarray:
-    """``op(a) @ op(b)`` as one plain ``np.matmul`` (op transposes the last two axes when `ta`/`tb`).
-
-    No shape-dependent dispatch (unlike :func:`dynconv_np.backends.cpu.matmul`): the
-    caller chooses BLAS's threads (``blas_single_thread``). With `out`, the product is
-    written (or, with `accumulate`, added) into it.
-    """
-    a = np.swapaxes(a, -1, -2) if ta else a
-    b = np.swapaxes(b, -1, -2) if tb else b
-    if out is None:
-        return np.matmul(a, b)
-    if accumulate:
-        out += np.matmul(a, b)
-    else:
-        np.matmul(a, b, out=out)
-    return out
-
-
+# ----------------------------------------------------------------------------- layout
 def swap01(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``a (A, B, P) -> (B, A, P)``, C-contiguous (into `out` when given)."""
     if out is None:

@@ -904,6 +904,9 @@ def matmul_nt_sum(a, b):
     return out.reshape(a.shape[1], b.shape[1])
 
 
+gemm_nt_sum = matmul_nt_sum
+
+
 # ----------------------------------------------------------------------------- array-level primitives
 # The counterparts of backends/cpu_array.py, for the routing ops, atom_conv2d and the
 # layers: elementwise maps, per-row softmax, per-channel reductions, layout changes and
