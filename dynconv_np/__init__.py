@@ -1,9 +1,10 @@
 """dynconv_np: a framework-free reference engine for dynamic convolutions.
 
-Every op ``f`` has ``f(...)`` and ``f.vjp(...) -> (y, pullback)``; see ``API.md``.
+Every op ``f`` has ``f(...)`` and ``f.vjp(...) -> (y, pullback)``. The public contract is
+``docs/api.md`` in the repository, the math of every variant ``docs/math.md``.
 """
 
-from . import nn
+from . import nn, testing
 from ._op import vjp
 from .gradcheck import GradcheckError, gradcheck
 from .ops import (
@@ -25,4 +26,4 @@ __version__ = "0.1.0"
 
 __all__ = ["conv2d", "dynamic_conv2d", "dcd_conv2d", "atom_conv2d",
            "global_avg_pool", "linear", "relu", "sigmoid", "softmax", "hard_sigmoid", "tanh", "batch_norm",
-           "nn", "vjp", "gradcheck", "GradcheckError"]
+           "nn", "vjp", "gradcheck", "GradcheckError", "testing"]

@@ -1,10 +1,32 @@
-"""Command line: ``python -m dynconv_np check`` runs every built-in gradient check."""
+"""Command line: ``python -m dynconv_np COMMAND``.
+
+A command is a function ``f(argv: list[str]) -> int`` (the exit status) registered with
+``@command(name, one_line_help)``; the top-level ``--help`` lists every registered one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+
+PROG = "python -m dynconv_np"
+
+#: name -> (one-line help, function); filled by :func:`command`, listed by ``--help``.
+COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
+
+
+def command(name: str, help: str) -> Callable:
+    """Register ``f(argv) -> exit status`` as ``python -m dynconv_np NAME``."""
+
+    def register(f: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
+        COMMANDS[name] = (help, f)
+        return f
+
+    return register
 
 
 def _bar(i: int, n: int, label: str, width: int = 30) -> None:
@@ -13,54 +35,117 @@ def _bar(i: int, n: int, label: str, width: int = 30) -> None:
     sys.stderr.flush()
 
 
-def check(argv: list[str] | None = None) -> int:
-    """Run the gradient checks; print a table; return the exit status."""
-    p = argparse.ArgumentParser(prog="python -m dynconv_np check",
-                                description="Finite-difference gradient checks (float64) of every op and layer.")
-    p.add_argument("-k", "--filter", default="", help="run only cases whose label contains this text")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
+def numba_cache_dir() -> Path:
+    """Where Numba caches this package's compiled kernels: ``NUMBA_CACHE_DIR`` when set,
+    else the ``__pycache__`` folders of the package (a writable checkout), else Numba's
+    user-wide cache folder."""
+    env = os.environ.get("NUMBA_CACHE_DIR")
+    if env:
+        return Path(env)
+    pkg = Path(__file__).resolve().parent
+    if os.access(pkg, os.W_OK):
+        return pkg
+    from numba.misc.appdirs import AppDirs
 
-    from . import GradcheckError, gradcheck
+    return Path(AppDirs(appname="numba", appauthor=False).user_cache_dir)
+
+
+def numba_cache_is_cold() -> bool:
+    """True when :func:`numba_cache_dir` holds no Numba index file (``*.nbi``) yet."""
+    return next(numba_cache_dir().rglob("*.nbi"), None) is None
+
+
+@command("check", "finite-difference gradient checks (float64) of every op and layer, built-in shapes")
+def check(argv: list[str]) -> int:
+    """Run the built-in gradient checks; print a table; return the exit status."""
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} check",
+        description="Finite-difference gradient checks (float64) of every op and layer on built-in shapes "
+                    "(dynconv_np/checks/). Exit status 0 when every case passes, 1 when one fails, "
+                    "2 when no case matches -k.")
+    p.add_argument("-k", "--filter", default="", metavar="TEXT",
+                   help="run only the cases whose label contains TEXT (case-insensitive)")
+    p.add_argument("--list", action="store_true", help="list the case labels (after -k) and exit")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none when stderr is not a terminal)")
+    a = p.parse_args(argv)
+    progress = not a.no_progress and sys.stderr.isatty()
+
     from .checks import all_cases
 
-    cases = [c for c in all_cases() if a.filter in c.label]
-    rows, failed = [], 0
+    every = all_cases()
+    cases = [c for c in every if a.filter.lower() in c.label.lower()]
+    if not cases:
+        print(f"no case label contains {a.filter!r} (of {len(every)}; `{PROG} check --list` lists them)",
+              file=sys.stderr)
+        return 2
+    if a.list:
+        print("\n".join(c.label for c in cases))
+        return 0
+
+    from . import GradcheckError, gradcheck
+    from .gradcheck import _table
+
+    if numba_cache_is_cold():
+        print(f"compiling kernels (first run only; cached in {numba_cache_dir()})", file=sys.stderr, flush=True)
+    rows, case_failed, arg_counts, kinks = [], 0, [0, 0], 0
     t0 = time.perf_counter()
     for i, c in enumerate(cases):
-        if not a.no_progress:
+        if progress:
             _bar(i, len(cases), c.label)
+        tol = (f"{c.atol:.0e}", f"{c.rtol:.0e}")
         try:
             rep = gradcheck(c.f, c.args, c.kwargs, mode=c.mode, atol=c.atol, rtol=c.rtol)
         except GradcheckError as e:
             rep = e.report
         except Exception as e:  # a crash is a failure of that case, not of the run
-            rows.append((c.label, "-", float("nan"), float("nan"), f"ERROR {type(e).__name__}: {e}"))
-            failed += 1
+            rows.append((c.label, "-", c.mode, "-", "-", *tol, f"ERROR {type(e).__name__}: {e}"))
+            case_failed += 1
             continue
         for r in rep.args:
-            rows.append((c.label, r.name, r.max_abs_err, r.max_rel_err, "pass" if r.passed else "FAIL"))
-            failed += not r.passed
-    if not a.no_progress:
+            rows.append((c.label, r.name, r.mode, f"{r.max_abs_err:.3e}", f"{r.max_rel_err:.3e}", *tol, r.verdict))
+            arg_counts[not r.passed] += 1
+            kinks += r.verdict == "kink?"
+        case_failed += not rep.passed
+    if progress:
         _bar(len(cases), len(cases), "done")
         sys.stderr.write("\n")
-    w = max([len(r[0]) for r in rows] + [2])
-    print(f"{'op':<{w}}  {'argument':<10} {'max abs err':>12} {'max rel err':>12}  result")
-    for label, arg, ea, er, res in rows:
-        print(f"{label:<{w}}  {arg:<10} {ea:12.3e} {er:12.3e}  {res}")
-    print(f"{len(rows) - failed} passed, {failed} failed  ({len(cases)} cases, "
+    print(_table(("case", "argument", "mode", "max abs err", "max rel err", "atol", "rtol", "result"), rows, left=3))
+    kink = f", {kinks} kink?" if kinks else ""
+    passed = len(cases) - case_failed
+    print(f"{passed} case{'s' * (passed != 1)} passed, {case_failed} failed "
+          f"({arg_counts[0] + arg_counts[1]} arguments: {arg_counts[0]} passed{kink}, {arg_counts[1]} failed; "
           f"{time.perf_counter() - t0:.1f} s)")
-    return 1 if failed else 0
+    return 1 if case_failed else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    width = max(len(n) for n in COMMANDS)
+    listing = "\n".join(f"  {n:<{width}}  {h}" for n, (h, _) in COMMANDS.items())
+    p = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="dynconv_np: a framework-free reference engine for dynamic convolutions.",
+        epilog=f"commands:\n{listing}\n\n`{PROG} COMMAND --help` describes a command.")
+    p.add_argument("--version", action="version", version=f"dynconv_np {__version__}")
+    p.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="a command from the list below")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m dynconv_np check [-k TEXT] [--no-progress]")
-        return 0 if argv else 2
-    if argv[0] == "check":
-        return check(argv[1:])
-    print(f"unknown command {argv[0]!r}; try: python -m dynconv_np check", file=sys.stderr)
+    """Dispatch ``argv`` (default ``sys.argv[1:]``) to its command; return the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]][1](argv[1:])
+    p = _parser()
+    if not argv:
+        p.print_help(sys.stderr)
+        return 2
+    try:
+        p.parse_args(argv)  # --help, --version, or an error naming the commands
+    except SystemExit as e:
+        return int(e.code or 0)
     return 2
 
 

@@ -354,8 +354,8 @@ def gradcheck(f: Callable, args: Sequence, kwargs: dict | None = None, *, wrt=No
                 return directional(unit(r), h).ravel()
 
             def where(r, c, a0=a0, name=name):
-                return (f"d y{list(np.unravel_index(c, y.shape))} / d {name}"
-                        f"{list(np.unravel_index(r, a0.shape))}")
+                at_y, at_a = (list(map(int, np.unravel_index(k, s))) for k, s in ((c, y.shape), (r, a0.shape)))
+                return f"d y{at_y} / d {name}{at_a}"
         else:
             us, vs = [], []
             num = np.empty((n_projections, 1))

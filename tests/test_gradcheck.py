@@ -132,3 +132,87 @@ def test_wrt_by_name_and_report_lookup(rng):
         rep["x"]
     with pytest.raises(ValueError, match="wrt names 'z'"):
         dc.gradcheck(dc.conv2d, (x, w), wrt=["z"])
+
+
+# ----------------------------------------------------------------------------- kinks
+
+
+def _relu_cnn():
+    f64 = np.float64
+    return dc.nn.Sequential(
+        dc.nn.Conv2d(3, 16, 3, padding=1, dtype=f64, seed=2), dc.nn.ReLU(),
+        dc.nn.Conv2d(16, 16, 3, padding=1, dtype=f64, seed=3), dc.nn.ReLU(),
+        dc.nn.GlobalAvgPool2d(), dc.nn.Linear(16, 10, dtype=f64, seed=4))
+
+
+def test_relu_cnn_kinks_are_not_reported_as_wrong_gradients():
+    """At this size the finite differences at eps=1e-6 cross ReLU kinks in most
+    projections (relative errors up to 1e-2 used to FAIL); the report now says kink?."""
+    net = _relu_cnn()
+    x = np.random.default_rng(2).standard_normal((8, 3, 32, 32))
+    f = dc.nn.as_function(net)
+    rep = dc.gradcheck(f, (x, *net.params.values()), mode="projection")
+    assert [a.name for a in rep] == ["x", "0.weight", "0.bias", "2.weight", "2.bias", "5.weight", "5.bias"]
+    kinks = [a for a in rep if a.verdict == "kink?"]
+    assert kinks and rep.passed and all(a.passed for a in kinks)
+    assert max(a.max_rel_err for a in kinks) > 1e-3  # what used to fail
+    for a in kinks:
+        assert len(a.estimates) == 3 and a.steps == (1e-6, 1e-7, 1e-8) and a.analytic is not None
+        assert a.evaluations > 6  # re-estimated with the smaller steps
+        assert a.name in str(rep) and "move with the step" in a.note()
+    assert rep["5.weight"].verdict == "pass"  # after the last ReLU: smooth
+
+
+@pytest.mark.parametrize("which", [1, 3])
+def test_relu_cnn_planted_error_still_fails(which):
+    net = _relu_cnn()
+    x = np.random.default_rng(2).standard_normal((8, 3, 32, 32))
+    f = dc.nn.as_function(net)
+    planted = Planted(f, which, 5)
+    planted.param_keys = f.param_keys
+    with pytest.raises(dc.GradcheckError) as e:
+        dc.gradcheck(planted, (x, *net.params.values()), mode="projection")
+    rep = e.value.report
+    assert [a.name for a in rep if a.verdict == "FAIL"] == [list(net.params)[which - 1]]
+
+
+@pytest.mark.parametrize("mode", ["full", "projection"])
+def test_planted_error_in_smooth_op_fails_not_kink(rng, mode):
+    """The re-estimates of a smooth function agree with each other: a wrong gradient
+    stays a FAIL, with every step size tried."""
+    x = rng.standard_normal((2, 3, 5, 5))
+    w = rng.standard_normal((4, 3, 3, 3))
+    for eps in (1e-6, 1e-5):
+        with pytest.raises(dc.GradcheckError) as e:
+            dc.gradcheck(Planted(dc.conv2d, 1, 11), (x, w), {"padding": 1}, mode=mode, eps=eps)
+        rep = e.value.report
+        assert [a.verdict for a in rep] == ["pass", "FAIL"]
+        assert "kink?" not in str(rep)
+
+
+def test_kink_inside_the_step_full_mode():
+    """relu at 3e-7: the step 1e-6 straddles the kink (estimate 0.65), 1e-7 does not."""
+    z = np.array([[0.5, 3e-7, -0.4], [-3e-7, 1.2, -2.0]])
+    rep = dc.gradcheck(dc.relu, (z,), mode="full")
+    a = rep["z"]
+    assert a.verdict == "kink?" and a.passed and a.settled
+    assert a.estimates[0] == pytest.approx(0.65) and a.estimates[1:] == pytest.approx((1.0, 1.0))
+    assert a.analytic == 1.0 and "[0, 1]" in a.where
+    assert "not a gradient error" in str(rep)
+    # a wrong derivative at that very entry is still caught: the smaller steps settle on 1
+    with pytest.raises(dc.GradcheckError) as e:
+        dc.gradcheck(Planted(dc.relu, 0, 1), (z,), mode="full")
+    assert e.value.report["z"].verdict == "FAIL"
+
+
+def test_layer_parameters_named_as_params_and_wrt_by_key(rng):
+    layer = dc.nn.DynamicConv2d(4, 6, 3, padding=1, temperature=1.0, dtype=np.float64, seed=0)
+    f = dc.nn.as_function(layer)
+    x = rng.standard_normal((2, 4, 5, 5))
+    rep = dc.gradcheck(f, (x, *layer.params.values()), mode="projection")
+    assert [a.name for a in rep] == ["x", *layer.params]
+    assert any("." in k for k in layer.params)  # dotted keys, e.g. fc1.weight
+    key = next(k for k in layer.params if "." in k)
+    rep = dc.gradcheck(f, (x, *layer.params.values()), wrt=[key], mode="projection")
+    assert [a.name for a in rep] == [key] and rep.passed
+    assert f"{key} " in str(rep)
