@@ -29,6 +29,10 @@ tracemalloc; the Numba kernels allocate nothing).
 Usage::
 
     python benchmarks/compare.py --threads 2 --repeat 7 --memory --plot
+
+``--plot`` alone writes ``results/compare.png`` (git-ignored); ``--plot PATH`` writes PATH
+(``docs/performance.png`` is the chart committed with docs/performance.md).
+``--contenders torch`` without PyTorch installed is an error (exit status 2).
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ import numpy as np
 
 if importlib.util.find_spec("dynconv_np") is None:  # run from a checkout, not installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+#: Where ``--plot`` without a path writes (``results/`` is git-ignored).
+DEFAULT_PLOT = os.path.join("results", "compare.png")
 
 #: name: (N, C, O, H=W, k, stride, pad, K)
 SHAPES = {
@@ -332,17 +339,27 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS))
+    ap.add_argument("--contenders", nargs="+", choices=list(CONTENDERS),
+                    help="default: all of them (torch only when PyTorch is installed)")
     ap.add_argument("--memory", action="store_true", help="peak memory in subprocesses")
-    ap.add_argument("--plot", metavar="PNG", nargs="?", const="docs/performance.png",
-                    help="write a bar chart (default docs/performance.png)")
+    ap.add_argument("--plot", metavar="PNG", nargs="?", const=DEFAULT_PLOT,
+                    help=f"write a bar chart to PNG (default {DEFAULT_PLOT}, which git ignores; "
+                         "docs/performance.png is the committed one)")
     ap.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     args = ap.parse_args(argv)
 
-    _set_threads(args.threads)
-    contenders = [c for c in args.contenders if c != "torch" or have_torch()]
+    if args.contenders is None:
+        contenders = [c for c in CONTENDERS if c != "torch" or have_torch()]
+        if "torch" not in contenders:
+            print("PyTorch is not installed: benchmarking without the torch contender", file=sys.stderr)
+    else:
+        if "torch" in args.contenders and not have_torch():
+            print("--contenders torch: PyTorch is not installed (pip install torch)", file=sys.stderr)
+            return 2
+        contenders = list(dict.fromkeys(args.contenders))
     if "ours" not in contenders:
         contenders.insert(0, "ours")
+    _set_threads(args.threads)
     import numba
 
     numba.set_num_threads(args.threads)
@@ -375,6 +392,7 @@ def main(argv=None) -> int:
             print(f"  {name}: " + ", ".join(parts))
     print("\nmachine:", json.dumps(machine()))
     if args.plot:
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
         plot(rows, contenders, args.plot)
         print(f"chart written to {args.plot}")
     if args.json:

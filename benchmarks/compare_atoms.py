@@ -12,8 +12,7 @@ tap. The second dynconv_np row runs with a one-sample workspace budget
 Time is the median wall clock of ``--repeat`` runs; peak memory is the
 ``tracemalloc`` peak of one forward+backward (NumPy allocations are traced; inputs
 allocated before the measurement are not counted). Every row is run with the BLAS
-thread pool left as it is and limited to one thread (threadpoolctl, from the ``bench``
-extra).
+thread pool left as it is and limited to one thread (threadpoolctl, a core dependency).
 """
 
 from __future__ import annotations

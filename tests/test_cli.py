@@ -2,6 +2,8 @@
 
 import os
 import re
+import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +136,23 @@ def test_cold_numba_cache_notice(tmp_path):
     (cache / "some_module" / "kernel-1.py311.nbi").write_bytes(b"")
     r = run("check", "-k", label, env={"NUMBA_CACHE_DIR": str(cache)})
     assert r.returncode == 0 and "compiling" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- benchmarks/compare.py
+
+
+def test_compare_torch_contender_without_torch_is_an_error():
+    code = ("import sys, runpy; sys.modules['torch'] = None; "
+            "sys.argv = ['compare.py', '--contenders', 'torch', '--shapes', 'batch1']; "
+            "sys.exit(runpy.run_path('benchmarks/compare.py', run_name='not_main')['main']())")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "PyTorch is not installed" in r.stderr and r.stdout == ""
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs a git checkout")
+def test_compare_default_plot_is_git_ignored():
+    ns = runpy.run_path(str(ROOT / "benchmarks" / "compare.py"), run_name="not_main")
+    path = ns["DEFAULT_PLOT"]
+    assert not path.startswith("docs")
+    r = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
+    assert r.returncode == 0, f"{path} is not git-ignored"
