@@ -9,7 +9,7 @@ Contenders, alternated within one process so that machine noise hits them alike:
     implementations: the batch folded into groups, ``x`` viewed as ``(1, N*C, H, W)``,
     the per-sample mixed kernels ``(N*O, C, kh, kw)``, ``groups=N``; autograd backward.
 ``loop``
-    The per-sample Python loop of seed 001 (DY-CNN's reference code), written with NumPy
+    The per-sample Python loop of a widely used DY-CNN implementation, written with NumPy
     and our ``conv2d``: mix one kernel per sample, convolve that sample, and in the
     backward chain the per-sample gradients back to ``W``, ``pi`` and ``bias``.
 
@@ -104,7 +104,7 @@ def ours_step(x, W, pi, bias, dy, s, p):
 
 
 def loop_step(x, W, pi, bias, dy, s, p):
-    """Seed 001's per-sample loop, in NumPy with our conv2d.
+    """The DY-CNN per-sample loop, in NumPy with our conv2d.
 
     Its small NumPy products run with BLAS at one thread: multithreaded, OpenBLAS's
     threads keep spinning after them and slowed the next contender's step (ours on
