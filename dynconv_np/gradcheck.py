@@ -87,31 +87,39 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) 
     return "\n".join([line(header)] + [line(r) for r in rows])
 
 
-@dataclass
-class GradcheckReport:
-    """Per-argument results of :func:`gradcheck`; ``str(report)`` is a table."""
+class _Rows:
+    """What the reports share: rows with ``name`` and ``passed``, in the list named by
+    ``_rows``; truth is "every row passed", ``report[name]`` a row by name."""
 
-    function: str
-    args: list[ArgReport] = field(default_factory=list)
+    _rows = ""
 
     @property
     def passed(self) -> bool:
-        return all(a.passed for a in self.args)
+        return all(r.passed for r in self)
 
     def __bool__(self) -> bool:
         return self.passed
 
-    def __getitem__(self, name: str) -> ArgReport:
-        for a in self.args:
-            if a.name == name:
-                return a
+    def __getitem__(self, name: str):
+        for r in self:
+            if r.name == name:
+                return r
         raise KeyError(name)
 
     def __iter__(self):
-        return iter(self.args)
+        return iter(getattr(self, self._rows))
 
     def __len__(self) -> int:
-        return len(self.args)
+        return len(getattr(self, self._rows))
+
+
+@dataclass
+class GradcheckReport(_Rows):
+    """Per-argument results of :func:`gradcheck`; ``str(report)`` is a table."""
+
+    _rows = "args"
+    function: str
+    args: list[ArgReport] = field(default_factory=list)
 
     def __str__(self) -> str:
         rows = [(a.name, a.mode, f"{a.max_abs_err:.3e}", f"{a.max_rel_err:.3e}", str(a.evaluations), a.verdict)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._args import device_of
-from .gradcheck import _table
+from .gradcheck import _Rows, _table
 
 #: Default ``(rtol, atol factor)`` by the least precise float dtype among the candidate's
 #: inputs and that output. The absolute tolerance is the factor times the largest
@@ -62,30 +62,13 @@ class OutputReport:
 
 
 @dataclass
-class VjpReport:
-    """Per-output results of :func:`assert_vjp_close`; ``str(report)`` is a table."""
+class VjpReport(_Rows):
+    """Per-output results of :func:`assert_vjp_close`; ``str(report)`` is a table,
+    ``report["dW"]`` one row, ``bool(report)`` whether every output passed."""
 
+    _rows = "outputs"
     title: str
     outputs: list[OutputReport] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(o.passed for o in self.outputs)
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    def __getitem__(self, name: str) -> OutputReport:
-        for o in self.outputs:
-            if o.name == name:
-                return o
-        raise KeyError(name)
-
-    def __iter__(self):
-        return iter(self.outputs)
-
-    def __len__(self) -> int:
-        return len(self.outputs)
 
     def __str__(self) -> str:
         def num(v, fmt=".3e"):
