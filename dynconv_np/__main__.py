@@ -111,7 +111,7 @@ def check(argv: list[str]) -> int:
         _bar(len(cases), len(cases), "done")
         sys.stderr.write("\n")
     print(_table(("case", "argument", "mode", "max abs err", "max rel err", "atol", "rtol", "result"), rows, left=3))
-    kink = f", {kinks} kink?" if kinks else ""
+    kink = f" ({kinks} of them kink?)" if kinks else ""
     passed = len(cases) - case_failed
     print(f"{passed} case{'s' * (passed != 1)} passed, {case_failed} failed "
           f"({arg_counts[0] + arg_counts[1]} arguments: {arg_counts[0]} passed{kink}, {arg_counts[1]} failed; "
