@@ -455,3 +455,176 @@ def batch_norm_backward(dy, x, gamma, beta, running_mean=None, running_var=None,
             drv[c] = np.sum(d * gamma[c] * (v - mean)) * (-0.5) * inv ** 3
         dx[:, c] = (gamma[c] * (J.T @ d)).reshape(dx[:, c].shape)
     return dx, dgamma, dbeta, drm, drv
+
+
+# ----------------------------------------------------------------------------- small linear algebra
+def _left(a, n, ta):
+    """The left factor of sample n: a shared (2-D) or per-sample (3-D) matrix, transposed when `ta`."""
+    m = a if a.ndim == 2 else a[n]
+    return m.T if ta else m
+
+
+def matmul(a, b, ta=False):
+    """Reference ``c[n] = op(a) @ b[n]`` (op transposes when `ta`; a shared 2-D or per-sample 3-D)."""
+    a, b = _f64(a, b)
+    return np.stack([_left(a, n, ta) @ b[n] for n in range(b.shape[0])])
+
+
+def matmul_backward(dc, a, b, ta=False):
+    """Reference ``(da, db)`` of :func:`matmul`, sample by sample (a shared `a` sums them)."""
+    dc, a, b = _f64(dc, a, b)
+    da = np.zeros(a.shape)
+    db = np.empty(b.shape)
+    for n in range(b.shape[0]):
+        d_left = dc[n] @ b[n].T                               # gradient of op(a) for sample n
+        d_a = d_left.T if ta else d_left
+        if a.ndim == 2:
+            da += d_a
+        else:
+            da[n] = d_a
+        db[n] = _left(a, n, ta).T @ dc[n]
+    return da, db
+
+
+def scale_channels(a, s):
+    """Reference ``a[n, c, ...] * s[n, c]``."""
+    a, s = _f64(a, s)
+    y = np.empty(a.shape)
+    for n in range(a.shape[0]):
+        for c in range(a.shape[1]):
+            y[n, c] = s[n, c] * a[n, c]
+    return y
+
+
+def scale_channels_backward(dy, a, s):
+    """Reference ``(da, ds)`` of :func:`scale_channels`."""
+    dy, a, s = _f64(dy, a, s)
+    da, ds = np.empty(a.shape), np.empty(s.shape)
+    for n in range(a.shape[0]):
+        for c in range(a.shape[1]):
+            da[n, c] = s[n, c] * dy[n, c]
+            ds[n, c] = np.sum(dy[n, c] * a[n, c])
+    return da, ds
+
+
+def channel_mix(a, W):
+    """Reference ``y[o] = sum_k a[k, o] W[k, o]``."""
+    a, W = _f64(a, W)
+    y = np.zeros(W.shape[1:])
+    for k in range(W.shape[0]):
+        for o in range(W.shape[1]):
+            y[o] += a[k, o] * W[k, o]
+    return y
+
+
+def channel_mix_backward(dy, a, W):
+    """Reference ``(da, dW)`` of :func:`channel_mix`."""
+    dy, a, W = _f64(dy, a, W)
+    da, dW = np.empty(a.shape), np.empty(W.shape)
+    for k in range(W.shape[0]):
+        for o in range(W.shape[1]):
+            dW[k, o] = a[k, o] * dy[o]
+            da[k, o] = np.sum(dy[o] * W[k, o])
+    return da, dW
+
+
+def add_bias(x, b):
+    """Reference ``x[:, c] + b[c]``."""
+    x, b = _f64(x, b)
+    y = x.copy()
+    for c in range(x.shape[1]):
+        y[:, c] += b[c]
+    return y
+
+
+def add_bias_backward(dy, x, b):
+    """Reference ``(dx, db)`` of :func:`add_bias`."""
+    (dy,) = _f64(dy)
+    return dy.copy(), np.array([dy[:, c].sum() for c in range(dy.shape[1])])
+
+
+def add_eye(a):
+    """Reference ``I + a[n]``."""
+    (a,) = _f64(a)
+    return np.stack([np.eye(a.shape[1]) + m for m in a])
+
+
+def add_eye_backward(dy, a):
+    """Reference ``(da,)`` of :func:`add_eye`."""
+    return tuple(_f64(dy))
+
+
+# ----------------------------------------------------------------------------- DCD pieces
+def _centre_geom(x, kernel_size, stride, padding, dilation):
+    kh, kw = _args.kernel_pair("kernel_size", kernel_size)
+    return _args.geometry(x.shape, kh, kw, stride, padding, dilation)
+
+
+def centre_projection(x, Q, kernel_size, stride=1, padding=0, dilation=1):
+    """Reference ``Q^T x`` at every output pixel's centre tap: (N, L, Ho, Wo)."""
+    x, Q = _f64(x, Q)
+    g = _centre_geom(x, kernel_size, stride, padding, dilation)
+    xs = pad_input(x, g)[(slice(None), slice(None)) + tap_slice(g, g.kh // 2, g.kw // 2)]
+    z = np.zeros((g.N, Q.shape[1], g.Ho, g.Wo))
+    for c in range(g.C):
+        for j in range(Q.shape[1]):
+            z[:, j] += Q[c, j] * xs[:, c]
+    return z
+
+
+def centre_projection_backward(dz, x, Q, kernel_size, stride=1, padding=0, dilation=1):
+    """Reference ``(dx, dQ)`` of :func:`centre_projection`."""
+    dz, x, Q = _f64(dz, x, Q)
+    g = _centre_geom(x, kernel_size, stride, padding, dilation)
+    centre = (slice(None), slice(None)) + tap_slice(g, g.kh // 2, g.kw // 2)
+    xs = pad_input(x, g)[centre]
+    dQ = np.zeros(Q.shape)
+    dxp = np.zeros(pad_input(x, g).shape)
+    for c in range(g.C):
+        for j in range(Q.shape[1]):
+            dQ[c, j] = np.sum(xs[:, c] * dz[:, j])
+            dxp[centre][:, c] += Q[c, j] * dz[:, j]
+    return unpad_input(dxp, g), dQ
+
+
+def dcd_combine(r, lam, P, v):
+    """Reference ``lam[n, o] * r[n, o] + sum_j P[o, j] v[n, j]``."""
+    r, lam, P, v = _f64(r, lam, P, v)
+    y = np.empty(r.shape)
+    for n in range(r.shape[0]):
+        for o in range(r.shape[1]):
+            y[n, o] = lam[n, o] * r[n, o] + sum(P[o, j] * v[n, j] for j in range(P.shape[1]))
+    return y
+
+
+def dcd_combine_backward(dy, r, lam, P, v):
+    """Reference ``(dr, dlam, dP, dv)`` of :func:`dcd_combine`."""
+    dy, r, lam, P, v = _f64(dy, r, lam, P, v)
+    dr = np.stack([lam[n][:, None, None] * dy[n] for n in range(r.shape[0])])
+    dlam = np.array([[np.sum(dy[n, o] * r[n, o]) for o in range(r.shape[1])] for n in range(r.shape[0])])
+    dP = np.array([[np.sum(dy[:, o] * v[:, j]) for j in range(P.shape[1])] for o in range(P.shape[0])])
+    dv = np.stack([sum(P[o, j] * dy[:, o] for o in range(P.shape[0])) for j in range(P.shape[1])], axis=1)
+    return dr, dlam, dP, dv
+
+
+# ----------------------------------------------------------------------------- loss
+def _log_softmax_rows(z):
+    out = np.empty(z.shape)
+    for i, row in enumerate(z):
+        m = row.max()
+        out[i] = row - m - np.log(np.sum(np.exp(row - m)))
+    return out
+
+
+def softmax_cross_entropy(logits, target):
+    """Reference ``-sum(target * log_softmax(logits)) / N``."""
+    logits, target = _f64(logits, target)
+    return -np.sum(target * _log_softmax_rows(logits)) / logits.shape[0]
+
+
+def softmax_cross_entropy_backward(dloss, logits, target):
+    """Reference ``(dlogits, dtarget)`` of :func:`softmax_cross_entropy`."""
+    logits, target = _f64(logits, target)
+    logp = _log_softmax_rows(logits)
+    N = logits.shape[0]
+    return float(dloss) * (np.exp(logp) - target) / N, -float(dloss) * logp / N

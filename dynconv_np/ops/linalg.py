@@ -46,12 +46,13 @@ def matmul(a: np.ndarray, b: np.ndarray, ta: bool = False):
         raise ValueError(f"a must be 2-D (M, K) or 3-D (N, M, K), got {len(a.shape)}-D array of "
                          f"shape {tuple(a.shape)}")
     _args.check_ndim("b", b, 3, "(N, K, J)")
-    shared = len(a.shape) == 2
-    K = a.shape[-2] if ta else a.shape[-1]
+    shape = tuple(a.shape)                                  # device arrays' shapes take no negative index
+    shared = len(shape) == 2
+    K = shape[-2] if ta else shape[-1]
     if b.shape[1] != K:
-        raise ValueError(f"a{'^T' if ta else ''} has {K} columns (a has shape {tuple(a.shape)}), "
+        raise ValueError(f"a{'^T' if ta else ''} has {K} columns (a has shape {shape}), "
                          f"but b has {b.shape[1]} rows (shape {tuple(b.shape)})")
-    if not shared and a.shape[0] != b.shape[0]:
+    if not shared and shape[0] != b.shape[0]:
         raise ValueError(f"a and b must have one batch size, got {a.shape[0]} and {b.shape[0]}")
     be = backends.get(device)
 
@@ -75,9 +76,9 @@ def _per_sample_channels(name: str, a, s_name: str, s):
     """Check ``a (N, C, ...)`` against ``s (N, C)``; returns ``(N, C, rest)``."""
     if len(a.shape) < 2:
         raise ValueError(f"{name} must be at least 2-D (N, C, ...), got shape {tuple(a.shape)}")
-    N, C = a.shape[:2]
+    N, C = tuple(a.shape)[:2]
     _args.check_shape(s_name, s, (N, C), f"(N, C) with {name}'s N={N} and C={C}")
-    return N, C, _size(a.shape[2:])
+    return N, C, _size(tuple(a.shape)[2:])
 
 
 @op("a", "s")
@@ -130,7 +131,7 @@ def channel_mix(a: np.ndarray, W: np.ndarray):
     _args.check_ndim("a", a, 2, "(K, O)")
     if len(W.shape) < 2:
         raise ValueError(f"W must be at least 2-D (K, O, ...), got shape {tuple(W.shape)}")
-    _args.check_shape("a", a, W.shape[:2], f"(K, O) with W's K={W.shape[0]} and O={W.shape[1]}")
+    _args.check_shape("a", a, tuple(W.shape)[:2], f"(K, O) with W's K={W.shape[0]} and O={W.shape[1]}")
     be = backends.get(device)
 
     a_, W_ = be.contiguous(a), be.contiguous(W)
@@ -161,10 +162,10 @@ def add_bias(x: np.ndarray, b: np.ndarray):
     _, device = _args.check_arrays({"x": x, "b": b})
     if len(x.shape) < 2:
         raise ValueError(f"x must be at least 2-D (N, C, ...), got shape {tuple(x.shape)}")
-    N, C = x.shape[:2]
+    N, C = tuple(x.shape)[:2]
     _args.check_shape("b", b, (C,), f"(C,) with x's C={C}")
     be = backends.get(device)
-    rest = _size(x.shape[2:])
+    rest = _size(tuple(x.shape)[2:])
 
     y = be.copy(x)
     be.add_channel_bias(y.reshape(N, C, rest), be.contiguous(b))   # y is ours: in place

@@ -16,7 +16,8 @@ def softmax_cross_entropy(logits: np.ndarray, target: np.ndarray):
     ----------
     logits : ndarray (N, K)
     target : ndarray (N, K)
-        Probabilities per sample (one-hot rows for class labels), logits' dtype and device.
+        Probabilities per sample, rows summing to 1 (one-hot rows for class labels), of
+        logits' dtype and device.
 
     Returns
     -------
@@ -24,7 +25,7 @@ def softmax_cross_entropy(logits: np.ndarray, target: np.ndarray):
         ``-sum(target * log_softmax(logits)) / N``, the log-sum-exp taken with the row
         maximum subtracted. pullback(dloss) takes a real number (or a 0-d host array) and
         gives ``(dlogits, dtarget)``, both (N, K): ``dloss * (softmax(logits) - target) / N``
-        and ``-dloss * log_softmax(logits) / N``.
+        (the rows of target summing to 1) and ``-dloss * log_softmax(logits) / N``.
     """
     dtype, device = _args.check_arrays({"logits": logits, "target": target})
     _args.check_ndim("logits", logits, 2, "(N, K)")
