@@ -508,23 +508,15 @@ def scale_channels_backward(dy, a, s):
 
 
 def channel_mix(a, W):
-    """Reference ``y[o] = sum_k a[k, o] W[k, o]``."""
-    a, W = _f64(a, W)
-    y = np.zeros(W.shape[1:])
-    for k in range(W.shape[0]):
-        for o in range(W.shape[1]):
-            y[o] += a[k, o] * W[k, o]
-    return y
+    """Reference ``y[o] = sum_k a[k, o] W[k, o]``: the scaled kernels summed over k."""
+    return scale_channels(W, a).sum(axis=0)
 
 
 def channel_mix_backward(dy, a, W):
-    """Reference ``(da, dW)`` of :func:`channel_mix`."""
-    dy, a, W = _f64(dy, a, W)
-    da, dW = np.empty(a.shape), np.empty(W.shape)
-    for k in range(W.shape[0]):
-        for o in range(W.shape[1]):
-            dW[k, o] = a[k, o] * dy[o]
-            da[k, o] = np.sum(dy[o] * W[k, o])
+    """Reference ``(da, dW)`` of :func:`channel_mix`: ``dW[k, o] = a[k, o] dy[o]`` and
+    ``da[k, o] = <dy[o], W[k, o]>``, scale_channels' backward with dy repeated over k."""
+    dy, W = _f64(dy, W)
+    dW, da = scale_channels_backward(np.broadcast_to(dy, W.shape), W, a)
     return da, dW
 
 
@@ -600,8 +592,7 @@ def dcd_combine(r, lam, P, v):
 def dcd_combine_backward(dy, r, lam, P, v):
     """Reference ``(dr, dlam, dP, dv)`` of :func:`dcd_combine`."""
     dy, r, lam, P, v = _f64(dy, r, lam, P, v)
-    dr = np.stack([lam[n][:, None, None] * dy[n] for n in range(r.shape[0])])
-    dlam = np.array([[np.sum(dy[n, o] * r[n, o]) for o in range(r.shape[1])] for n in range(r.shape[0])])
+    dr, dlam = scale_channels_backward(dy, r, lam)
     dP = np.array([[np.sum(dy[:, o] * v[:, j]) for j in range(P.shape[1])] for o in range(P.shape[0])])
     dv = np.stack([sum(P[o, j] * dy[:, o] for o in range(P.shape[0])) for j in range(P.shape[1])], axis=1)
     return dr, dlam, dP, dv

@@ -203,6 +203,8 @@ class CondConv2d(_Mixing):
     (E, C)`` and ``route.bias (E,)`` (torch's Linear init), ``shift (O,)`` if `static_bias`.
     """
 
+    head = RoutingHead(("route",), sigmoid)
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, *, num_experts: int = 4, static_bias: bool = False,
                  dtype=np.float32, seed: int | None = None, rng: np.random.Generator | None = None):
@@ -220,8 +222,6 @@ class CondConv2d(_Mixing):
             self.add_param("shift", np.zeros(cfg.out_channels, dtype=dt))
         self.add_child("route", Linear(cfg.in_channels, E, dtype=dt, rng=r))
         self.routing_grad = None
-
-    head = RoutingHead(("route",), sigmoid)
 
     def _route(self, x: np.ndarray):
         return self.head(self, x)                                         # r (N, E)
@@ -320,6 +320,8 @@ class DynamicConv2d(Temperature, _Mixing):
     hidden)``, ``fc2.bias``. Buffer ``tau`` (0-d, float64).
     """
 
+    head = RoutingHead(("fc1", "fc2"), softmax)
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, *, num_experts: int = 4, reduction: int = 4,
                  temperature: float = 30.0, hidden_channels: int | None = None, dtype=np.float32,
@@ -339,8 +341,6 @@ class DynamicConv2d(Temperature, _Mixing):
         self.add_child("fc1", Linear(cfg.in_channels, hidden, dtype=dt, rng=r))
         self.add_child("fc2", Linear(hidden, K, dtype=dt, rng=r))
         self._init_temperature(temperature)
-
-    head = RoutingHead(("fc1", "fc2"), softmax)
 
     def _route(self, x: np.ndarray):
         return self.head(self, x, tau=self.temperature)                   # pi (N, K)

@@ -288,17 +288,17 @@ class Module:
         mod = self
         for child in path:
             mod = mod._children[child]
-        g = mod._grads[name]
-        if xp.device_of(grad) != xp.device_of(g):
+        total = mod._grads[name]
+        if xp.device_of(grad) != xp.device_of(total):
             raise TypeError(f"the gradient of {key} is a {xp.device_of(grad)} array but "
-                            f"{self.name()}'s grads are {xp.device_of(g)} arrays")
-        xp.add_into(g, grad)
+                            f"{self.name()}'s grads are {xp.device_of(total)} arrays")
+        xp.add_into(total, grad)
 
     def zero_grad(self) -> None:
         """Reset every gradient (own and of child layers) to zero."""
         for _, mod in self.named_modules():
-            for g in mod._grads.values():
-                xp.fill(g, 0)
+            for grad in mod._grads.values():
+                xp.fill(grad, 0)
 
     # ------------------------------------------------------------------ devices
     def to_device(self) -> Module:
@@ -420,7 +420,7 @@ class OpLayer(Module):
 
 def prefixed(name: str, grads: Mapping) -> dict:
     """A child's gradients ``{key: grad}`` keyed as its parent sees them (``"name.key"``)."""
-    return {f"{name}.{k}": g for k, g in grads.items()}
+    return {f"{name}.{k}": grad for k, grad in grads.items()}
 
 
 def chain(layer: Module, x: np.ndarray, *steps) -> tuple[np.ndarray, Callable]:

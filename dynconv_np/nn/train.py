@@ -107,8 +107,8 @@ class _Optimizer:
 
     def zero_grad(self) -> None:
         """Set every gradient to zero (in place)."""
-        for g in self.grads.values():
-            xp.fill(g, 0)
+        for grad in self.grads.values():
+            xp.fill(grad, 0)
 
 
 def _follow(a, p):
