@@ -473,38 +473,22 @@ def matmul(a, b, ta=False):
 def matmul_backward(dc, a, b, ta=False):
     """Reference ``(da, db)`` of :func:`matmul`, sample by sample (a shared `a` sums them)."""
     dc, a, b = _f64(dc, a, b)
-    da = np.zeros(a.shape)
-    db = np.empty(b.shape)
-    for n in range(b.shape[0]):
-        d_left = dc[n] @ b[n].T                               # gradient of op(a) for sample n
-        d_a = d_left.T if ta else d_left
-        if a.ndim == 2:
-            da += d_a
-        else:
-            da[n] = d_a
-        db[n] = _left(a, n, ta).T @ dc[n]
-    return da, db
+    da = [(dc[n] @ b[n].T).T if ta else dc[n] @ b[n].T for n in range(b.shape[0])]
+    db = np.stack([_left(a, n, ta).T @ dc[n] for n in range(b.shape[0])])
+    return (sum(da) if a.ndim == 2 else np.stack(da)), db
 
 
 def scale_channels(a, s):
     """Reference ``a[n, c, ...] * s[n, c]``."""
     a, s = _f64(a, s)
-    y = np.empty(a.shape)
-    for n in range(a.shape[0]):
-        for c in range(a.shape[1]):
-            y[n, c] = s[n, c] * a[n, c]
-    return y
+    return np.array([[s[n, c] * a[n, c] for c in range(a.shape[1])] for n in range(a.shape[0])])
 
 
 def scale_channels_backward(dy, a, s):
     """Reference ``(da, ds)`` of :func:`scale_channels`."""
     dy, a, s = _f64(dy, a, s)
-    da, ds = np.empty(a.shape), np.empty(s.shape)
-    for n in range(a.shape[0]):
-        for c in range(a.shape[1]):
-            da[n, c] = s[n, c] * dy[n, c]
-            ds[n, c] = np.sum(dy[n, c] * a[n, c])
-    return da, ds
+    ds = np.array([[np.sum(dy[n, c] * a[n, c]) for c in range(a.shape[1])] for n in range(a.shape[0])])
+    return scale_channels(dy, s), ds
 
 
 def channel_mix(a, W):
@@ -523,10 +507,7 @@ def channel_mix_backward(dy, a, W):
 def add_bias(x, b):
     """Reference ``x[:, c] + b[c]``."""
     x, b = _f64(x, b)
-    y = x.copy()
-    for c in range(x.shape[1]):
-        y[:, c] += b[c]
-    return y
+    return np.stack([x[:, c] + b[c] for c in range(x.shape[1])], axis=1)
 
 
 def add_bias_backward(dy, x, b):
@@ -547,46 +528,37 @@ def add_eye_backward(dy, a):
 
 
 # ----------------------------------------------------------------------------- DCD pieces
-def _centre_geom(x, kernel_size, stride, padding, dilation):
+def _centre(x, kernel_size, stride, padding, dilation):
+    """The geometry, the padded input and the index of the centre tap at every output pixel."""
     kh, kw = _args.kernel_pair("kernel_size", kernel_size)
-    return _args.geometry(x.shape, kh, kw, stride, padding, dilation)
+    g = _args.geometry(x.shape, kh, kw, stride, padding, dilation)
+    return g, pad_input(x, g), (slice(None), slice(None)) + tap_slice(g, kh // 2, kw // 2)
 
 
 def centre_projection(x, Q, kernel_size, stride=1, padding=0, dilation=1):
     """Reference ``Q^T x`` at every output pixel's centre tap: (N, L, Ho, Wo)."""
     x, Q = _f64(x, Q)
-    g = _centre_geom(x, kernel_size, stride, padding, dilation)
-    xs = pad_input(x, g)[(slice(None), slice(None)) + tap_slice(g, g.kh // 2, g.kw // 2)]
-    z = np.zeros((g.N, Q.shape[1], g.Ho, g.Wo))
-    for c in range(g.C):
-        for j in range(Q.shape[1]):
-            z[:, j] += Q[c, j] * xs[:, c]
-    return z
+    g, xpad, centre = _centre(x, kernel_size, stride, padding, dilation)
+    xs = xpad[centre]
+    return np.stack([sum(Q[c, j] * xs[:, c] for c in range(g.C)) for j in range(Q.shape[1])], axis=1)
 
 
 def centre_projection_backward(dz, x, Q, kernel_size, stride=1, padding=0, dilation=1):
     """Reference ``(dx, dQ)`` of :func:`centre_projection`."""
     dz, x, Q = _f64(dz, x, Q)
-    g = _centre_geom(x, kernel_size, stride, padding, dilation)
-    centre = (slice(None), slice(None)) + tap_slice(g, g.kh // 2, g.kw // 2)
-    xs = pad_input(x, g)[centre]
-    dQ = np.zeros(Q.shape)
-    dxp = np.zeros(pad_input(x, g).shape)
+    g, xpad, centre = _centre(x, kernel_size, stride, padding, dilation)
+    dQ = np.array([[np.sum(xpad[centre][:, c] * dz[:, j]) for j in range(Q.shape[1])] for c in range(g.C)])
+    dxp = np.zeros(xpad.shape)
     for c in range(g.C):
-        for j in range(Q.shape[1]):
-            dQ[c, j] = np.sum(xs[:, c] * dz[:, j])
-            dxp[centre][:, c] += Q[c, j] * dz[:, j]
+        dxp[centre][:, c] = sum(Q[c, j] * dz[:, j] for j in range(Q.shape[1]))
     return unpad_input(dxp, g), dQ
 
 
 def dcd_combine(r, lam, P, v):
     """Reference ``lam[n, o] * r[n, o] + sum_j P[o, j] v[n, j]``."""
     r, lam, P, v = _f64(r, lam, P, v)
-    y = np.empty(r.shape)
-    for n in range(r.shape[0]):
-        for o in range(r.shape[1]):
-            y[n, o] = lam[n, o] * r[n, o] + sum(P[o, j] * v[n, j] for j in range(P.shape[1]))
-    return y
+    return scale_channels(r, lam) + np.stack([sum(P[o, j] * v[:, j] for j in range(P.shape[1]))
+                                              for o in range(P.shape[0])], axis=1)
 
 
 def dcd_combine_backward(dy, r, lam, P, v):
@@ -600,11 +572,7 @@ def dcd_combine_backward(dy, r, lam, P, v):
 
 # ----------------------------------------------------------------------------- loss
 def _log_softmax_rows(z):
-    out = np.empty(z.shape)
-    for i, row in enumerate(z):
-        m = row.max()
-        out[i] = row - m - np.log(np.sum(np.exp(row - m)))
-    return out
+    return np.stack([row - row.max() - np.log(np.sum(np.exp(row - row.max()))) for row in z])
 
 
 def softmax_cross_entropy(logits, target):
