@@ -314,3 +314,33 @@ def tap_filters(g: Geometry, M: int, cdiv: int, filt=None) -> int:
     if filt is not None and tuple(filt.shape) != (g.N, F, g.taps, g.Ho, g.Wo):
         raise ValueError(f"tap engine: filt must be {(g.N, F, g.taps, g.Ho, g.Wo)}, got {tuple(filt.shape)}")
     return F
+
+
+# ----------------------------------------------------------------------------- losses and optimisers
+def real_scalar(name: str, v) -> float:
+    """A finite real number: a Python or NumPy scalar, or a 0-d host array (a loss's cotangent)."""
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        v = v[()]
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {v!r}")
+    if not np.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v!r}")
+    return float(v)
+
+
+def non_negative_float(name: str, v) -> float:
+    """A finite number >= 0 (weight decay)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a non-negative number, got {v!r}")
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be non-negative, got {v!r}")
+    return float(v)
+
+
+def below_one(name: str, v) -> float:
+    """A number in ``[0, 1)`` (SGD's momentum, Adam's betas)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1), got {v!r}")
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {v!r}")
+    return float(v)

@@ -26,6 +26,11 @@ def device_of(a) -> str:
     return device
 
 
+def is_array(a) -> bool:
+    """True for a NumPy array or a CUDA device array (what layers hold and take)."""
+    return bool(_args.device_of(a))
+
+
 def _be(a) -> ModuleType:
     return backends.get(device_of(a))
 
@@ -93,6 +98,11 @@ def mul(a, b):
 def scale(a, s):
     """``a * s`` (a new array on a's device)."""
     return _be(a).scale(a, s)
+
+
+def require(device: str) -> None:
+    """Raise ``TypeError`` unless the backend of `device` (``"cpu"`` or ``"cuda"``) can run here."""
+    backends.get(device)
 
 
 def to_device(a):

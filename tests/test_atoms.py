@@ -224,7 +224,7 @@ def test_atom_layer_structure(rng):
     x = rng.standard_normal((1, 4, 9, 8))
     y = layer(x)
     assert y.shape == (1, 6, 5, 4)
-    rm = layer.bn1_running_mean.copy()
+    rm = layer.bn1.running_mean.copy()
     layer.backward(rng.standard_normal(y.shape))
     assert not np.array_equal(rm, np.zeros_like(rm))        # running statistics moved
     layer.eval()
@@ -255,8 +255,8 @@ def test_atom_layer_bad_arguments():
         AtomConv2d(4, 4, 3, 1, 0)
     with pytest.raises(ValueError, match="padding"):
         AtomConv2d(4, 4, 3, 2, "same")
-    assert AtomConv2d(4, 4, 5, 1, 4, 2).geo["padding"] == (4, 4)
-    assert AtomConv2d(4, 4, 3, 1, "same").geo["padding"] == (1, 1)
+    assert AtomConv2d(4, 4, 5, 1, 4, 2).config.padding == (4, 4)
+    assert AtomConv2d(4, 4, 3, 1, "same").config.padding == (1, 1)
     with pytest.raises(ValueError, match="channels"):
         AtomConv2d(4, 4, 3, hidden_channels=4, dtype=np.float64)(np.zeros((2, 3, 5, 5)))
 

@@ -7,9 +7,11 @@ chains the ops' pullbacks by hand and adds parameter gradients to ``layer.grads`
 
 from .atoms import AtomConv2d
 from .dcd import DCDConv2d
-from .dynamic import CondConv2d, DynamicConv2d, MixtureConv2d, TemperatureSchedule
+from .dynamic import CondConv2d, DynamicConv2d, MixtureConv2d
+from .function import as_function
 from .layers import BatchNorm1d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, ReLU
-from .module import Module, Sequential, as_function, make_rng
+from .module import Module, Sequential, make_rng
+from .routing import TemperatureSchedule
 from .train import SGD, Adam, SoftmaxCrossEntropy
 
 __all__ = [

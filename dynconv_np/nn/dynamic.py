@@ -1,15 +1,15 @@
-"""Kernel-mixing layers (SPEC.md sections 1-3) and the temperature schedule.
+"""Kernel-mixing layers (SPEC.md sections 1-3).
 
 - :class:`MixtureConv2d`: the static softmax mixture of K convolutions (seed 000).
 - :class:`CondConv2d`: sigmoid routing from GAP of the input (CondConv, seed 004).
 - :class:`DynamicConv2d`: GAP -> FC -> ReLU -> FC -> softmax(z / tau) attention (DY-CNN, seed 001).
-- :class:`TemperatureSchedule`: linear annealing of tau from 30 to 1 over 10 epochs.
 
-Every layer builds its mixing weights, calls :func:`dynconv_np.dynamic_conv2d` and chains
-the pullbacks by hand: the routing branch's gradient flows back into ``dx`` through
-GAP, on top of the convolution's own ``dx``. Forward and backward run on host or device
-arrays (ops and backend primitives only); the inference helpers ``merged_kernel(s)`` and
-``fold_bn`` are host-only.
+Every layer builds its mixing weights (a :class:`~dynconv_np.nn.routing.RoutingHead` for
+CondConv2d and DynamicConv2d), calls :func:`dynconv_np.dynamic_conv2d` and chains the
+pullbacks: the routing branch's gradient flows back into ``dx`` through GAP, on top of
+the convolution's own ``dx``. Forward and backward run on host or device arrays (ops and
+the array API only); the inference helpers ``merged_kernel(s)`` and ``fold_bn`` are
+host-only.
 """
 
 from __future__ import annotations
@@ -17,17 +17,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _args
-from ..ops import conv2d, dynamic_conv2d, global_avg_pool, relu, sigmoid, softmax
-from .layers import BatchNorm2d, ConvConfig, Linear, _uniform, conv_config
-from .module import Module, array_backend, host_only, make_rng
+from .. import arrays as xp
+from ..ops import conv2d, dynamic_conv2d, sigmoid, softmax
+from ..ops.linalg import add_bias, channel_mix
+from .layers import BatchNorm2d, ConvConfig, ConvLayer, Linear, conv_config
+from .module import host_only, make_rng, uniform_init
+from .routing import RoutingHead, Temperature
 
-__all__ = ["MixtureConv2d", "CondConv2d", "DynamicConv2d", "TemperatureSchedule"]
-
-
-def _kaiming_uniform(r: np.random.Generator, cfg: ConvConfig, K: int, dtype) -> np.ndarray:
-    # each expert initialised on its own, as torch's default conv init (bound 1/sqrt(fan_in))
-    fan_in = cfg.in_channels // cfg.groups * cfg.kernel_size[0] * cfg.kernel_size[1]
-    return _uniform(r, cfg.weight_shape(K), 1 / np.sqrt(fan_in), dtype)
+__all__ = ["MixtureConv2d", "CondConv2d", "DynamicConv2d"]
 
 
 def _check_bn(bn, cfg: ConvConfig) -> None:
@@ -37,53 +34,38 @@ def _check_bn(bn, cfg: ConvConfig) -> None:
         raise ValueError(f"bn has {bn.num_features} channels but the conv has {cfg.out_channels} outputs")
 
 
-class _Mixing(Module):
+class _Mixing(ConvLayer):
     """Shared plumbing of the kernel-mixing layers (experts ``weight (K, O, Cg, kh, kw)``, ``bias (K, O)``)."""
 
-    config: ConvConfig
-
     def _init_conv(self, args: tuple, num_experts: int, dtype) -> tuple[ConvConfig, int, np.dtype]:
-        cfg = conv_config(*args)
-        K = _args.positive_int("num_experts", num_experts)
-        dt = _args.float_dtype("dtype", dtype)
-        object.__setattr__(self, "config", cfg)
-        object.__setattr__(self, "num_experts", K)
-        return cfg, K, dt
+        self.config = cfg = conv_config(*args)
+        self.num_experts = K = _args.positive_int("num_experts", num_experts)
+        return cfg, K, _args.float_dtype("dtype", dtype)
 
-    def _check_x(self, x: np.ndarray) -> None:
-        _args.check_arrays({"x": x})
-        _args.check_ndim("x", x, 4, "(N, C, H, W)")
-        if x.shape[1] != self.config.in_channels:
-            raise ValueError(f"{self.name()} expects x with {self.config.in_channels} channels, "
-                             f"got shape {tuple(x.shape)}")
+    def _mixed_conv(self, x: np.ndarray, pi: np.ndarray, route_pullback):
+        """``dynamic_conv2d`` of the layer's experts mixed by `pi`, as ``(y, pullback)``.
 
-    def name(self) -> str:
-        return self.config.describe(type(self).__name__)
+        ``route_pullback(dpi) -> (dx of the routing or None, its grads)`` takes the mixing
+        weights' gradient back through whatever computed them.
+        """
+        y, pb = dynamic_conv2d.vjp(x, self.weight, pi, self._params.get("bias"),
+                                   groups=self.config.groups, **self.config.geo)
 
-    def _conv(self, x: np.ndarray, pi: np.ndarray):
-        """``dynamic_conv2d.vjp`` with the layer's experts and settings."""
-        return dynamic_conv2d.vjp(x, self.weight, pi, self._params.get("bias"),
-                                  groups=self.config.groups, **self.config.geo)
+        def pullback(dy):
+            dx, dW, dpi, dbias = pb(dy)
+            dx_route, grads = route_pullback(dpi)
+            grads.update(weight=dW, bias=dbias)
+            return (dx if dx_route is None else xp.add(dx, dx_route)), grads   # routing's share of dx
 
-    def _accumulate_experts(self, dW, dbias) -> None:
-        self.accumulate("weight", dW)
-        if "bias" in self._params:
-            self.accumulate("bias", dbias)
+        return y, pullback
 
     def routing_weights(self, x: np.ndarray) -> np.ndarray:
         """The mixing weights this layer computes for `x` (current mode): ``(N, K)``.
 
-        Leaves the caches of the last forward intact, so it may be called between a
-        forward and its backward.
+        Touches no cache, so it may be called between a forward and its backward.
         """
         self._check_x(x)
-        caches = [(m, m._cache) for _, m in self.named_modules()]
-        try:
-            pi, _ = self._route(x)
-        finally:
-            for m, c in caches:
-                object.__setattr__(m, "_cache", c)
-        return pi
+        return self._route(x)[0]
 
     def merged_kernels(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-sample kernels and biases that the layer applies to `x` (inference helper).
@@ -136,10 +118,10 @@ class MixtureConv2d(_Mixing):
                                       groups, bias), K, dtype)
         self.per_channel = _args.flag("per_channel", per_channel)
         r = make_rng(seed, rng)
-        self.add_param("weight", _kaiming_uniform(r, cfg, K, dt))
+        # each branch initialised on its own, as torch's default conv init
+        self.add_param("weight", uniform_init(r, cfg.weight_shape(K), cfg.fan_in, dt))
         if cfg.bias:
-            fan_in = cfg.in_channels // cfg.groups * cfg.kernel_size[0] * cfg.kernel_size[1]
-            self.add_param("bias", _uniform(r, (K, cfg.out_channels), 1 / np.sqrt(fan_in), dt))
+            self.add_param("bias", uniform_init(r, (K, cfg.out_channels), cfg.fan_in, dt))
         self.add_param("theta", np.zeros((K, cfg.out_channels) if self.per_channel else (K,), dtype=dt))
 
     def mixture(self) -> np.ndarray:
@@ -172,38 +154,27 @@ class MixtureConv2d(_Mixing):
         a, pb = softmax.vjp(self.theta, axis=0)
         return np.broadcast_to(a, (x.shape[0],) + a.shape).copy(), pb
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward_pullback(self, x: np.ndarray):
+        """x ``(N, C, H, W)`` -> y ``(N, O, Ho, Wo)``."""
         self._check_x(x)
         a, pb_a = softmax.vjp(self.theta, axis=0)                         # (K,) or (K, O)
         if not self.per_channel:
-            y, pb = self._conv(x, a)
-            self._cache = (pb, pb_a, a)
-            return y
+            return self._mixed_conv(x, a, lambda da: (None, {"theta": pb_a(da)[0]}))
         # per-output-channel mixture: merge the kernels here, then one static conv
-        has_b = "bias" in self._params
-        be = array_backend(x)
-        Wm = be.channel_mix(a, self.weight)                               # (O, Cg, kh, kw)
-        bm = be.channel_mix(a, self.bias) if has_b else None              # (O,)
+        Wm, pb_w = channel_mix.vjp(a, self.weight)                        # (O, Cg, kh, kw)
+        bm, pb_b = channel_mix.vjp(a, self.bias) if "bias" in self._params else (None, None)   # (O,)
         y, pb = conv2d.vjp(x, Wm, bm, groups=self.config.groups, **self.config.geo)
-        self._cache = (pb, pb_a, a)
-        return y
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        pb, pb_a, a = self.cache()
-        has_b = "bias" in self._params
-        if not self.per_channel:
-            dx, dW, da, dbias = pb(dy)
-        else:
-            be = array_backend(dy)
+        def pullback(dy):
             dx, dWm, dbm = pb(dy)                                         # (O, Cg, kh, kw), (O,)
-            dW, da = be.channel_mix_backward(a, self.weight, dWm)         # (K, O, Cg, kh, kw), (K, O)
+            da, dW = pb_w(dWm)                                            # (K, O), (K, O, Cg, kh, kw)
             dbias = None
-            if has_b:
-                dbias, da_b = be.channel_mix_backward(a, self.bias, dbm)  # (K, O), (K, O)
-                da = be.add(da, da_b)
-        self._accumulate_experts(dW, dbias)
-        self.accumulate("theta", pb_a(array_backend(da).astype(da, dy.dtype))[0])
-        return dx
+            if pb_b is not None:
+                da_b, dbias = pb_b(dbm)                                   # (K, O), (K, O)
+                da = xp.add(da, da_b)
+            return dx, {"weight": dW, "bias": dbias, "theta": pb_a(da)[0]}
+
+        return y, pullback
 
 
 class CondConv2d(_Mixing):
@@ -232,6 +203,8 @@ class CondConv2d(_Mixing):
     (E, C)`` and ``route.bias (E,)`` (torch's Linear init), ``shift (O,)`` if `static_bias`.
     """
 
+    head = RoutingHead(("route",), sigmoid)
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, *, num_experts: int = 4, static_bias: bool = False,
                  dtype=np.float32, seed: int | None = None, rng: np.random.Generator | None = None):
@@ -248,53 +221,43 @@ class CondConv2d(_Mixing):
         if self.static_bias:
             self.add_param("shift", np.zeros(cfg.out_channels, dtype=dt))
         self.add_child("route", Linear(cfg.in_channels, E, dtype=dt, rng=r))
-        object.__setattr__(self, "routing_grad", None)
+        self.routing_grad = None
 
     def _route(self, x: np.ndarray):
-        a, pb_gap = global_avg_pool.vjp(x)                                # (N, C)
-        z = self.route(a)                                                 # (N, E)
-        r, pb_sig = sigmoid.vjp(z)                                        # (N, E)
-        return r, (pb_gap, pb_sig)
+        return self.head(self, x)                                         # r (N, E)
 
     def _check_routing(self, x, routing) -> None:
         _args.check_arrays({"x": x, "routing": routing})
         _args.check_shape("routing", routing, (x.shape[0], self.num_experts),
                           f"(N, num_experts) with N={x.shape[0]}")
 
-    def forward(self, x: np.ndarray, routing: np.ndarray | None = None) -> np.ndarray:
+    def forward_pullback(self, x: np.ndarray, routing: np.ndarray | None = None):
         """``y = layer(x)`` or ``y = layer(x, routing=r)`` with ``r (N, E)`` computed elsewhere.
 
-        x ``(N, C, H, W)`` -> y ``(N, O, Ho, Wo)``.
+        x ``(N, C, H, W)`` -> y ``(N, O, Ho, Wo)``. Its backward sets ``routing_grad``.
         """
         self._check_x(x)
         if routing is not None:
             self._check_routing(x, routing)
-            r, pbs = routing, None
+            r, pb_route = routing, None
         else:
-            r, pbs = self._route(x)
-        y, pb = self._conv(x, r)
-        if self.static_bias:
-            N, O, Ho, Wo = y.shape
-            array_backend(y).add_channel_bias(y.reshape(N, O, Ho * Wo), self.shift)   # y is ours: in place
-        self._cache = (pb, pbs)
-        return y
+            r, pb_route = self._route(x)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        pb, pbs = self.cache()
-        dx, dW, dr, dbias = pb(dy)                                        # dr (N, E)
-        self._accumulate_experts(dW, dbias)
-        be = array_backend(dx)
-        if self.static_bias:
-            N, O, Ho, Wo = dy.shape
-            self.accumulate("shift", be.channel_sum(be.contiguous(dy).reshape(N, O, Ho * Wo)))
-        if pbs is None:
-            object.__setattr__(self, "routing_grad", dr)
-            return dx
-        object.__setattr__(self, "routing_grad", None)
-        pb_gap, pb_sig = pbs
-        dz = pb_sig(dr)[0]                                                # (N, E)
-        da = self.route.backward(dz)                                      # (N, C)
-        return be.add(dx, pb_gap(da)[0])                                  # routing's share of dx
+        def route_pullback(dr):                                           # dr (N, E)
+            self.routing_grad = dr if pb_route is None else None
+            return (None, {}) if pb_route is None else pb_route(dr)
+
+        y, pb = self._mixed_conv(x, r, route_pullback)
+        if not self.static_bias:
+            return y, pb
+        y, pb_shift = add_bias.vjp(y, self.shift)
+
+        def pullback(dy):
+            dy, dshift = pb_shift(dy)
+            dx, grads = pb(dy)
+            return dx, {**grads, "shift": dshift}
+
+        return y, pullback
 
     def merged_kernels(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         host_only(self, "merged_kernels")
@@ -328,7 +291,7 @@ class CondConv2d(_Mixing):
         return out
 
 
-class DynamicConv2d(_Mixing):
+class DynamicConv2d(Temperature, _Mixing):
     """Dynamic convolution, DY-CNN (SPEC.md section 3, seed 001).
 
     Attention ``pi = softmax(FC2(ReLU(FC1(GAP(x)))) / tau)`` ``(N, K)``, one per layer from
@@ -357,6 +320,8 @@ class DynamicConv2d(_Mixing):
     hidden)``, ``fc2.bias``. Buffer ``tau`` (0-d, float64).
     """
 
+    head = RoutingHead(("fc1", "fc2"), softmax)
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, *, num_experts: int = 4, reduction: int = 4,
                  temperature: float = 30.0, hidden_channels: int | None = None, dtype=np.float32,
@@ -367,48 +332,24 @@ class DynamicConv2d(_Mixing):
         red = _args.positive_int("reduction", reduction)
         hidden = (max(1, cfg.in_channels // red) if hidden_channels is None
                   else _args.positive_int("hidden_channels", hidden_channels))
-        object.__setattr__(self, "hidden_channels", hidden)
+        self.hidden_channels = hidden
         r = make_rng(seed, rng)
-        self.add_param("weight", _kaiming_uniform(r, cfg, K, dt))
+        # each expert initialised on its own, as torch's default conv init
+        self.add_param("weight", uniform_init(r, cfg.weight_shape(K), cfg.fan_in, dt))
         if cfg.bias:
             self.add_param("bias", np.zeros((K, cfg.out_channels), dtype=dt))
         self.add_child("fc1", Linear(cfg.in_channels, hidden, dtype=dt, rng=r))
         self.add_child("fc2", Linear(hidden, K, dtype=dt, rng=r))
-        self.add_buffer("tau", np.array(_args.positive_float("temperature", temperature)))
-
-    @property
-    def temperature(self) -> float:
-        """The softmax temperature tau (positive)."""
-        return float(self.tau)
-
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        self._buffers["tau"] = np.array(_args.positive_float("temperature", value))
+        self._init_temperature(temperature)
 
     def _route(self, x: np.ndarray):
-        a, pb_gap = global_avg_pool.vjp(x)                                # (N, C)
-        h = self.fc1(a)                                                   # (N, hidden)
-        hr, pb_relu = relu.vjp(h)
-        z = self.fc2(hr)                                                  # (N, K)
-        pi, pb_soft = softmax.vjp(z, tau=self.temperature)                # (N, K)
-        return pi, (pb_gap, pb_relu, pb_soft)
+        return self.head(self, x, tau=self.temperature)                   # pi (N, K)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward_pullback(self, x: np.ndarray):
         """x ``(N, C, H, W)`` -> y ``(N, O, Ho, Wo)``."""
         self._check_x(x)
-        pi, pbs = self._route(x)
-        y, pb = self._conv(x, pi)
-        self._cache = (pb, pbs)
-        return y
-
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        pb, (pb_gap, pb_relu, pb_soft) = self.cache()
-        dx, dW, dpi, dbias = pb(dy)                                       # dpi (N, K)
-        self._accumulate_experts(dW, dbias)
-        dz = pb_soft(dpi)[0]                                              # (N, K)
-        dh = pb_relu(self.fc2.backward(dz))[0]                            # (N, hidden)
-        da = self.fc1.backward(dh)                                        # (N, C)
-        return array_backend(dx).add(dx, pb_gap(da)[0])                   # routing's share of dx
+        pi, pb_route = self._route(x)
+        return self._mixed_conv(x, pi, pb_route)
 
     def fold_bn(self, bn: BatchNorm2d) -> DynamicConv2d:
         """A new DynamicConv2d whose output equals ``bn(self(x))`` with bn in eval mode.
@@ -433,84 +374,3 @@ class DynamicConv2d(_Mixing):
             out.params[k] = self.params[k].copy()
         out.train(self.training)
         return out
-
-
-class TemperatureSchedule:
-    """Linear annealing of the softmax temperature (DY-CNN; ODConv's per-iteration code).
-
-    ``tau(t) = final + max(0, (tau0 - final) * (T - t) / T)`` with ``T = epochs *
-    iters_per_epoch`` steps when ``per="iteration"`` (t counts iterations) or ``T = epochs``
-    when ``per="epoch"`` (t counts epochs). So tau is `tau0` at t = 0, halfway at T/2,
-    `final` from t = T on.
-
-    Parameters
-    ----------
-    model : Module, optional
-        :meth:`step` and :meth:`apply` set ``temperature`` on every sub-layer that has one
-        (DynamicConv2d and any layer defining a ``temperature`` property).
-    tau0 : float
-        Initial temperature (30 in the papers; 1 disables the annealing).
-    epochs : int
-        Annealing length in epochs (10 in the papers).
-    iters_per_epoch : int
-        Iterations per epoch (only for ``per="iteration"``).
-    per : {"iteration", "epoch"}
-    final : float
-        Temperature after the annealing (1).
-
-    Usage::
-
-        sched = TemperatureSchedule(model, iters_per_epoch=len(loader))
-        for epoch in range(E):
-            for xb, yb in loader:
-                ...                     # forward, backward, optimiser step
-                sched.step()            # t += 1, then sets tau(t) on the model
-    """
-
-    def __init__(self, model: Module | None = None, tau0: float = 30.0, epochs: int = 10,
-                 iters_per_epoch: int = 1, per: str = "iteration", final: float = 1.0):
-        if model is not None and not isinstance(model, Module):
-            raise TypeError(f"model must be a Module or None, got {type(model).__name__}")
-        if per not in ("iteration", "epoch"):
-            raise ValueError(f'per must be "iteration" or "epoch", got {per!r}')
-        self.model = model
-        self.tau0 = _args.positive_float("tau0", tau0)
-        self.final = _args.positive_float("final", final)
-        self.epochs = _args.positive_int("epochs", epochs)
-        self.iters_per_epoch = _args.positive_int("iters_per_epoch", iters_per_epoch)
-        self.per = per
-        self.t = 0
-        self.apply()
-
-    @property
-    def total(self) -> int:
-        """T, the number of steps over which tau decreases."""
-        return self.epochs * (self.iters_per_epoch if self.per == "iteration" else 1)
-
-    def __call__(self, t: int) -> float:
-        """tau at step `t` (iterations or epochs, from 0)."""
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
-            raise TypeError(f"t must be an int, got {t!r}")
-        if t < 0:
-            raise ValueError(f"t must be non-negative, got {t}")
-        T = self.total
-        return self.final + max(0.0, (self.tau0 - self.final) * (T - int(t)) / T)
-
-    @property
-    def value(self) -> float:
-        """tau at the current step ``self.t``."""
-        return self(self.t)
-
-    def apply(self, t: int | None = None) -> float:
-        """Set tau(t) (default: the current step) on the model's layers; returns it."""
-        tau = self(self.t if t is None else t)
-        if self.model is not None:
-            for _, m in self.model.named_modules():
-                if isinstance(getattr(type(m), "temperature", None), property):
-                    m.temperature = tau
-        return tau
-
-    def step(self) -> float:
-        """Advance one step (an iteration, or an epoch with ``per="epoch"``) and apply."""
-        self.t += 1
-        return self.apply()

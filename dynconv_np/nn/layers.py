@@ -1,9 +1,10 @@
-"""Plain layers: Conv2d, Linear, ReLU, BatchNorm, GlobalAvgPool2d, Flatten.
+"""Plain layers: Conv2d, Linear, ReLU, BatchNorm, GlobalAvgPool2d, Flatten; the conv settings.
 
-Each calls an op's ``vjp`` in ``forward``, keeps the pullback in ``self._cache`` and calls
-it in ``backward`` (see :mod:`dynconv_np.nn.module` for the protocol). Constructors follow
-``torch.nn`` (argument names, order and default initialisation), plus ``dtype=`` and
-``seed=`` / ``rng=``. Every layer runs on host or device arrays (see ``Module.to_device``).
+Each is an :class:`~dynconv_np.nn.module.OpLayer`: ``forward_pullback`` calls an op's
+``vjp`` and returns its pullback (see :mod:`dynconv_np.nn.module` for the protocol).
+Constructors follow ``torch.nn`` (argument names, order and default initialisation),
+plus ``dtype=`` and ``seed=`` / ``rng=``. Every layer runs on host or device arrays
+(see ``Module.to_device``).
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _args
-from ..ops import conv2d, global_avg_pool, linear, relu
-from ..ops.routing import batch_norm, batch_norm_update_stats
-from .module import Module, array_backend, host_only, make_rng
+from .. import arrays as xp
+from ..ops import batch_norm, conv2d, global_avg_pool, linear, relu
+from ..ops.routing import batch_norm_update_stats
+from .module import Module, OpLayer, host_only, make_rng, uniform_init
 
-__all__ = ["ConvConfig", "conv_config", "Conv2d", "Linear", "ReLU", "BatchNorm1d", "BatchNorm2d",
+__all__ = ["ConvConfig", "conv_config", "ConvLayer", "Conv2d", "Linear", "ReLU", "BatchNorm1d", "BatchNorm2d",
            "GlobalAvgPool2d", "Flatten"]
 
 
 @dataclass(frozen=True)
 class ConvConfig:
-    """Validated torch-style convolution settings shared by every conv layer."""
+    """Validated torch-style convolution settings, the one place every conv layer keeps them."""
 
     in_channels: int
     out_channels: int
@@ -39,12 +41,17 @@ class ConvConfig:
         """The keyword arguments every conv op takes."""
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
 
+    @property
+    def fan_in(self) -> int:
+        """Inputs of one output value, ``C//groups * kh * kw`` (the default init's scale)."""
+        return self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+
     def weight_shape(self, *lead: int) -> tuple[int, ...]:
         """``(*lead, O, C//groups, kh, kw)``."""
         return (*lead, self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
-    def describe(self, cls: str) -> str:
-        return f"{cls}({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size})"
+    def describe(self, cls: str, extra: str = "") -> str:
+        return f"{cls}({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}{extra})"
 
 
 def conv_config(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
@@ -53,34 +60,49 @@ def conv_config(in_channels, out_channels, kernel_size, stride=1, padding=0, dil
     C = _args.positive_int("in_channels", in_channels)
     O = _args.positive_int("out_channels", out_channels)
     kh, kw = _args.kernel_pair("kernel_size", kernel_size)
-    g = _args.positive_int("groups", groups)
-    if C % g:
-        raise ValueError(f"groups={g} does not divide in_channels={C}")
-    if O % g:
-        raise ValueError(f"groups={g} does not divide out_channels={O}")
+    groups = _args.positive_int("groups", groups)
+    if C % groups:
+        raise ValueError(f"groups={groups} does not divide in_channels={C}")
+    if O % groups:
+        raise ValueError(f"groups={groups} does not divide out_channels={O}")
     # the geometry check on a window-sized input validates stride, padding and dilation
     dh, dw = _args.pair("dilation", dilation, 1)
-    g0 = _args.geometry((1, C, (kh - 1) * dh + 1, (kw - 1) * dw + 1), kh, kw, stride, padding, dilation)
-    pad = padding if isinstance(padding, str) else (g0.ph, g0.pw)
-    return ConvConfig(C, O, (kh, kw), (g0.sh, g0.sw), pad, (g0.dh, g0.dw), g, _args.flag("bias", bias))
+    window = _args.geometry((1, C, (kh - 1) * dh + 1, (kw - 1) * dw + 1), kh, kw, stride, padding, dilation)
+    pad = padding if isinstance(padding, str) else (window.ph, window.pw)
+    return ConvConfig(C, O, (kh, kw), (window.sh, window.sw), pad, (window.dh, window.dw), groups,
+                      _args.flag("bias", bias))
 
 
-def _uniform(rng: np.random.Generator, shape: tuple, bound: float, dtype) -> np.ndarray:
-    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+class ConvLayer(OpLayer):
+    """Base of the conv layers: settings in ``self.config`` (a :class:`ConvConfig`)."""
+
+    config: ConvConfig
+
+    def _extra_name(self) -> str:
+        return ""
+
+    def name(self) -> str:
+        return self.config.describe(type(self).__name__, self._extra_name())
+
+    def _check_x(self, x: np.ndarray) -> None:
+        _args.check_arrays({"x": x})
+        _args.check_ndim("x", x, 4, "(N, C, H, W)")
+        if x.shape[1] != self.config.in_channels:
+            raise ValueError(f"{self.name()} expects x with {self.config.in_channels} channels, "
+                             f"got shape {tuple(x.shape)}")
 
 
-class _WeightBias(Module):
-    """A layer whose op's pullback gives ``(dx, dweight, dbias)``."""
+def _weight_bias(pb):
+    """The pullback of an op giving ``(dx, dweight, dbias)``, as a layer's ``(dx, grads)``."""
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        dx, dw, db = self.cache()(dy)
-        self.accumulate("weight", dw)
-        if "bias" in self._params:
-            self.accumulate("bias", db)
-        return dx
+    def pullback(dy):
+        dx, dw, db = pb(dy)
+        return dx, {"weight": dw, "bias": db}
+
+    return pullback
 
 
-class Conv2d(_WeightBias):
+class Conv2d(ConvLayer):
     """Static 2-D convolution (``torch.nn.Conv2d``).
 
     Parameters
@@ -100,28 +122,21 @@ class Conv2d(_WeightBias):
                  groups: int = 1, bias: bool = True, *, dtype=np.float32, seed: int | None = None,
                  rng: np.random.Generator | None = None):
         super().__init__()
-        self.config = conv_config(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                                  groups, bias)
+        self.config = cfg = conv_config(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                                        groups, bias)
         dt = _args.float_dtype("dtype", dtype)
         r = make_rng(seed, rng)
-        cfg = self.config
-        bound = 1 / np.sqrt(cfg.in_channels // cfg.groups * cfg.kernel_size[0] * cfg.kernel_size[1])
-        self.add_param("weight", _uniform(r, cfg.weight_shape(), bound, dt))
+        self.add_param("weight", uniform_init(r, cfg.weight_shape(), cfg.fan_in, dt))
         if cfg.bias:
-            self.add_param("bias", _uniform(r, (cfg.out_channels,), bound, dt))
+            self.add_param("bias", uniform_init(r, (cfg.out_channels,), cfg.fan_in, dt))
 
-    def name(self) -> str:
-        return self.config.describe("Conv2d")
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward_pullback(self, x: np.ndarray):
         y, pb = conv2d.vjp(x, self.weight, self._params.get("bias"), groups=self.config.groups,
                            **self.config.geo)
-        self._cache = pb
-        return y
+        return y, _weight_bias(pb)
 
 
-
-class Linear(_WeightBias):
+class Linear(OpLayer):
     """Fully connected layer ``x @ weight.T + bias`` (``torch.nn.Linear``).
 
     Params: ``weight (out_features, in_features)``, ``bias (out_features,)``, uniform in
@@ -136,34 +151,27 @@ class Linear(_WeightBias):
         has_bias = _args.flag("bias", bias)
         dt = _args.float_dtype("dtype", dtype)
         r = make_rng(seed, rng)
-        bound = 1 / np.sqrt(self.in_features)
-        self.add_param("weight", _uniform(r, (self.out_features, self.in_features), bound, dt))
+        self.add_param("weight", uniform_init(r, (self.out_features, self.in_features), self.in_features, dt))
         if has_bias:
-            self.add_param("bias", _uniform(r, (self.out_features,), bound, dt))
+            self.add_param("bias", uniform_init(r, (self.out_features,), self.in_features, dt))
 
     def name(self) -> str:
         return f"Linear({self.in_features}, {self.out_features})"
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward_pullback(self, x: np.ndarray):
         y, pb = linear.vjp(x, self.weight, self._params.get("bias"))
-        self._cache = pb
-        return y
+        return y, _weight_bias(pb)
 
 
-
-class _Stateless(Module):
+class _Stateless(OpLayer):
     """A layer that wraps one single-input op with no parameters."""
 
     def _op(self):
         raise TypeError(f"{type(self).__name__} does not define its op")
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward_pullback(self, x: np.ndarray):
         y, pb = self._op().vjp(x)
-        self._cache = pb
-        return y
-
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        return self.cache()(dy)[0]
+        return y, lambda dy: (pb(dy)[0], {})
 
 
 class ReLU(_Stateless):
@@ -181,7 +189,7 @@ class GlobalAvgPool2d(_Stateless):
 
 
 class Flatten(Module):
-    """``(N, ...) -> (N, prod(...))``."""
+    """``(N, ...) -> (N, prod(...))``; backward takes any dy with the output's size."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         _args.check_arrays({"x": x})
@@ -190,7 +198,7 @@ class Flatten(Module):
             raise ValueError("x must have a batch axis, got a 0-D array")
         self._cache = shape
         # device arrays reshape only when C-contiguous (a copy otherwise, as NumPy's reshape)
-        return array_backend(x).contiguous(x).reshape(shape[0], int(np.prod(shape[1:])))
+        return xp.contiguous(x).reshape(shape[0], int(np.prod(shape[1:])))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         shape = self.cache()
@@ -198,26 +206,10 @@ class Flatten(Module):
         if int(np.prod(dy.shape)) != int(np.prod(shape)):
             raise ValueError(f"dy must have {int(np.prod(shape))} entries to unflatten into {shape}, "
                              f"got shape {tuple(dy.shape)}")
-        return array_backend(dy).contiguous(dy).reshape(shape)
+        return xp.contiguous(dy).reshape(shape)
 
 
-def inner_batch_norm(layer: Module, prefix: str, z: np.ndarray):
-    """Batch norm of `z` with the params ``{prefix}_weight/_bias`` and buffers
-    ``{prefix}_running_mean/_var`` of `layer` (a BN inside a layer's own branch).
-
-    Uses ``layer.training``, ``layer.momentum`` and ``layer.eps``; in training mode the
-    running statistics are replaced by updated copies. Returns ``(y, pullback)``.
-    """
-    rm, rv = layer._buffers[f"{prefix}_running_mean"], layer._buffers[f"{prefix}_running_var"]
-    y, pb = batch_norm.vjp(z, layer._params[f"{prefix}_weight"], layer._params[f"{prefix}_bias"], rm, rv,
-                           training=layer.training, momentum=layer.momentum, eps=layer.eps)
-    if layer.training:
-        nm, nv = batch_norm_update_stats(z, rm, rv, layer.momentum)
-        layer._buffers[f"{prefix}_running_mean"], layer._buffers[f"{prefix}_running_var"] = nm, nv
-    return y, pb
-
-
-class _BatchNorm(Module):
+class _BatchNorm(OpLayer):
     """Per-channel batch normalisation with running statistics (buffers)."""
 
     _ndim = 4
@@ -231,19 +223,18 @@ class _BatchNorm(Module):
         self.momentum = _args.unit_interval("momentum", momentum)
         self.affine = _args.flag("affine", affine)
         dt = _args.float_dtype("dtype", dtype)
-        if self.affine:
-            self.add_param("weight", np.ones(C, dtype=dt))
-            self.add_param("bias", np.zeros(C, dtype=dt))
-        else:
-            self.add_buffer("weight", np.ones(C, dtype=dt))
-            self.add_buffer("bias", np.zeros(C, dtype=dt))
+        add = self.add_param if self.affine else self.add_buffer
+        add("weight", np.ones(C, dtype=dt))
+        add("bias", np.zeros(C, dtype=dt))
         self.add_buffer("running_mean", np.zeros(C, dtype=dt))
         self.add_buffer("running_var", np.ones(C, dtype=dt))
 
     def name(self) -> str:
         return f"{type(self).__name__}({self.num_features})"
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward_pullback(self, x: np.ndarray):
+        """Batch statistics (and the running statistics updated in place) in training mode,
+        the running statistics in eval mode."""
         _args.check_arrays({"x": x})
         _args.check_ndim("x", x, self._ndim, self._layout)
         if x.shape[1] != self.num_features:
@@ -255,24 +246,20 @@ class _BatchNorm(Module):
                 f"size, or call .eval() to use the running statistics")
         if self.training:
             y, pb = batch_norm.vjp(x, self.weight, self.bias, training=True, eps=self.eps)
-            be = array_backend(x)
-            rm, rv = batch_norm_update_stats(x, be.astype(self.running_mean, x.dtype),
-                                             be.astype(self.running_var, x.dtype), self.momentum)
+            rm, rv = batch_norm_update_stats(x, xp.astype(self.running_mean, x.dtype),
+                                             xp.astype(self.running_var, x.dtype), self.momentum)
             # the layer owns its running statistics: update them in place
-            be.copy_into(self.running_mean, rm)
-            be.copy_into(self.running_var, rv)
+            xp.copy_into(self.running_mean, rm)
+            xp.copy_into(self.running_var, rv)
         else:
             y, pb = batch_norm.vjp(x, self.weight, self.bias, self.running_mean, self.running_var,
                                    training=False, eps=self.eps)
-        self._cache = pb
-        return y
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        dx, dgamma, dbeta, _, _ = self.cache()(dy)
-        if self.affine:
-            self.accumulate("weight", dgamma)
-            self.accumulate("bias", dbeta)
-        return dx
+        def pullback(dy):
+            dx, dgamma, dbeta, _, _ = pb(dy)
+            return dx, ({"weight": dgamma, "bias": dbeta} if self.affine else {})
+
+        return y, pullback
 
     def scale_shift(self) -> tuple[np.ndarray, np.ndarray]:
         """The eval-mode affine map ``y = s * x + t`` per channel: ``(s (C,), t (C,))`` (host layers)."""

@@ -1,8 +1,7 @@
 """The layer protocol: a few conventions, not an autograd framework.
 
-A layer is a :class:`Module`. Nothing records a tape; each layer writes its own
-``forward`` and ``backward`` and chains the pullbacks of the ops (and of its child
-layers) by hand::
+A layer is a :class:`Module`. Nothing records a tape; each layer chains the pullbacks of
+the ops (and of its child layers) by hand::
 
     y = layer(x)             # forward; caches what backward needs in layer._cache
     dx = layer.backward(dy)  # gradient w.r.t. x; parameter gradients are ADDED to layer.grads
@@ -11,29 +10,38 @@ layers) by hand::
     sd = layer.state_dict(); layer.load_state_dict(sd)  # params + buffers (copies)
     layer.save("ckpt.npz"); layer.load("ckpt.npz")
 
-Writing a layer (the whole contract for subclasses)
----------------------------------------------------
+Writing a layer
+---------------
 1. In ``__init__`` call ``super().__init__()``, then register arrays and sub-layers::
 
        self.add_param("weight", w)         # trainable; a zero gradient is created
        self.add_buffer("running_mean", m)  # state that is not trained (saved in state_dict)
-       self.add_child("fc1", Linear(...))  # a sub-layer; its keys appear as "fc1.weight"
+       self.add_child("bn1", BatchNorm2d(...))   # a sub-layer; its keys appear as "bn1.weight"
 
-   Registered names read back as attributes (``self.weight``, ``self.fc1``).
-2. ``forward(self, x, **kwargs)`` reads parameters and buffers through those names at
-   every call (never keep private copies: :func:`as_function` swaps them) and stores
-   everything ``backward`` needs in ONE new object assigned to ``self._cache``
-   (for example the pullbacks of the ops it called). Never mutate an old cache.
-3. ``backward(self, dy)`` reads ``self._cache`` (call :meth:`cache` to get it with a
-   clear error when forward has not run), calls :meth:`accumulate` for each parameter
-   gradient, and returns ``dx``. It may be called several times on one cache.
-4. Fixed, non-trained arrays (bases, running statistics) are buffers; a buffer that is
-   updated in training mode is replaced by a new array (or updated in place, since the
-   layer owns it); arrays passed in by callers are never modified.
-5. A forward must be deterministic given its inputs, parameters and buffers.
+   Registered names read back as attributes (``self.weight``, ``self.bn1``).
+2. Subclass :class:`OpLayer` and write one method, ``forward_pullback(self, x, **kwargs)
+   -> (y, pullback)``: it calls the ops' ``vjp`` (and the children's
+   ``forward_pullback``, or :func:`chain` for a straight line of them) with the
+   parameters read by name at every call (never keep private copies:
+   ``as_function`` swaps them), and returns ``pullback(dy) -> (dx, grads)`` with
+   ``grads`` a dict ``{key: gradient or None}`` keyed as ``layer.params`` (dotted for a
+   child's). It leaves every ``_cache`` alone, so a parent or an inference helper may
+   call it at any time. :class:`OpLayer` supplies ``forward`` (runs it, caches ``(y,
+   pullback)``) and ``backward`` (checks dy against y, runs the pullback, adds the
+   gradients); the pullback may run several times.
+3. Fixed, non-trained arrays (bases, running statistics) are buffers; a layer updates
+   its own running statistics in place, in training mode; arrays passed in by callers
+   are never modified.
+4. A forward must be deterministic given its inputs, parameters and buffers.
 
-:func:`as_function` then turns any such layer, routing branch included, into a function
-``f(x, *params)`` that follows the vjp convention of the ops, for :func:`dynconv_np.gradcheck`.
+A layer that cannot be one pullback (:class:`Sequential`, ``Flatten``) subclasses
+:class:`Module` directly: ``forward`` stores ONE new object in ``self._cache``,
+``backward`` reads it (:meth:`Module.cache` raises a clear error before any forward),
+calls :meth:`Module.accumulate` for each parameter gradient and returns ``dx``.
+
+``dynconv_np.nn.as_function`` then turns any layer, routing branch included, into a
+function ``f(x, *params)`` that follows the vjp convention of the ops, for
+:func:`dynconv_np.gradcheck`.
 
 ``params``, ``grads`` and ``buffers`` are dicts keyed by dotted paths (``"fc1.weight"``),
 built at each access; their values are the layer's own arrays, so optimisers update
@@ -44,9 +52,9 @@ Devices: :meth:`Module.to_device` moves every parameter, gradient and buffer (of
 layers too) to the CUDA device, :meth:`Module.to_host` brings them back; both return the
 layer. A layer on the device takes and returns numba CUDA device arrays (any array with
 ``__cuda_array_interface__`` as input) and runs forward and backward there, through the
-ops and the backend primitives (``be = array_backend(a)``: never NumPy arithmetic on a
-layer's arrays, which would not run on device arrays). 0-d buffers (DynamicConv2d's
-temperature) are host scalars and stay on the host. :func:`as_function` (gradcheck),
+ops and the array API :mod:`dynconv_np.arrays` (never NumPy arithmetic on a layer's
+arrays, which would not run on device arrays). 0-d buffers (DynamicConv2d's
+temperature) are host scalars and stay on the host. ``as_function`` (gradcheck),
 :meth:`save` / :meth:`state_dict` (host copies) and the inference helpers that rebuild
 kernels (``merged_kernel(s)``, ``fold_bn``) work on host layers; ``state_dict`` and
 ``load_state_dict`` also on device layers.
@@ -54,43 +62,27 @@ kernels (``merged_kernel(s)``, ``fold_bn``) work on host layers; ``state_dict`` 
 
 from __future__ import annotations
 
-import inspect
-import keyword
-import re
 from collections.abc import Callable, Iterator, Mapping
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from .. import _args, backends
+from .. import _args
+from .. import arrays as xp
 
-__all__ = ["Module", "Sequential", "as_function", "make_rng", "array_backend"]
-
-
-def array_backend(a) -> ModuleType:
-    """The backend module (``backends.cpu`` or ``backends.cuda``) of the array `a`."""
-    device = _args.device_of(a)
-    if not device:
-        raise TypeError(f"expected a numpy.ndarray or a CUDA device array, got {type(a).__name__}")
-    return backends.get(device)
+__all__ = ["Module", "OpLayer", "Sequential", "chain", "make_rng", "uniform_init"]
 
 
 def host_only(layer: Module, what: str) -> None:
     """Raise ``TypeError`` when `layer` holds device arrays: `what` runs on host layers only."""
     for v in (*layer.params.values(), *layer.buffers.values()):
-        if _args.device_of(v) == "cuda":
+        if xp.on_device(v):
             raise TypeError(f"{layer.name()}.{what} works on host layers only; call .to_host() first")
 
 
 def _movable(a) -> bool:
     # float arrays with at least one axis travel between devices; 0-d buffers are host scalars
     return len(a.shape) > 0 and np.dtype(a.dtype).kind == "f"
-
-
-def _host_copy(a, copy: Callable) -> np.ndarray:
-    """A host copy of `a` (`copy` for host arrays; device arrays are copied back)."""
-    return copy(a) if isinstance(a, np.ndarray) else array_backend(a).to_host(a)
 
 
 def make_rng(seed: int | None = None, rng: np.random.Generator | None = None) -> np.random.Generator:
@@ -144,12 +136,12 @@ class ArrayDict(dict):
         mod, name = _locate(self._module, self._kind, key)
         store = getattr(mod, self._kind)
         old = store[name]
-        device = _args.device_of(old)
-        if _args.device_of(value) != device:
+        device = xp.device_of(old)
+        if not xp.is_array(value) or xp.device_of(value) != device:
             kind = "a numpy.ndarray" if device == "cpu" else "a CUDA device array (the layer is on the device)"
             raise TypeError(f"{key} must be {kind}, got {type(value).__name__}")
         if device != "cpu":
-            value = array_backend(value).contiguous(value)    # a numba device array
+            value = xp.contiguous(value)                      # a numba device array
         if tuple(value.shape) != tuple(old.shape):
             raise ValueError(f"{key} must have shape {tuple(old.shape)}, got {tuple(value.shape)}")
         if value.dtype != old.dtype:
@@ -206,16 +198,15 @@ class Module:
         self._check_free(name)
         _args.check_arrays({name: value})
         if not isinstance(value, np.ndarray):
-            value = array_backend(value).contiguous(value)    # a numba device array
+            value = xp.contiguous(value)                      # a numba device array
         self._params[name] = value
-        self._grads[name] = (np.zeros_like(value) if isinstance(value, np.ndarray)
-                             else array_backend(value).zeros(value.shape, value.dtype))
+        self._grads[name] = xp.zeros_like(value)
         return value
 
     def add_buffer(self, name: str, value: np.ndarray) -> np.ndarray:
         """Register a non-trained array (host or device) saved in :meth:`state_dict`."""
         self._check_free(name)
-        if not _args.device_of(value):
+        if not xp.is_array(value):
             raise TypeError(f"{name} must be a numpy.ndarray (or a CUDA device array), got {type(value).__name__}")
         self._buffers[name] = value
         return value
@@ -288,21 +279,26 @@ class Module:
             raise RuntimeError(f"{self.name()}.backward called before forward")
         return self._cache
 
-    def accumulate(self, name: str, grad: np.ndarray | None) -> None:
-        """Add `grad` (on the gradient's device, any shape of its size) to ``self.grads[name]``
-        in place (None is ignored)."""
-        if grad is not None:
-            g = self._grads[name]
-            if _args.device_of(grad) != _args.device_of(g):
-                raise TypeError(f"the gradient of {name} is a {_args.device_of(grad) or type(grad).__name__} "
-                                f"array but {self.name()}'s grads are {_args.device_of(g)} arrays")
-            array_backend(g).add_into(g, grad)
+    def accumulate(self, key: str, grad: np.ndarray | None) -> None:
+        """Add `grad` (on the gradient's device, any shape of its size) to ``self.grads[key]``
+        in place; `key` may be a child's dotted key (``"bn1.weight"``); None is ignored."""
+        if grad is None:
+            return
+        *path, name = key.split(".")
+        mod = self
+        for child in path:
+            mod = mod._children[child]
+        total = mod._grads[name]
+        if xp.device_of(grad) != xp.device_of(total):
+            raise TypeError(f"the gradient of {key} is a {xp.device_of(grad)} array but "
+                            f"{self.name()}'s grads are {xp.device_of(total)} arrays")
+        xp.add_into(total, grad)
 
     def zero_grad(self) -> None:
         """Reset every gradient (own and of child layers) to zero."""
         for _, mod in self.named_modules():
-            for g in mod._grads.values():
-                array_backend(g).fill(g, 0)
+            for grad in mod._grads.values():
+                xp.fill(grad, 0)
 
     # ------------------------------------------------------------------ devices
     def to_device(self) -> Module:
@@ -316,19 +312,19 @@ class Module:
         -------
         self
         """
-        be = backends.get("cuda")
-        return self._move("cuda", be.to_device)
+        xp.require("cuda")
+        return self._move("cuda")
 
     def to_host(self) -> Module:
         """Move every parameter, gradient and buffer back to host NumPy arrays; returns self."""
-        return self._move("cpu", lambda a: array_backend(a).to_host(a))
+        return self._move("cpu")
 
-    def _move(self, device: str, fn: Callable) -> Module:
+    def _move(self, device: str) -> Module:
         for _, mod in self.named_modules():
             for store in (mod._params, mod._grads, mod._buffers):
                 for k, a in store.items():
-                    if _movable(a) and _args.device_of(a) != device:
-                        store[k] = fn(a)
+                    if _movable(a) and xp.device_of(a) != device:
+                        store[k] = xp.to(a, device)
             # the cache holds arrays (and pullbacks over them) of the old device
             object.__setattr__(mod, "_cache", None)
         return self
@@ -353,9 +349,8 @@ class Module:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
         """Host copies of every parameter and buffer, keyed by dotted path (from either device)."""
-        out = {k: _host_copy(v, np.ndarray.copy) for k, v in self.params.items()}
-        out.update({k: _host_copy(v, lambda b: np.array(b, copy=True)) for k, v in self.buffers.items()})
-        return out
+        return {k: np.array(xp.to_host(v), copy=True)
+                for view in (self.params, self.buffers) for k, v in view.items()}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray], strict: bool = True) -> None:
         """Copy `state` into the layer's own arrays (their dtype, shape and device are kept).
@@ -378,15 +373,14 @@ class Module:
                 continue
             cur = view[k]
             new = state[k]
-            new = np.asarray(new if isinstance(new, np.ndarray) or not _args.device_of(new)
-                             else array_backend(new).to_host(new))
+            new = np.asarray(xp.to_host(new) if xp.is_array(new) else new)
             if new.shape != cur.shape:
                 raise ValueError(f"state_dict[{k!r}] has shape {new.shape}, {self.name()} expects {cur.shape}")
             if new.dtype.kind not in "fiu":
                 raise TypeError(f"state_dict[{k!r}] must be numeric, got dtype {new.dtype}")
             plan.append((cur, new))
         for cur, new in plan:
-            array_backend(cur).copy_into(cur, new)
+            xp.copy_into(cur, new)
 
     def save(self, path: str) -> None:
         """Write :meth:`state_dict` to an ``.npz`` file."""
@@ -396,6 +390,72 @@ class Module:
         """Read an ``.npz`` written by :meth:`save` into this layer."""
         with np.load(path) as data:
             self.load_state_dict({k: data[k] for k in data.files})
+
+
+class OpLayer(Module):
+    """A layer whose backward is the pullback its forward returns (the usual case).
+
+    Subclasses write ``forward_pullback(x, **kwargs) -> (y, pullback)`` with
+    ``pullback(dy) -> (dx, {param key: gradient or None})`` (see the module docstring);
+    this class checks ``dy`` against the output and adds the gradients, once for every layer.
+    """
+
+    def forward_pullback(self, x: np.ndarray, **kwargs: Any) -> tuple[np.ndarray, Callable]:
+        """``(y, pullback)`` for `x`, leaving every cache alone."""
+        raise TypeError(f"{type(self).__name__} does not define forward_pullback")
+
+    def forward(self, x: np.ndarray, **kwargs: Any) -> np.ndarray:
+        y, pullback = self.forward_pullback(x, **kwargs)
+        self._cache = (y, pullback)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        y, pullback = self.cache()
+        _args.check_cotangent(dy, y)
+        dx, grads = pullback(dy)
+        for key, grad in grads.items():
+            self.accumulate(key, grad)
+        return dx
+
+
+def prefixed(name: str, grads: Mapping) -> dict:
+    """A child's gradients ``{key: grad}`` keyed as its parent sees them (``"name.key"``)."""
+    return {f"{name}.{k}": grad for k, grad in grads.items()}
+
+
+def chain(layer: Module, x: np.ndarray, *steps) -> tuple[np.ndarray, Callable]:
+    """Run `x` through `steps` in order, as one ``forward_pullback``.
+
+    Each step is the name of a child :class:`OpLayer` of `layer` (its ``forward_pullback``;
+    its gradients come back under ``"name.<key>"``), a one-input op ``f`` (``f.vjp(h)``),
+    or ``(f, kwargs)`` for ``f.vjp(h, **kwargs)``.
+
+    Returns
+    -------
+    y, pullback
+        ``pullback(dy) -> (dx, grads)`` as an :class:`OpLayer`'s.
+    """
+    pbs = []
+    h = x
+    for step in steps:
+        if isinstance(step, str):
+            h, pb = getattr(layer, step).forward_pullback(h)
+        else:
+            f, kwargs = step if isinstance(step, tuple) else (step, {})
+            h, pb = f.vjp(h, **kwargs)
+        pbs.append((step, pb))
+
+    def pullback(dy):
+        grads = {}
+        for step, pb in reversed(pbs):
+            if isinstance(step, str):
+                dy, own = pb(dy)
+                grads.update(prefixed(step, own))
+            else:
+                dy = pb(dy)[0]
+        return dy, grads
+
+    return h, pullback
 
 
 class Sequential(Module):
@@ -426,120 +486,3 @@ class Sequential(Module):
         for layer in reversed(list(self._children.values())):
             dy = layer.backward(dy)
         return dy
-
-
-# ---------------------------------------------------------------------- as_function
-def _identifiers(keys: list[str]) -> list[str]:
-    """Parameter names usable in a Python signature (``"fc1.weight"`` -> ``"fc1_weight"``)."""
-    out, seen = [], {"x"}
-    for k in keys:
-        s = re.sub(r"\W", "_", k)
-        if not s or s[0].isdigit() or keyword.iskeyword(s):
-            s = "p_" + s
-        base, i = s, 1
-        while s in seen:
-            s, i = f"{base}_{i}", i + 1
-        seen.add(s)
-        out.append(s)
-    return out
-
-
-def _snapshot(layer: Module) -> list:
-    return [(m, m._params, m._buffers, m._grads, m._cache, m.training) for _, m in layer.named_modules()]
-
-
-def _restore(snap: list) -> None:
-    for m, p, b, g, c, t in snap:
-        d = m.__dict__
-        d["_params"], d["_buffers"], d["_grads"], d["_cache"], d["training"] = p, b, g, c, t
-
-
-def as_function(layer: Module, **forward_kwargs: Any) -> Callable:
-    """A vjp-convention function ``f(x, *params)`` computing ``layer(x)``.
-
-    Parameters
-    ----------
-    layer : Module
-        Any layer; its current mode (train/eval) is used at each call.
-    **forward_kwargs
-        Extra keyword arguments passed to every ``layer.forward``.
-
-    Returns
-    -------
-    f : callable
-        ``f(x, p1, p2, ...)`` with the parameters in ``layer.params`` order (omitted or
-        None ones are the layer's own), ``f.vjp(...) -> (y, pullback)`` with
-        ``pullback(dy) -> (dx, dp1, dp2, ...)``, and ``f.array_params``, so that
-        ``dc.gradcheck(as_function(layer), (x, *layer.params.values()))`` checks the whole
-        layer. Calls leave the layer exactly as they found it: its arrays, running
-        statistics, gradients and cache are swapped out for the call and restored
-        (buffers are copied and cast to x's dtype, so a float32 layer can be checked in
-        float64). Host layers and NumPy arrays only (gradcheck differentiates on the host):
-        call ``layer.to_host()`` first.
-    """
-    if not isinstance(layer, Module):
-        raise TypeError(f"layer must be a dynconv_np.nn.Module, got {type(layer).__name__}")
-    keys = list(layer.params.keys())
-    idents = _identifiers(keys)
-    locations = [_locate(layer, "_params", k) for k in keys]
-
-    def enter(x, params):
-        if len(params) > len(keys):
-            raise TypeError(f"{layer.name()} has {len(keys)} parameters ({', '.join(keys)}), "
-                            f"got {len(params)} parameter arrays")
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
-        snap = _snapshot(layer)
-        for _, m in layer.named_modules():
-            d = m.__dict__
-            d["_params"] = dict(m._params)
-            d["_grads"] = dict(m._grads)
-            d["_buffers"] = {k: (np.array(b, dtype=x.dtype) if b.dtype.kind == "f" and b.ndim
-                                 else np.array(b, copy=True)) for k, b in m._buffers.items()}
-        for (mod, name), ident, p in zip(locations, idents, params):
-            if p is None:
-                continue
-            if not isinstance(p, np.ndarray):
-                raise TypeError(f"{ident} must be a numpy.ndarray, got {type(p).__name__}")
-            if p.shape != mod._params[name].shape:
-                raise ValueError(f"{ident} must have shape {mod._params[name].shape}, got {p.shape}")
-            mod._params[name] = p
-        return snap
-
-    def f(x, *params):
-        snap = enter(x, params)
-        try:
-            return layer.forward(x, **forward_kwargs)
-        finally:
-            _restore(snap)
-
-    def vjp(x, *params):
-        snap = enter(x, params)
-        try:
-            y = layer.forward(x, **forward_kwargs)
-            state = _snapshot(layer)
-        finally:
-            _restore(snap)
-
-        def pullback(dy):
-            outer = _snapshot(layer)
-            _restore(state)
-            try:
-                for _, m in layer.named_modules():
-                    m.__dict__["_grads"] = {k: np.zeros_like(p) for k, p in m._params.items()}
-                dx = layer.backward(dy)
-                grads = tuple(mod._grads[name].copy() for mod, name in locations)
-            finally:
-                _restore(outer)
-            return (dx, *grads)
-
-        return y, pullback
-
-    P = inspect.Parameter
-    f.__signature__ = inspect.Signature(
-        [P("x", P.POSITIONAL_OR_KEYWORD)] + [P(n, P.POSITIONAL_OR_KEYWORD, default=None) for n in idents])
-    f.__name__ = f.__qualname__ = f"as_function({layer.name()})"
-    f.array_params = ("x", *idents)
-    f.param_keys = tuple(keys)
-    f.vjp = vjp
-    return f

@@ -8,8 +8,8 @@ Optimisers update a layer's parameter arrays in place from its accumulated gradi
 
 On a layer moved with ``to_device()`` the loss takes device logits (labels stay a host
 array; the one-hot targets are copied over) and the optimisers update the device
-parameters in place with fused backend updates (``be.sgd_step``, ``be.adam_step``); their
-state follows the parameters' device.
+parameters in place (:mod:`dynconv_np.ops.optim`); their state follows the parameters'
+device.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import _args, backends
-from .module import Module, array_backend
+from .. import _args
+from .. import arrays as xp
+from ..ops.loss import softmax_cross_entropy
+from ..ops.optim import adam_update, sgd_update
+from .module import Module
 
 __all__ = ["SoftmaxCrossEntropy", "SGD", "Adam"]
 
@@ -30,7 +33,8 @@ class SoftmaxCrossEntropy:
     ``loss = crit(logits, target)`` with logits ``(N, K)`` and target ``(N,)`` integer
     class indices in ``[0, K)`` or ``(N, K)`` probabilities (rows summing to 1); returns a
     float. ``dlogits = crit.backward(dloss=1.0)`` gives ``(N, K)``:
-    ``(softmax(logits) - onehot) / N``. Log-sum-exp with the row maximum subtracted.
+    ``(softmax(logits) - onehot) / N``. Log-sum-exp with the row maximum subtracted
+    (:func:`dynconv_np.ops.loss.softmax_cross_entropy`).
     """
 
     def __init__(self) -> None:
@@ -45,43 +49,32 @@ class SoftmaxCrossEntropy:
         N, K = logits.shape
         if N < 1 or K < 1:
             raise ValueError(f"logits must have at least one sample and one class, got shape {tuple(logits.shape)}")
-        be = backends.get(device)
-        target_device = _args.device_of(target)
-        if not target_device:
+        if not xp.is_array(target):
             raise TypeError(f"target must be a numpy.ndarray, got {type(target).__name__}")
         kind = np.dtype(target.dtype).kind
         if kind in "iu":
-            if target_device != "cpu":
+            if xp.on_device(target):
                 raise TypeError("integer target labels must be a numpy.ndarray (host), got a CUDA array")
             _args.check_shape("target", target, (N,), f"(N,) integer labels with N={N}")
             if target.min() < 0 or target.max() >= K:
                 raise ValueError(f"target labels must be in [0, {K}), got values in "
                                  f"[{target.min()}, {target.max()}]")
-            onehot = np.zeros_like(logits) if device == "cpu" else np.zeros((N, K), dtype)
+            onehot = np.zeros((N, K), dtype)
             onehot[np.arange(N), target] = 1
         elif kind == "f":
-            _args.check_shape("target", target, (N, K), "(N, K) probabilities")
-            if target_device == "cpu":
-                onehot = target.astype(logits.dtype)
-            elif device == "cuda":
-                onehot = be.astype(target, dtype)
-            else:
-                raise TypeError("target is a cuda array but logits is a cpu array")
+            onehot = xp.astype(target, dtype)
         else:
             raise TypeError(f"target must hold integer labels or float probabilities, got dtype {target.dtype}")
-        if device != "cpu":
-            onehot = be.to_device(onehot)                      # host targets copied over
-        logp = be.log_softmax(logits)                           # (N, K), max-subtracted
-        self._cache = (be.exp(logp), onehot)
-        return float(-be.total(be.mul(onehot, logp)) / N)
+        if device == "cuda" and not xp.on_device(onehot):
+            onehot = xp.to_device(onehot)                      # host targets copied over
+        loss, self._cache = softmax_cross_entropy.vjp(logits, onehot)
+        return float(loss)
 
     def backward(self, dloss: float = 1.0) -> np.ndarray:
         """``d (dloss * loss) / d logits``, shape ``(N, K)``, on the logits' device."""
         if self._cache is None:
             raise RuntimeError("SoftmaxCrossEntropy.backward called before forward")
-        p, onehot = self._cache
-        be = array_backend(p)
-        return be.scale(be.sub(p, onehot), p.dtype.type(dloss) / p.shape[0])
+        return self._cache(dloss)[0]
 
 
 class _Optimizer:
@@ -99,9 +92,7 @@ class _Optimizer:
             raise ValueError("params and grads must have the same keys")
         self._params, self._grads = params, grads
         self.lr = _args.positive_float("lr", lr)
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be non-negative, got {weight_decay!r}")
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = _args.non_negative_float("weight_decay", weight_decay)
         self.state: dict[str, dict] = {}
 
     @property
@@ -116,18 +107,14 @@ class _Optimizer:
 
     def zero_grad(self) -> None:
         """Set every gradient to zero (in place)."""
-        for g in self.grads.values():
-            array_backend(g).fill(g, 0)
+        for grad in self.grads.values():
+            xp.fill(grad, 0)
 
 
 def _follow(a, p):
     """Optimiser state `a` on the device of its parameter `p` (moved after ``to_device`` /
     ``to_host`` of the model); None stays None."""
-    device = _args.device_of(p)
-    if a is None or _args.device_of(a) == device:
-        return a
-    cuda = backends.get("cuda")
-    return cuda.to_device(a) if device == "cuda" else cuda.to_host(a)
+    return None if a is None else xp.to(a, xp.device_of(p))
 
 
 class SGD(_Optimizer):
@@ -148,19 +135,16 @@ class SGD(_Optimizer):
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False, grads=None):
         super().__init__(params, grads, lr, weight_decay)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        self.momentum = float(momentum)
+        self.momentum = _args.below_one("momentum", momentum)
         self.nesterov = _args.flag("nesterov", nesterov)
 
     def step(self) -> None:
         """Update every parameter in place."""
         grads = self.grads
         for key, p in self.params.items():
-            be = array_backend(p)
             st = self.state.setdefault(key, {}) if self.momentum else {}
-            buf = be.sgd_step(p, grads[key], _follow(st.get("buf"), p), self.lr, self.momentum,
-                              self.weight_decay, self.nesterov)
+            buf = sgd_update(p, grads[key], _follow(st.get("buf"), p), self.lr, self.momentum,
+                             self.weight_decay, self.nesterov)
             if self.momentum:
                 st["buf"] = buf
 
@@ -181,19 +165,17 @@ class Adam(_Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, grads=None):
         super().__init__(params, grads, lr, weight_decay)
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        if len(betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-        self.betas = (float(betas[0]), float(betas[1]))
+        self.betas = (_args.below_one("betas[0]", betas[0]), _args.below_one("betas[1]", betas[1]))
         self.eps = _args.positive_float("eps", eps)
         self.t = 0
 
     def step(self) -> None:
         """Update every parameter in place."""
         self.t += 1
-        b1, b2 = self.betas
-        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
         grads = self.grads
         for key, p in self.params.items():
             st = self.state.setdefault(key, {"m": None, "v": None})
-            st["m"], st["v"] = array_backend(p).adam_step(p, grads[key], _follow(st["m"], p), _follow(st["v"], p),
-                                                          self.lr / c1, b1, b2, c2, self.eps, self.weight_decay)
+            st["m"], st["v"] = adam_update(p, grads[key], _follow(st["m"], p), _follow(st["v"], p), self.t,
+                                           self.lr, self.betas, self.eps, self.weight_decay)
