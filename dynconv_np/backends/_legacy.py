@@ -6,6 +6,9 @@ part of :mod:`dynconv_np.backends.interface`; nothing new should call them.
 
 from __future__ import annotations
 
+#: The legacy names each backend package still exports.
+LEGACY = ("blas_single_thread", "matmul", "matmul_tn", "matmul_nt", "matmul_nt_sum")
+
 
 def gemm_aliases(gemm):
     """``(matmul, matmul_tn, matmul_nt)`` over the backend's `gemm`."""

@@ -38,9 +38,8 @@ def dynamic_conv2d(x: np.ndarray, W: np.ndarray, pi: np.ndarray, bias: np.ndarra
         softmax, sigmoid or any other routing is the caller's.
     bias : ndarray (K, O), optional
         Expert biases, mixed with the same weights.
-    stride, dilation : int or (int, int)
-    padding : int, (int, int), "valid" or "same"
-    groups : int
+    stride, padding, dilation, groups
+        As in :func:`~dynconv_np.conv2d`.
 
     Returns
     -------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 # ----------------------------------------------------------------------------- arrays
 def empty(shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array."""

@@ -44,6 +44,7 @@ from .index import split
 from .products import blas_single_thread
 from .unfold import col2im_rows, im2col_rows
 
+
 # ----------------------------------------------------------------------------- batch kernels
 # One Numba region per pass. Each work item (a row tile, a sample, a channel block)
 # unfolds into a cache-sized buffer and runs single-threaded BLAS GEMMs on it; it owns
@@ -136,7 +137,7 @@ def _fwd_items(x, wt, bt, y, ws, R, G, pointwise, window):
             cols = x[n].reshape(C, P)
         else:
             cols = buf[:CT * Pt].reshape(CT, Pt)
-            im2col_rows(x, n, cols, i0, i1, 0, C, window)
+            im2col_rows(x, n, cols, i0, i1, 0, window)
         out = y_n if Pt == P else buf[CT * Pt:CT * Pt + O * Pt].reshape(O, Pt)
         for g in range(G):
             np.dot(w_n[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg], out[g * Og:(g + 1) * Og])
@@ -171,7 +172,7 @@ def _bwd_sample(x, w_n, dy, dx, g_n, dbt, buf, n, first, R, G, pointwise, need_d
                 cols = x[n].reshape(C, P)
             else:
                 cols = buf[:CT * Pt].reshape(CT, Pt)
-                im2col_rows(x, n, cols, i0, i1, 0, C, window)
+                im2col_rows(x, n, cols, i0, i1, 0, window)
             direct = first and i0 == 0
             tmp = g_n if direct else buf[at:at + O * Fg].reshape(O, Fg)
             for g in range(G):
@@ -185,7 +186,7 @@ def _bwd_sample(x, w_n, dy, dx, g_n, dbt, buf, n, first, R, G, pointwise, need_d
                 np.dot(w_n[g * Og:(g + 1) * Og].T, dyt[g * Og:(g + 1) * Og],
                        dcols[g * Fg:(g + 1) * Fg])
             if not pointwise:
-                col2im_rows(dcols, dx, n, i0, i1, 0, C, window)
+                col2im_rows(dcols, dx, n, i0, i1, 0, window)
 
 
 @njit(parallel=True, cache=True)
@@ -247,7 +248,7 @@ def _bwd_blocks(x, wt, dy, dx, gw, dbt, ws, blocks, G, pointwise, need_dx, need_
                     cols = x[n, c0:c1].reshape(rows, P)
                 else:
                     cols = blk
-                    im2col_rows(x, n, cols, 0, Ho, c0, c1, window)
+                    im2col_rows(x, n, cols, 0, Ho, c0, window)
                 np.dot(dyg, cols.T, tmp)
                 g_n = gw[0 if shared else n]
                 if shared and n > 0:
@@ -262,7 +263,7 @@ def _bwd_blocks(x, wt, dy, dx, gw, dbt, ws, blocks, G, pointwise, need_dx, need_
                 else:
                     np.dot(tmp.T, dyg, blk)
                     dx[n, c0:c1] = 0
-                    col2im_rows(blk, dx, n, 0, Ho, c0, c1, window)
+                    col2im_rows(blk, dx, n, 0, Ho, c0, window)
 
 
 # ----------------------------------------------------------------------------- budgets

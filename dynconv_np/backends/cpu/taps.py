@@ -23,6 +23,7 @@ from numba import njit, prange, uintp
 from ... import _args
 from .index import split, tap_input, tap_output, unravel3, valid_range
 
+
 # The row helpers index with unsigned integers: Numba then drops its negative-index
 # wraparound, and LLVM can vectorise the unit-stride case. Vectorising these
 # element-wise loops does not change any element's arithmetic, so results stay bitwise

@@ -20,15 +20,36 @@ from .index import split, tap_input, unravel3, valid_range
 
 
 @njit(inline="always")
-def _tap_row(r, c0, i1, window, H, W):
-    # Row r of a tile of channels c0..: its channel; the output rows [ilo, ihi) (below
-    # i1) and columns [jlo, jhi) whose tap reads inside x; the offset, within the
-    # channel's plane, of the input that output pixel (0, 0) reads at this tap.
+def _tap_row(img, n, r, c0, i1, window):
+    # Row r of a column tile of channels c0.. over img (N, C, H, W): the output rows
+    # [ilo, ihi) (below i1) and columns [jlo, jhi) whose tap reads inside img, and the
+    # flat index in img of the input that output pixel (0, 0) reads at this tap.
     kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = window
+    C, H, W = img.shape[1], img.shape[2], img.shape[3]
     c, u, v = unravel3(r, kh, kw)
     ilo, ihi = valid_range(ph, u * dh, sh, H, i1)
     jlo, jhi = valid_range(pw, v * dw, sw, W, Wo)
-    return c0 + c, ilo, ihi, jlo, jhi, tap_input(0, sh, ph, u * dh) * W + tap_input(0, sw, pw, v * dw)
+    base = ((n * C + c0 + c) * H + tap_input(0, sh, ph, u * dh)) * W + tap_input(0, sw, pw, v * dw)
+    return ilo, ihi, jlo, jhi, base
+
+
+@njit(inline="always")
+def _run(imgf, at, sw, cf, d, jlo, jhi, fold):
+    # Columns jlo..jhi-1 of one row: fold, imgf[at + j*sw] += cf[d + j]; else cf[d + j] =
+    # imgf[at + j*sw]. The unit-stride loops are the ones LLVM vectorises.
+    if fold:
+        if sw == 1:
+            for j in range(jlo, jhi):
+                imgf[np.uint64(at + j)] += cf[np.uint64(d + j)]
+        else:
+            for j in range(jlo, jhi):
+                imgf[np.uint64(at + j * sw)] += cf[np.uint64(d + j)]
+    elif sw == 1:
+        for j in range(jlo, jhi):
+            cf[np.uint64(d + j)] = imgf[np.uint64(at + j)]
+    else:
+        for j in range(jlo, jhi):
+            cf[np.uint64(d + j)] = imgf[np.uint64(at + j * sw)]
 
 
 @njit(inline="always")
@@ -38,52 +59,37 @@ def _zero(f, d, lo, hi):
 
 
 @njit(inline="always")
-def im2col_rows(x, n, cols, i0, i1, c0, c1, window):
-    """cols ((c1-c0)*kh*kw, (i1-i0)*Wo) <- the output rows i0..i1-1 of sample n, channels c0..c1-1."""
-    kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = window
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    xf = x.reshape(x.size)
+def _walk(img, n, cols, i0, i1, c0, window, fold):
+    # The column tile cols (rows, (i1-i0)*Wo) of sample n's output rows i0..i1-1 and
+    # channels c0..: unfold img into it (cols <- img, padding as zeros) or, with `fold`,
+    # fold it back (img += cols), taps in ascending order.
+    sh, sw, Wo = window[2], window[3], window[9]
+    step = sh * img.shape[3]
+    imgf = img.reshape(img.size)
     cf = cols.reshape(cols.size)
-    Pt = cols.shape[1]
-    for r in range((c1 - c0) * kh * kw):
-        c, ilo, ihi, jlo, jhi, off = _tap_row(r, c0, i1, window, H, W)
-        base = (n * C + c) * H * W + off
+    for r in range(cols.shape[0]):
+        ilo, ihi, jlo, jhi, base = _tap_row(img, n, r, c0, i1, window)
         for i in range(i0, i1):
-            d = r * Pt + (i - i0) * Wo
-            if i < ilo or i >= ihi:
+            d = r * cols.shape[1] + (i - i0) * Wo
+            if ilo <= i < ihi:
+                if not fold:
+                    _zero(cf, d, 0, jlo)
+                    _zero(cf, d, jhi, Wo)
+                _run(imgf, base + i * step, sw, cf, d, jlo, jhi, fold)
+            elif not fold:
                 _zero(cf, d, 0, Wo)
-                continue
-            src = base + i * sh * W
-            _zero(cf, d, 0, jlo)
-            if sw == 1:
-                for j in range(jlo, jhi):
-                    cf[np.uint64(d + j)] = xf[np.uint64(src + j)]
-            else:
-                for j in range(jlo, jhi):
-                    cf[np.uint64(d + j)] = xf[np.uint64(src + j * sw)]
-            _zero(cf, d, jhi, Wo)
 
 
 @njit(inline="always")
-def col2im_rows(cols, dx, n, i0, i1, c0, c1, window):
-    """dx[n, c0:c1] += the fold of cols ((c1-c0)*kh*kw, (i1-i0)*Wo), output rows i0..i1-1."""
-    kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = window
-    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
-    df = dx.reshape(dx.size)
-    cf = cols.reshape(cols.size)
-    Pt = cols.shape[1]
-    for r in range((c1 - c0) * kh * kw):
-        c, ilo, ihi, jlo, jhi, off = _tap_row(r, c0, i1, window, H, W)
-        base = (n * C + c) * H * W + off
-        for i in range(max(i0, ilo), ihi):
-            d = r * Pt + (i - i0) * Wo
-            dst = base + i * sh * W
-            if sw == 1:
-                for j in range(jlo, jhi):
-                    df[np.uint64(dst + j)] += cf[np.uint64(d + j)]
-            else:
-                for j in range(jlo, jhi):
-                    df[np.uint64(dst + j * sw)] += cf[np.uint64(d + j)]
+def im2col_rows(x, n, cols, i0, i1, c0, window):
+    """cols (rows, (i1-i0)*Wo) <- the output rows i0..i1-1 of sample n, channels c0..c0 + rows/(kh*kw) - 1."""
+    _walk(x, n, cols, i0, i1, c0, window, False)
+
+
+@njit(inline="always")
+def col2im_rows(cols, dx, n, i0, i1, c0, window):
+    """dx[n, c0:...] += the fold of cols (rows, (i1-i0)*Wo), the output rows i0..i1-1."""
+    _walk(dx, n, cols, i0, i1, c0, window, True)
 
 
 @njit(parallel=True, cache=True)
@@ -92,7 +98,7 @@ def _im2col(x, cols, window):
     T, Ho = window[0] * window[1], window[8]
     for nc in prange(N * C):
         n, c = split(nc, C)
-        im2col_rows(x, n, cols[n, c * T:(c + 1) * T], 0, Ho, c, c + 1, window)
+        im2col_rows(x, n, cols[n, c * T:(c + 1) * T], 0, Ho, c, window)
 
 
 @njit(parallel=True, cache=True)
@@ -103,7 +109,7 @@ def _col2im(cols, dx, window):
     for nc in prange(N * C):
         n, c = split(nc, C)
         dx[n, c, :, :] = 0
-        col2im_rows(cols[n, c * T:(c + 1) * T], dx, n, 0, Ho, c, c + 1, window)
+        col2im_rows(cols[n, c * T:(c + 1) * T], dx, n, 0, Ho, c, window)
 
 
 def im2col(x: np.ndarray, g, out: np.ndarray | None = None) -> np.ndarray:
