@@ -159,3 +159,24 @@ def test_cpu_gemm_refuses_a_transposed_vector():
 def test_cpu_gemm_nt_sum_matches_numpy(rng):
     a, b = rng.standard_normal((4, 3, 5)), rng.standard_normal((4, 2, 5))
     np.testing.assert_allclose(cpu.gemm_nt_sum(a, b), np.einsum("nmk,njk->mj", a, b), rtol=1e-12)
+
+
+def test_cpu_kernels_read_read_only_inputs(rng):
+    # Kernels that only read an array must accept it read-only (a frozen buffer, a memmap).
+    def frozen(shape):
+        a = rng.standard_normal(shape)
+        a.setflags(write=False)
+        return a
+
+    x = frozen((2, 3, 6, 5))
+    g = _args.geometry(x.shape, 3, 3, 2, 1, 1)
+    cols = cpu.im2col(x, g)
+    np.testing.assert_array_equal(cols, cpu.im2col(x.copy(), g))
+    wt = frozen((4, 27))
+    y = cpu.conv_forward(x, wt, None, g, 1)
+    dx, gw, _ = cpu.conv_backward(x, wt, frozen(y.shape), g, 1)
+    assert dx.shape == x.shape and gw.shape == wt.shape
+    filt = frozen((2, 3, 9, g.Ho, g.Wo))
+    out = cpu.taps_forward(x, filt, g, 1, 1)
+    assert cpu.taps_backward_filter(x, frozen(out.shape), g, 1, 1).shape == filt.shape
+    assert cpu.col2im(frozen(cols.shape), g, np.empty(x.shape)).shape == x.shape

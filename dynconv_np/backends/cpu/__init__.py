@@ -17,6 +17,11 @@ Extra to the interface: ``workspace``, the :class:`~dynconv_np.backends._workspa
 behind ``set_workspace_bytes`` and ``chunk_size`` (64 MiB by default; it bounds
 ``atom_conv2d``'s features: the conv template's buffers are per thread,
 ``conv.TILE_BYTES``). Every result is bitwise identical whatever ``NUMBA_NUM_THREADS`` is.
+
+The kernels are cached by Numba (``cache=True``) and inline helpers of sibling modules
+(:mod:`.unfold`, :mod:`.index`, :mod:`dynconv_np.backends._index`); Numba's cache checks
+only the kernel's own file, so after editing a helper, delete the cache files
+(``__pycache__/*.nbi``, ``*.nbc``) before trusting a run.
 """
 
 from .._exports import export_interface

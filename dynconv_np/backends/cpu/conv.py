@@ -40,7 +40,7 @@ import threading
 import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange
 
-from .index import split
+from .index import ceil_div, split
 from .products import blas_single_thread
 from .unfold import col2im_rows, im2col_rows
 
@@ -124,7 +124,7 @@ def _fwd_items(x, wt, bt, y, ws, R, G, pointwise, window):
     Og = O // G
     CT = C * kh * kw
     P = Ho * Wo
-    tiles = (Ho + R - 1) // R
+    tiles = ceil_div(Ho, R)
     for t in prange(N * tiles):
         buf = ws[get_thread_id()]
         n, tile = split(t, tiles)
@@ -290,8 +290,8 @@ def _rows_per_tile(g, itemsize: int) -> int:
         return g.Ho
     R = max(1, min(g.Ho, TILE_BYTES // (g.C * g.taps * g.Wo * itemsize)))
     # a small batch is cut into more, smaller tiles so that every thread has work
-    per_sample = -(-MIN_ITEMS // max(1, g.N))
-    return max(1, min(R, -(-g.Ho // per_sample)))
+    per_sample = ceil_div(MIN_ITEMS, max(1, g.N))
+    return max(1, min(R, ceil_div(g.Ho, per_sample)))
 
 
 _scratch_store = threading.local()
@@ -328,8 +328,8 @@ def _channel_blocks(g, G: int, itemsize: int) -> np.ndarray:
     thread count: the blocks decide the GEMM shapes, hence the rounding)."""
     Cg = g.C // G
     cb = max(1, min(Cg, TILE_BYTES // (g.taps * g.P * itemsize)))
-    nb = max(-(-Cg // cb), min(Cg, -(-SLOTS // G)))
-    cb = -(-Cg // nb)
+    nb = max(ceil_div(Cg, cb), min(Cg, ceil_div(SLOTS, G)))
+    cb = ceil_div(Cg, nb)
     return np.array([(gi, gi * Cg + c, gi * Cg + min(Cg, c + cb))
                      for gi in range(G) for c in range(0, Cg, cb)], dtype=np.int64)
 

@@ -7,10 +7,5 @@ from numba import njit
 
 from .._index import compiled
 
-_helpers = compiled(njit(inline="always"))
-
-split = _helpers["split"]
-unravel3 = _helpers["unravel3"]
-tap_input = _helpers["tap_input"]
-tap_output = _helpers["tap_output"]
-valid_range = _helpers["valid_range"]
+(ceil_div, split, unravel3, unravel4, tap_input, tap_output, valid_range, window_input,
+ window_output) = compiled(njit(inline="always")).values()

@@ -22,6 +22,8 @@ import contextlib
 import numpy as np
 from numba import njit, prange
 
+from .index import ceil_div
+
 #: Column chunk of the thin-product kernel (floats): a chunk of every row fits in L2.
 THIN_CHUNK = 2048
 #: Products whose short sides are at most this and whose long side is at least
@@ -56,7 +58,7 @@ def _thin_nn(a, b, out):
     D = b.shape[1]
     bf = b.reshape(b.size)
     of = out.reshape(out.size)
-    for c in prange((D + THIN_CHUNK - 1) // THIN_CHUNK):
+    for c in prange(ceil_div(D, THIN_CHUNK)):
         d0 = c * THIN_CHUNK
         w = min(D, d0 + THIN_CHUNK) - d0
         for m in range(M):
@@ -81,8 +83,8 @@ def _is_thin(a: np.ndarray, b: np.ndarray) -> bool:
 def _transposed(name: str, a: np.ndarray, t: bool) -> np.ndarray:
     if not t:
         return a
-    if a.ndim < 2:
-        raise ValueError(f"gemm: t{name} transposes the last two axes, but {name} is {a.ndim}-D")
+    if a.ndim == 1:
+        raise ValueError(f"gemm: t{name} transposes the last two axes, but {name} is 1-D")
     return np.swapaxes(a, -1, -2)
 
 

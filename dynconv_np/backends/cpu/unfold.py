@@ -34,35 +34,37 @@ def _tap_row(img, n, r, c0, i1, window):
 
 
 @njit(inline="always")
-def _run(imgf, at, sw, cf, d, jlo, jhi, fold):
-    # Columns jlo..jhi-1 of one row: fold, imgf[at + j*sw] += cf[d + j]; else cf[d + j] =
-    # imgf[at + j*sw]. The unit-stride loops are the ones LLVM vectorises.
-    if fold:
-        if sw == 1:
-            for j in range(jlo, jhi):
-                imgf[np.uint64(at + j)] += cf[np.uint64(d + j)]
-        else:
-            for j in range(jlo, jhi):
-                imgf[np.uint64(at + j * sw)] += cf[np.uint64(d + j)]
-    elif sw == 1:
+def _unfold_run(imgf, at, sw, cf, d, jlo, jhi, Wo):
+    # One row of columns: cf[d + j] = imgf[at + j*sw] for jlo <= j < jhi, zero elsewhere
+    # in [0, Wo). The unit-stride loop is the one LLVM vectorises.
+    for j in range(jlo):
+        cf[np.uint64(d + j)] = 0
+    if sw == 1:
         for j in range(jlo, jhi):
             cf[np.uint64(d + j)] = imgf[np.uint64(at + j)]
     else:
         for j in range(jlo, jhi):
             cf[np.uint64(d + j)] = imgf[np.uint64(at + j * sw)]
+    for j in range(jhi, Wo):
+        cf[np.uint64(d + j)] = 0
 
 
 @njit(inline="always")
-def _zero(f, d, lo, hi):
-    for j in range(lo, hi):
-        f[np.uint64(d + j)] = 0
+def _fold_run(imgf, at, sw, cf, d, jlo, jhi, Wo):
+    # One row of columns folded back: imgf[at + j*sw] += cf[d + j] for jlo <= j < jhi.
+    if sw == 1:
+        for j in range(jlo, jhi):
+            imgf[np.uint64(at + j)] += cf[np.uint64(d + j)]
+    else:
+        for j in range(jlo, jhi):
+            imgf[np.uint64(at + j * sw)] += cf[np.uint64(d + j)]
 
 
 @njit(inline="always")
-def _walk(img, n, cols, i0, i1, c0, window, fold):
-    # The column tile cols (rows, (i1-i0)*Wo) of sample n's output rows i0..i1-1 and
-    # channels c0..: unfold img into it (cols <- img, padding as zeros) or, with `fold`,
-    # fold it back (img += cols), taps in ascending order.
+def _walk(img, n, cols, i0, i1, c0, window, run):
+    # Every row of the column tile cols (rows, (i1-i0)*Wo) of sample n's output rows
+    # i0..i1-1 and channels c0..: run(..) unfolds it from img or folds it into img (an
+    # output row whose tap reads padding has no columns inside), taps in ascending order.
     sh, sw, Wo = window[2], window[3], window[9]
     step = sh * img.shape[3]
     imgf = img.reshape(img.size)
@@ -72,44 +74,49 @@ def _walk(img, n, cols, i0, i1, c0, window, fold):
         for i in range(i0, i1):
             d = r * cols.shape[1] + (i - i0) * Wo
             if ilo <= i < ihi:
-                if not fold:
-                    _zero(cf, d, 0, jlo)
-                    _zero(cf, d, jhi, Wo)
-                _run(imgf, base + i * step, sw, cf, d, jlo, jhi, fold)
-            elif not fold:
-                _zero(cf, d, 0, Wo)
+                run(imgf, base + i * step, sw, cf, d, jlo, jhi, Wo)
+            else:
+                run(imgf, 0, sw, cf, d, 0, 0, Wo)
 
 
 @njit(inline="always")
 def im2col_rows(x, n, cols, i0, i1, c0, window):
     """cols (rows, (i1-i0)*Wo) <- the output rows i0..i1-1 of sample n, channels c0..c0 + rows/(kh*kw) - 1."""
-    _walk(x, n, cols, i0, i1, c0, window, False)
+    _walk(x, n, cols, i0, i1, c0, window, _unfold_run)
 
 
 @njit(inline="always")
 def col2im_rows(cols, dx, n, i0, i1, c0, window):
     """dx[n, c0:...] += the fold of cols (rows, (i1-i0)*Wo), the output rows i0..i1-1."""
-    _walk(dx, n, cols, i0, i1, c0, window, True)
+    _walk(dx, n, cols, i0, i1, c0, window, _fold_run)
+
+
+@njit(inline="always")
+def _col2im_plane(dx, n, cols, i0, i1, c, window):
+    dx[n, c, :, :] = 0
+    col2im_rows(cols, dx, n, i0, i1, c, window)
+
+
+@njit(inline="always")
+def _by_plane(img, cols, window, plane):
+    # One work item per plane (n, c) of img (N, C, H, W) and its kh*kw rows of cols
+    # (N, C*kh*kw, Ho*Wo): plane(..) unfolds or folds them; when folding, the plane's
+    # thread is the only writer of img[n, c].
+    N, C = img.shape[0], img.shape[1]
+    T, Ho = window[0] * window[1], window[8]
+    for nc in prange(N * C):
+        n, c = split(nc, C)
+        plane(img, n, cols[n, c * T:(c + 1) * T], 0, Ho, c, window)
 
 
 @njit(parallel=True, cache=True)
 def _im2col(x, cols, window):
-    N, C = x.shape[0], x.shape[1]
-    T, Ho = window[0] * window[1], window[8]
-    for nc in prange(N * C):
-        n, c = split(nc, C)
-        im2col_rows(x, n, cols[n, c * T:(c + 1) * T], 0, Ho, c, window)
+    _by_plane(x, cols, window, im2col_rows)
 
 
 @njit(parallel=True, cache=True)
 def _col2im(cols, dx, window):
-    # Ownership: the thread of plane (n, c) is the only writer of dx[n, c].
-    N, C = dx.shape[0], dx.shape[1]
-    T, Ho = window[0] * window[1], window[8]
-    for nc in prange(N * C):
-        n, c = split(nc, C)
-        dx[n, c, :, :] = 0
-        col2im_rows(cols[n, c * T:(c + 1) * T], dx, n, 0, Ho, c, window)
+    _by_plane(dx, cols, window, _col2im_plane)
 
 
 def im2col(x: np.ndarray, g, out: np.ndarray | None = None) -> np.ndarray:

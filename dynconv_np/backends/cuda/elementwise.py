@@ -57,7 +57,7 @@ def scalar_map(nin: int):
             size = size_of(a[0])
             if out is None:
                 out = empty(a[0].shape, a[0].dtype)
-            for name, x in zip(("b", "c", "out"), a[1:] + [out]):
+            for name, x in zip(("b", "c")[:nin - 1] + ("out",), a[1:] + [out]):
                 if size_of(x) != size or x.dtype != a[0].dtype:
                     raise ValueError(f"{build.__name__.lstrip('_')}: {name} has shape {tuple(x.shape)} and dtype "
                                      f"{x.dtype}, a has {tuple(a[0].shape)} and {a[0].dtype}")

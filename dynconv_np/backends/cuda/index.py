@@ -6,11 +6,5 @@ from numba import cuda
 
 from .._index import compiled
 
-_helpers = compiled(cuda.jit(device=True))
-
-split = _helpers["split"]
-unravel3 = _helpers["unravel3"]
-unravel4 = _helpers["unravel4"]
-tap_input = _helpers["tap_input"]
-window_input = _helpers["window_input"]
-window_output = _helpers["window_output"]
+(ceil_div, split, unravel3, unravel4, tap_input, tap_output, valid_range, window_input,
+ window_output) = compiled(cuda.jit(device=True)).values()

@@ -21,6 +21,7 @@ import numpy as np
 from numba import config as _numba_config
 from numba import cuda, from_dtype
 
+from .._index import ceil_div
 from .._workspace import Workspace
 
 #: True when the kernels run in the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
@@ -57,7 +58,7 @@ def launch(kernel, size: int, *args) -> None:
     """Run a :func:`per_element` kernel over `size` elements (nothing when empty: CUDA
     refuses a zero-sized grid)."""
     if size > 0:
-        kernel[(size + THREADS - 1) // THREADS, THREADS](size, args)
+        kernel[ceil_div(size, THREADS), THREADS](size, args)
 
 
 def size_of(a) -> int:

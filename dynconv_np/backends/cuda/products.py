@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
+from .._index import ceil_div
 from .array import contiguous, empty
 from .launch import MAX_GRID_YZ, SIMULATOR, per_dtype
 
@@ -82,17 +83,19 @@ def gemm3(A, B, C, ta=False, tb=False, R=1, accumulate=False) -> None:
     BC, M, N = C.shape
     if BC * M * N == 0:
         return
-    if BC > MAX_GRID_YZ or (M + TPB - 1) // TPB > MAX_GRID_YZ:
+    if BC > MAX_GRID_YZ or ceil_div(M, TPB) > MAX_GRID_YZ:
         raise ValueError(f"GEMM of {BC} batches of {M}x{N} exceeds the CUDA grid limits")
-    grid = ((N + TPB - 1) // TPB, (M + TPB - 1) // TPB, BC)
+    grid = (ceil_div(N, TPB), ceil_div(M, TPB), BC)
     _gemm_kernel(C.dtype)[grid, (TPB, TPB)](A, B, C, int(ta), int(tb), int(R), int(accumulate))
 
 
 def _as3(name: str, a, t: bool):
     # a as (batch, rows, cols) and its batch shape; NumPy's rule for vectors: a row
     # vector on the left, a column vector on the right.
-    if a.ndim == 0 or (t and a.ndim == 1):
-        raise ValueError(f"gemm: {name} must be at least {2 if t else 1}-D, got shape {tuple(a.shape)}")
+    if a.ndim == 0:
+        raise ValueError(f"gemm: {name} must be at least 1-D, got a 0-D array")
+    if t and a.ndim == 1:
+        raise ValueError(f"gemm: t{name} transposes the last two axes, but {name} is 1-D")
     if a.ndim == 1:
         return a.reshape((1, 1, a.shape[0]) if name == "a" else (1, a.shape[0], 1)), ()
     *batch, rows, cols = tuple(a.shape)  # (the simulator's shapes refuse negative indices)
