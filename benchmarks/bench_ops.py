@@ -31,18 +31,18 @@ def _preload_kernels():
     """
     import numba
 
-    from dynconv_np.backends import cpu
+    from dynconv_np.backends.cpu import conv
 
     f4, f3, f2 = (np.zeros((1,) * d, np.float32) for d in (4, 3, 2))
-    ints = (1,) * 10
+    window = (1,) * 10
     typeof = numba.typeof
     try:
-        cpu._fwd_items.compile(tuple(typeof(a) for a in (f4, f3, f2, f3, f2, 1, 1, True) + ints))
-        cpu._bwd_samples.compile(tuple(typeof(a) for a in (f4, f3, f3, f4, f3, f2, f2, 1, 1, 1, True, True, True)
-                                       + ints))
+        conv._fwd_items.compile(tuple(typeof(a) for a in (f4, f3, f2, f3, f2, 1, 1, True, window)))
+        conv._bwd_samples.compile(tuple(typeof(a) for a in (f4, f3, f3, f4, f3, f2, f2, 1, 1, 1, True, True, True,
+                                                            window)))
         i2 = np.zeros((1, 1), np.int64)
-        cpu._bwd_blocks.compile(tuple(typeof(a) for a in (f4, f3, f3, f4, f3, f2, f2, i2, 1, True, True, True)
-                                      + ints))
+        conv._bwd_blocks.compile(tuple(typeof(a) for a in (f4, f3, f3, f4, f3, f2, f2, i2, 1, True, True, True,
+                                                           window)))
     except Exception:  # an optimisation only: the first real call loads what it needs
         pass
 

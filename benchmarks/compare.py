@@ -111,7 +111,7 @@ def loop_step(x, W, pi, bias, dy, s, p):
     batch1: 7.8 ms after its own step, 13.8 ms after this one's).
     """
     import dynconv_np as dc
-    from dynconv_np.backends.cpu import blas_single_thread
+    from dynconv_np.backends.cpu.products import blas_single_thread
 
     K = W.shape[0]
 

@@ -196,10 +196,16 @@ class Geometry:
         """Kernel taps, ``kh * kw``."""
         return self.kh * self.kw
 
-    def ints(self) -> tuple[int, ...]:
-        """The ten window integers, in the order the backend kernels take them."""
+    @property
+    def window(self) -> tuple[int, ...]:
+        """``(kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)``: the window as the backend kernels take it."""
         return (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw,
                 self.dh, self.dw, self.Ho, self.Wo)
+
+    @property
+    def pointwise(self) -> bool:
+        """A 1x1, stride-1, unpadded window: the unfolded input is ``x`` itself."""
+        return (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (1, 1, 1, 1, 0, 0)
 
 
 def geometry(x_shape, kh: int, kw: int, stride, padding, dilation,
@@ -251,6 +257,37 @@ def check_groups(groups, C: int, O: int, C_per_group: int, w_name: str = "w") ->
             f"and groups={g}"
         )
     return g
+
+
+def conv_args(x, w, bias, groups, stride, padding, dilation, *, w_name: str, w_layout: str,
+              channels: str, bias_layout: str) -> tuple[int, Geometry]:
+    """The checks every convolution op shares, in this order: x (N, C, H, W); the kernel
+    `w` ``(..., O, C//groups, kh, kw)`` with nonempty leading axes; `groups`; the bias,
+    of shape ``w.shape[:-3]``; the window.
+
+    Parameters
+    ----------
+    w_name, w_layout : str
+        The kernel's parameter name and layout, e.g. ``"w"``, ``"(O, C//groups, kh, kw)"``
+        (the layout's axes give the expected number of dimensions).
+    channels : str
+        What the kernel's leading axes count, e.g. ``"output and input channel"``.
+    bias_layout : str
+        The bias's layout, e.g. ``"(O,)"``.
+
+    Returns
+    -------
+    groups : int
+    g : Geometry
+    """
+    check_ndim("x", x, 4, "(N, C, H, W)")
+    check_ndim(w_name, w, w_layout.count(",") + 1, w_layout)
+    check_nonempty(w_name, w, tuple(range(len(w.shape) - 2)), channels)
+    O, Cg, kh, kw = w.shape[-4:]
+    groups = check_groups(groups, x.shape[1], O, Cg, w_name)
+    if bias is not None:
+        check_shape("bias", bias, tuple(w.shape[:-3]), bias_layout)
+    return groups, geometry(x.shape, kh, kw, stride, padding, dilation, kernel_name=w_name)
 
 
 # ----------------------------------------------------------------------------- routing and layers

@@ -14,7 +14,7 @@ from conftest import assert_close
 import dynconv_np as dc
 from dynconv_np import _args
 from dynconv_np import reference as R
-from dynconv_np.backends import cpu, cpu_taps
+from dynconv_np.backends import cpu
 from dynconv_np.nn import AtomConv2d, as_function
 
 # (N, C, H, W, O, k, M, stride, padding, dilation)
@@ -81,7 +81,7 @@ def test_tap_engine_other_mappings(rng):
     for cdiv in (1, 3):
         G = C // cdiv
         filt = rng.standard_normal((N, G, k * k, g.Ho, g.Wo))
-        out = cpu_taps.taps_forward(x, filt, g, 1, cdiv)
+        out = cpu.taps_forward(x, filt, g, 1, cdiv)
         expect = np.zeros((N, C, g.Ho, g.Wo))
         for c in range(C):
             for u in range(k):
@@ -90,13 +90,13 @@ def test_tap_engine_other_mappings(rng):
                     expect[:, c] += filt[:, c // cdiv, u * k + v] * xp[:, c, si, sj]
         np.testing.assert_allclose(out, expect, rtol=1e-12, atol=1e-12)
         dout = rng.standard_normal(out.shape)
-        dfilt = cpu_taps.taps_backward_filter(x, dout, g, 1, cdiv)
-        dx = cpu_taps.taps_backward_input(filt, dout, g, 1, cdiv)
+        dfilt = cpu.taps_backward_filter(x, dout, g, 1, cdiv)
+        dx = cpu.taps_backward_input(filt, dout, g, 1, cdiv)
         u_f = rng.standard_normal(filt.shape)
         u_x = rng.standard_normal(x.shape)
         # adjoint identities: <dout, d out> = <dfilt, u_f> and <dx, u_x>
-        lhs_f = np.vdot(dout, cpu_taps.taps_forward(x, u_f, g, 1, cdiv))
-        lhs_x = np.vdot(dout, cpu_taps.taps_forward(u_x, filt, g, 1, cdiv))
+        lhs_f = np.vdot(dout, cpu.taps_forward(x, u_f, g, 1, cdiv))
+        lhs_x = np.vdot(dout, cpu.taps_forward(u_x, filt, g, 1, cdiv))
         np.testing.assert_allclose(np.vdot(dfilt, u_f), lhs_f, rtol=1e-10)
         np.testing.assert_allclose(np.vdot(dx, u_x), lhs_x, rtol=1e-10)
 
@@ -270,7 +270,7 @@ def test_atoms_chunked_batch_matches(rng, monkeypatch):
     dy = rng.standard_normal(y.shape)
     full = pb(dy)
     per_sample = 3 * 2 * 4 * 3 * 8                     # C*M*Ho*Wo float64
-    monkeypatch.setattr(cpu, "WORKSPACE_BYTES", 2 * per_sample)
+    monkeypatch.setattr(cpu.workspace, "nbytes", 2 * per_sample)
     assert atoms_mod._chunks(cpu, 5, per_sample) == [(0, 2), (2, 4), (4, 5)]
     yc, pbc = dc.atom_conv2d.vjp(*args, **kw)
     np.testing.assert_array_equal(yc, y)

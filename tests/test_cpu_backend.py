@@ -79,9 +79,9 @@ def test_im2col_col2im_match_naive(cfg, rng):
 def test_conv_forward_backward_match_naive(cfg, per_sample, path, rng, monkeypatch):
     # "slots"/"blocks": the backward's sample slots or channel blocks whatever the batch
     if path != "auto":
-        monkeypatch.setattr(cpu, "_use_blocks", lambda g: path.endswith("blocks"))
+        monkeypatch.setattr(cpu.conv, "_use_blocks", lambda g: path.endswith("blocks"))
     if path.startswith("small-tiles"):  # one output row per tile, one channel per block
-        monkeypatch.setattr(cpu, "TILE_BYTES", 1)
+        monkeypatch.setattr(cpu.conv, "TILE_BYTES", 1)
     N, C, O, H, W, kh, kw, s, p, d, G = cfg
     g = _geometry(cfg)
     dtype = np.float32
@@ -127,7 +127,7 @@ def test_float64_and_no_bias(rng):
 def test_workspace_budget_roundtrip():
     old = cpu.set_workspace_bytes(1234)
     try:
-        assert cpu.WORKSPACE_BYTES == 1234
+        assert cpu.workspace.nbytes == 1234
         assert cpu.chunk_size(10, 1000) == 1
     finally:
         cpu.set_workspace_bytes(old)
@@ -136,24 +136,24 @@ def test_workspace_budget_roundtrip():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("M, J, D", [(1, 1, 9000), (3, 8, cpu.THIN_CHUNK * 5 + 17), (64, 2, 8192)])
+@pytest.mark.parametrize("M, J, D", [(1, 1, 9000), (3, 8, cpu.products.THIN_CHUNK * 5 + 17), (64, 2, 8192)])
 def test_thin_products_match_blas(M, J, D, dtype, rng):
     a = rng.standard_normal((M, J)).astype(dtype)
     b = rng.standard_normal((J, D)).astype(dtype)
     g = rng.standard_normal((M, D)).astype(dtype)
     ref = a.astype(np.float64) @ b.astype(np.float64)
-    assert_close(cpu.matmul(a, b), ref, dtype, "a @ b")
-    assert_close(cpu.matmul_tn(a, g), a.T.astype(np.float64) @ g, dtype, "a^T @ g")
-    assert_close(cpu.matmul_nt(g, b), g.astype(np.float64) @ b.T, dtype, "g @ b^T")
-    assert cpu.matmul(a, b).dtype == dtype
+    assert_close(cpu.gemm(a, b), ref, dtype, "a @ b")
+    assert_close(cpu.gemm(a, g, ta=True), a.T.astype(np.float64) @ g, dtype, "a^T @ g")
+    assert_close(cpu.gemm(g, b, tb=True), g.astype(np.float64) @ b.T, dtype, "g @ b^T")
+    assert cpu.gemm(a, b).dtype == dtype
 
 
 def test_small_matmul_primitives(rng):
     a = rng.standard_normal((5, 3))
     b = rng.standard_normal((5, 4))
-    assert np.allclose(cpu.matmul_tn(a, b), a.T @ b)
-    assert np.allclose(cpu.matmul_nt(a.T, b.T), a.T @ b)
-    assert np.allclose(cpu.matmul(a.T, b), a.T @ b)
+    assert np.allclose(cpu.gemm(a, b, ta=True), a.T @ b)
+    assert np.allclose(cpu.gemm(a.T, b.T, tb=True), a.T @ b)
+    assert np.allclose(cpu.gemm(a.T, b), a.T @ b)
 
 
 DETERMINISM = textwrap.dedent("""
@@ -169,7 +169,7 @@ DETERMINISM = textwrap.dedent("""
             (9, 12, 6, 9, 1, 1, 0, 3, False, None), (10, 6, 9, 12, 3, 2, 1, 3, True, None),
             (2, 8, 8, 9, 3, 1, 1, 1, False, None), (1, 16, 8, 9, 3, 1, 1, 2, True, 1),
             (3, 6, 6, 5, 1, 1, 0, 1, True, None), (1, 24, 10, 14, 3, 1, 1, 1, False, None)]:
-        cpu.TILE_BYTES = tile or 2**20
+        cpu.conv.TILE_BYTES = tile or 2**20
         g = _args.geometry((N, C, H, H), k, k, s, p, 1)
         F = C // G * k * k
         x = r.standard_normal((N, C, H, H)).astype(np.float32)
@@ -180,8 +180,8 @@ DETERMINISM = textwrap.dedent("""
         for a in (y,) + cpu.conv_backward(x, wt, dy, g, G):
             h.update(np.ascontiguousarray(a).tobytes())
     pi = r.standard_normal((5, 4)).astype(np.float32)            # the thin mixing products
-    Wf = r.standard_normal((4, 3 * cpu.THIN_CHUNK + 5)).astype(np.float32)
-    for a in (cpu.matmul(pi, Wf), cpu.matmul_tn(pi, cpu.matmul(pi, Wf))):
+    Wf = r.standard_normal((4, 3 * cpu.products.THIN_CHUNK + 5)).astype(np.float32)
+    for a in (cpu.gemm(pi, Wf), cpu.gemm(pi, cpu.gemm(pi, Wf), ta=True)):
         h.update(a.tobytes())
     print(h.hexdigest())
 """)

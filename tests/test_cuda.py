@@ -3,7 +3,7 @@
 Every op (conv2d, dynamic_conv2d, dcd_conv2d, atom_conv2d and the routing ops) runs its
 vjp on numba device arrays, in float32 and float64, and is compared with the CPU
 backend's float64 result; the array-level primitives and optimiser updates are compared
-with ``backends.cpu_array``. The layers are in tests/test_cuda_nn.py.
+with the CPU backend's. The layers are in tests/test_cuda_nn.py.
 
 Where the tests run:
 
@@ -214,13 +214,13 @@ def test_matmul_tile_crossing(cb, rng):
     b = rng.standard_normal((45, 9)).astype(dtype)
     c = rng.standard_normal((2, 9, 17)).astype(dtype)
     da, db, dc_ = cb.to_device(a), cb.to_device(b), cb.to_device(c)
-    assert_close(cb.to_host(cb.matmul(da, db)), a.astype(float) @ b, dtype, "a @ b")
-    assert_close(cb.to_host(cb.matmul_tn(db, cb.to_device(a.T.copy()))), b.T.astype(float) @ a.T,
+    assert_close(cb.to_host(cb.gemm(da, db)), a.astype(float) @ b, dtype, "a @ b")
+    assert_close(cb.to_host(cb.gemm(db, cb.to_device(a.T.copy()), ta=True)), b.T.astype(float) @ a.T,
                  dtype, "b^T a^T")
-    assert_close(cb.to_host(cb.matmul_nt(dc_, cb.to_device(c[0]))), c.astype(float) @ c[0].T, dtype,
+    assert_close(cb.to_host(cb.gemm(dc_, cb.to_device(c[0]), tb=True)), c.astype(float) @ c[0].T, dtype,
                  "batched c c0^T")
     v = rng.standard_normal(9).astype(dtype)
-    assert_close(cb.to_host(cb.matmul(cb.to_device(v), dc_[0])),
+    assert_close(cb.to_host(cb.gemm(cb.to_device(v), dc_[0])),
                  v.astype(float) @ c[0], dtype, "vector @ matrix")
     assert_close(cb.to_host(cb.add(da, da)), 2 * a.astype(float), dtype, "add")
 
@@ -229,11 +229,39 @@ def test_gemm_at_the_gpu_tile_size(cb, rng, monkeypatch):
     # The simulator runs 8x8 tiles; here one GEMM runs with the GPU's 16x16 tiles
     # (the simulator reads the tile size when the kernel runs), crossing them in M, N, K.
     if cb.SIMULATOR:
-        monkeypatch.setattr(cb, "TPB", 16)
+        monkeypatch.setattr(cb.products, "TPB", 16)
     a = rng.standard_normal((2, 33, 17)).astype(np.float32)
     b = rng.standard_normal((20, 17)).astype(np.float32)
-    got = cb.to_host(cb.matmul_nt(cb.to_device(a), cb.to_device(b)))
+    got = cb.to_host(cb.gemm(cb.to_device(a), cb.to_device(b), tb=True))
     assert_close(got, a.astype(float) @ b.T.astype(float), np.float32, "a b^T")
+
+
+@pytest.mark.parametrize("a_shape, b_shape, ta, tb", [
+    ((2, 3, 5, 4), (4, 6), False, False),          # several batch axes over one matrix
+    ((2, 3, 4, 5), (2, 3, 6, 4), True, True),      # equal batches of rank 2
+    ((1, 1, 5, 4), (2, 3, 4, 6), False, False),    # a batch of one, broadcast
+    ((9,), (2, 1, 9, 3), False, False),            # vector on the left
+    ((2, 2, 3, 9), (9,), False, False),            # vector on the right
+])
+def test_gemm_any_batch_rank(cb, rng, a_shape, b_shape, ta, tb):
+    from dynconv_np.backends import cpu
+
+    a, b = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
+    ref = cpu.gemm(a, b, ta=ta, tb=tb)
+    assert_close(cb.to_host(cb.gemm(cb.to_device(a), cb.to_device(b), ta=ta, tb=tb)), ref, np.float64, "gemm")
+    acc = rng.standard_normal(ref.shape)
+    got = cb.gemm(cb.to_device(a), cb.to_device(b), ta=ta, tb=tb, out=cb.to_device(acc), accumulate=True)
+    assert_close(cb.to_host(got), acc + ref, np.float64, "gemm accumulate")
+
+
+def test_gemm_refuses_what_it_cannot_broadcast(cb):
+    a, b = cb.to_device(np.ones((2, 1, 3, 4))), cb.to_device(np.ones((1, 3, 4, 5)))
+    with pytest.raises(ValueError, match="gemm broadcasts a batch of one only"):
+        cb.gemm(a, b)
+    with pytest.raises(ValueError, match="do not align"):
+        cb.gemm(a, b, ta=True)
+    with pytest.raises(ValueError, match="ta transposes the last two axes, but a is 1-D"):
+        cb.gemm(cb.to_device(np.ones(4)), b, ta=True)
 
 
 def test_contiguous_strided_and_foreign(cb, rng):
@@ -309,7 +337,7 @@ def test_deterministic(cb, rng):
 
 # ----------------------------------------------------------------------------- tap engine
 # (C, M, cdiv, kh, kw, stride, padding, dilation, channel_major): the ACDA atoms (cdiv=C),
-# DDF (M=1, cdiv=1) and involution (cdiv=C//groups) mappings of backends/cpu_taps.py.
+# DDF (M=1, cdiv=1) and involution (cdiv=C//groups) mappings of the tap engine.
 TAPS_GRID = [
     (2, 2, 2, 3, 3, 1, 1, 1, False),
     (3, 1, 1, 3, 2, (2, 1), (1, 0), (1, 2), True),
@@ -320,7 +348,7 @@ TAPS_GRID = [
 @pytest.mark.parametrize("cfg", TAPS_GRID)
 def test_tap_engine(cb, rng, cfg):
     from dynconv_np import _args
-    from dynconv_np.backends import cpu_taps
+    from dynconv_np.backends import cpu
 
     C, M, cdiv, kh, kw, s, p, d, cm = cfg
     dtype = DTYPES[TAPS_GRID.index(cfg) % 2]
@@ -332,11 +360,11 @@ def test_tap_engine(cb, rng, cfg):
     dev = {k: cb.to_device(v.astype(dtype)) for k, v in dict(x=x, filt=filt, dout=dout).items()}
     pairs = [
         (cb.taps_forward(dev["x"], dev["filt"], g, M, cdiv, channel_major=cm),
-         cpu_taps.taps_forward(x, filt, g, M, cdiv, channel_major=cm)),
+         cpu.taps_forward(x, filt, g, M, cdiv, channel_major=cm)),
         (cb.taps_backward_input(dev["filt"], dev["dout"], g, M, cdiv, channel_major=cm),
-         cpu_taps.taps_backward_input(filt, dout, g, M, cdiv, channel_major=cm)),
+         cpu.taps_backward_input(filt, dout, g, M, cdiv, channel_major=cm)),
         (cb.taps_backward_filter(dev["x"], dev["dout"], g, M, cdiv, channel_major=cm),
-         cpu_taps.taps_backward_filter(x, dout, g, M, cdiv, channel_major=cm)),
+         cpu.taps_backward_filter(x, dout, g, M, cdiv, channel_major=cm)),
     ]
     for name, (a, r) in zip(("forward", "grad input", "grad filter"), pairs):
         assert cb.is_device_array(a) and np.dtype(a.dtype) == dtype
@@ -367,7 +395,7 @@ def test_dcd_primitives(cb, rng, geom):
     assert_close(cb.to_host(cb.scale_rows(d(a), d(s))), cpu.scale_rows(a, s), np.float64, "scale rows")
     assert_close(cb.to_host(cb.rowdot(d(a), d(b))), cpu.rowdot(a, b), np.float64, "rowdot")
     c = rng.standard_normal((2, 9, 10))
-    assert_close(cb.to_host(cb.matmul_nt_sum(d(a), d(c))), cpu.matmul_nt_sum(a, c), np.float64,
+    assert_close(cb.to_host(cb.gemm_nt_sum(d(a), d(c))), cpu.gemm_nt_sum(a, c), np.float64,
                  "sum_n a_n c_n^T")
 
 
@@ -516,7 +544,7 @@ def test_atom_conv2d_chunked_on_device(cb, rng, monkeypatch):
 
     N, C, H, W, O, k, M = 3, 2, 4, 4, 3, 3, 2
     per_sample = C * M * H * W * 8
-    monkeypatch.setattr(cb, "WORKSPACE_BYTES", 2 * per_sample)
+    monkeypatch.setattr(cb.workspace, "nbytes", 2 * per_sample)
     assert atoms_mod._chunks(cb, N, per_sample) == [(0, 2), (2, 3)]
     args = _atom_args(rng, N, C, H, W, O, k, M, 1, 1, 1, True)
     _compare(cb, "cuda", dc.atom_conv2d, args, dict(padding=1), np.dtype(np.float64), rng)
@@ -524,7 +552,7 @@ def test_atom_conv2d_chunked_on_device(cb, rng, monkeypatch):
 
 # ----------------------------------------------------------------------------- array primitives
 def test_array_primitives(cb, rng):
-    """The array-level primitives the ops above do not reach, against backends.cpu_array."""
+    """The array-level primitives the ops above do not reach, against the CPU backend's."""
     from dynconv_np.backends import cpu
 
     d = cb.to_device

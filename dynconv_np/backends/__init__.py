@@ -1,7 +1,10 @@
 """Backends: the loops and kernels under the ops. Picked from the arrays' device.
 
-``cpu`` is always there; ``cuda`` is imported lazily, only when device arrays arrive,
-so importing dynconv_np on a machine without CUDA costs nothing and fails nothing.
+Each backend is a package implementing the written contract of :mod:`.interface`:
+``cpu`` (NumPy, Numba, BLAS) is always there; ``cuda`` (numba.cuda) is imported lazily,
+only when device arrays arrive, so importing dynconv_np on a machine without CUDA costs
+nothing and fails nothing. The index arithmetic of their kernels is written once in
+:mod:`._index`, the workspace bound once in :mod:`._workspace`.
 """
 
 from __future__ import annotations

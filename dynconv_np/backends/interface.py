@@ -84,10 +84,13 @@ class KernelAPI(ArrayAPI, Protocol):
     # ------------------------------------------------------------------ workspace
     def set_workspace_bytes(self, nbytes):
         """Set the bound, in bytes, on the workspace one batch chunk of an op may use
-        (column buffers, ACDA's features); returns the previous value."""
+        (column buffers, ACDA's features); returns the previous value. Ops whose
+        workspace grows with the batch run it in chunks of :meth:`chunk_size` samples;
+        each backend has its own default."""
 
     def chunk_size(self, N, bytes_per_sample):
-        """Samples per chunk so that a chunk's workspace stays within the bound (at least 1)."""
+        """Samples per chunk so that a chunk's workspace stays within the bound (at least 1;
+        a function of the arguments and the bound only)."""
 
     # ------------------------------------------------------------------ conv template
     def conv_forward(self, x, wt, bt, g, groups):
@@ -108,18 +111,39 @@ class KernelAPI(ArrayAPI, Protocol):
     def gemm(self, a, b, ta=False, tb=False, out=None, accumulate=False):
         """``op(a) @ op(b)`` with NumPy's matmul rules (1-D operands, leading batch axes of
         any rank, broadcast batch of one), ``op`` transposing the last two axes when
-        `ta` / `tb`. With `out`, the product is written (or, with `accumulate`, added)
-        into it and `out` is returned."""
+        `ta` / `tb` (a 1-D operand cannot be transposed: ``ValueError``). With `out` (the
+        product's shape, C-contiguous), the product is written (or, with `accumulate`,
+        added) into it and `out` is returned. The ops' one GEMM entry point: how it is
+        run (BLAS threads, tiles, batch chunks) is the backend's business."""
 
     def gemm_nt_sum(self, a, b):
         """``sum_n a[n] @ b[n]^T``: a (N, M, K), b (N, J, K) -> (M, J)."""
 
     # ------------------------------------------------------------------ tap engine
     def taps_forward(self, x, filt, g, M, cdiv, out=None, channel_major=False):
-        """Per-pixel filters tap by tap: ``out[n, c*M+m, i, j] = sum_t filt[n, f(c,m), t, i, j]
-        * xpad[n, c, tap t of (i, j)]`` with ``f(c, m) = (c // cdiv)*M + m``.
-        x (N, C, H, W), filt (N, F, kh*kw, Ho, Wo); out (N, C*M, Ho, Wo), or
-        (C*M, N, Ho, Wo) when `channel_major`."""
+        """Per-pixel filters applied tap by tap, without an unfolded input.
+
+        Per-pixel dynamic convolutions (ACDA atoms, DDF, Involution) apply at every output
+        pixel a small filter that changes from pixel to pixel; an im2col formulation would
+        build the unfolded input, ``kh*kw`` times x. The tap engine reads x at the tap
+        positions instead and keeps no workspace beyond its inputs and outputs::
+
+            out[n, c*M + m, i, j] = sum_t filt[n, f(c, m), t, i, j] * xpad[n, c, i*sh + u*dh, j*sw + v*dw]
+
+        with taps ``t = u*kw + v`` and ``xpad`` the zero-padded input. ``M`` is the number
+        of outputs per input channel (output channel ``c*M + m`` belongs to input channel
+        ``c``); ``cdiv`` (a divisor of C) the number of input channels per filter group:
+        channel ``c`` and slot ``m`` use filter ``f(c, m) = (c // cdiv)*M + m``, so there
+        are ``F = (C // cdiv) * M`` filters. ACDA's atoms are ``filt (N, M, T, Ho, Wo)``
+        with ``cdiv = C``; DDF (depthwise) ``filt (N, C, T, Ho, Wo)``, ``M = cdiv = 1``;
+        Involution ``filt (N, G, T, Ho, Wo)``, ``M = 1``, ``cdiv = C // G``.
+
+        x (N, C, H, W) and filt (N, F, kh*kw, Ho, Wo), C-contiguous, of one dtype (the
+        sums are in that dtype). Returns out (N, C*M, Ho, Wo), or (C*M, N, Ho, Wo) when
+        `channel_major` (a following 1x1 GEMM over the channels is then one GEMM for the
+        whole batch); `out`, when given, is overwritten. Samples are independent: a
+        caller bounds its workspace by passing batch slices (with
+        ``dataclasses.replace(g, N=nb)``) and ``out=`` views of its result."""
 
     def taps_backward_input(self, filt, dout, g, M, cdiv, out=None, channel_major=False):
         """Gradient of :meth:`taps_forward` w.r.t. x: dx (N, C, H, W)."""

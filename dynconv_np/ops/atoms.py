@@ -16,17 +16,15 @@ Backward, with ``dY (N, O, P)``::
     datoms[n, m, t, i, j] = sum_c dZ[n, c*M+m, i, j] * xpad[n, c, tap t of (i, j)]
     dx = the tap engine's gather of atoms * dZ
 
-The op is written once against backend primitives (``be.taps_*``, ``be.gemm``,
-``be.swap01``, ``be.add_channel_bias``, ``be.channel_sum``): on the CPU backend the
-Numba tap engine (``backends/cpu_taps.py``) and one ``np.matmul`` per GEMM with BLAS
-held at one thread; on the CUDA backend the tap-engine gather kernels and the tiled
-GEMM, on device arrays end to end (no host round trip).
+The op is written once against the backend's kernel API (``be.taps_*``, ``be.gemm``,
+``be.swap01``, ``be.add_channel_bias``, ``be.channel_sum``): the same code runs on host
+arrays and on CUDA device arrays, end to end on the device.
 
 The workspace is ``Z`` and ``dZ`` (``M/(kh*kw)`` times the unfolded input each), bounded
-by batch chunks within the backend's workspace budget (``WORKSPACE_BYTES`` of
-``backends.cpu`` or ``backends.cuda``), and never the unfolded input itself. When the
-whole batch fits, Z is kept from the forward; otherwise the backward recomputes each
-chunk's Z (one extra tap pass) instead of holding it.
+by batch chunks within the backend's workspace bound (``be.chunk_size``; see
+``set_workspace_bytes``), and never the unfolded input itself. When the whole batch
+fits, Z is kept from the forward; otherwise the backward recomputes each chunk's Z (one
+extra tap pass) instead of holding it.
 """
 
 from __future__ import annotations
@@ -91,16 +89,12 @@ def atom_conv2d(x: np.ndarray, atoms: np.ndarray, coeff: np.ndarray, bias: np.nd
     # Z is kept for the backward when the whole batch fits the budget; otherwise each
     # chunk's Z is dropped here and recomputed in the backward (bounded workspace).
     Z_kept = None
-    # BLAS on one thread: OpenBLAS threads left spinning after a GEMM slow the Numba tap
-    # kernels that follow (measured 2x on 2 cores, docs/dcd_acda.md). be.gemm is one
-    # plain GEMM (np.matmul on the CPU backend: no shape-dependent dispatch).
-    with be.blas_single_thread():
-        for n0, n1 in chunks:
-            Zc = _z(be, x_, filt, g, M, n0, n1)                    # (C*M, nb*P) channel-major
-            # one GEMM for the chunk; the (O, nb, P) result is transposed into y
-            be.swap01(be.gemm(A, Zc).reshape(O, n1 - n0, g.P), out=y[n0:n1])
-            if len(chunks) == 1:
-                Z_kept = Zc
+    for n0, n1 in chunks:
+        Zc = _z(be, x_, filt, g, M, n0, n1)                        # (C*M, nb*P) channel-major
+        # one GEMM for the chunk; the (O, nb, P) result is transposed into y
+        be.swap01(be.gemm(A, Zc).reshape(O, n1 - n0, g.P), out=y[n0:n1])
+        if len(chunks) == 1:
+            Z_kept = Zc
     if bias is not None:
         be.add_channel_bias(y, bias)
     y = y.reshape(N, O, g.Ho, g.Wo)
@@ -111,16 +105,15 @@ def atom_conv2d(x: np.ndarray, atoms: np.ndarray, coeff: np.ndarray, bias: np.nd
         dcoeff = be.zeros((O, C * M), x_.dtype)
         dx = be.empty((N, C, g.H, g.W), x_.dtype)
         datoms = be.empty((N, M, g.taps, g.Ho, g.Wo), x_.dtype)
-        with be.blas_single_thread():
-            for n0, n1 in chunks:
-                nb = n1 - n0
-                Zc = Z_kept if Z_kept is not None else _z(be, x_, filt, g, M, n0, n1)   # (C*M, nb*P)
-                dyc = be.swap01(dyr[n0:n1]).reshape(O, nb * g.P)          # (O, nb*P)
-                be.gemm(dyc, Zc, tb=True, out=dcoeff, accumulate=True)    # (O, C*M)
-                dZ = be.gemm(A, dyc, ta=True).reshape(C * M, nb, g.Ho, g.Wo)   # channel-major
-                gc = replace(g, N=nb)
-                be.taps_backward_input(filt[n0:n1], dZ, gc, M, C, out=dx[n0:n1], channel_major=True)
-                be.taps_backward_filter(x_[n0:n1], dZ, gc, M, C, out=datoms[n0:n1], channel_major=True)
+        for n0, n1 in chunks:
+            nb = n1 - n0
+            Zc = Z_kept if Z_kept is not None else _z(be, x_, filt, g, M, n0, n1)   # (C*M, nb*P)
+            dyc = be.swap01(dyr[n0:n1]).reshape(O, nb * g.P)              # (O, nb*P)
+            be.gemm(dyc, Zc, tb=True, out=dcoeff, accumulate=True)        # (O, C*M)
+            dZ = be.gemm(A, dyc, ta=True).reshape(C * M, nb, g.Ho, g.Wo)   # channel-major
+            gc = replace(g, N=nb)
+            be.taps_backward_input(filt[n0:n1], dZ, gc, M, C, out=dx[n0:n1], channel_major=True)
+            be.taps_backward_filter(x_[n0:n1], dZ, gc, M, C, out=datoms[n0:n1], channel_major=True)
         dbias = None if bias is None else be.channel_sum(dyr)
         return dx, datoms.reshape(atoms.shape), dcoeff.reshape(O, C, M), dbias
 

@@ -30,18 +30,14 @@ def conv2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, stride=
     ``(dx (N, C, H, W), dw (O, C//groups, kh, kw), dbias (O,) or None)``.
     """
     _, device = _args.check_arrays({"x": x, "w": w, "bias": bias}, optional=("bias",))
-    _args.check_ndim("x", x, 4, "(N, C, H, W)")
-    _args.check_ndim("w", w, 4, "(O, C//groups, kh, kw)")
-    _args.check_nonempty("w", w, (0, 1), "output and input channel")
-    O, Cg, kh, kw = w.shape
-    groups = _args.check_groups(groups, x.shape[1], O, Cg, "w")
-    if bias is not None:
-        _args.check_shape("bias", bias, (O,), "(O,)")
-    g = _args.geometry(x.shape, kh, kw, stride, padding, dilation)
+    groups, g = _args.conv_args(x, w, bias, groups, stride, padding, dilation, w_name="w",
+                                w_layout="(O, C//groups, kh, kw)", channels="output and input channel",
+                                bias_layout="(O,)")
+    O, F = w.shape[0], g.C // groups * g.taps
     be = backends.get(device)
 
     x_ = be.contiguous(x)
-    wt = be.contiguous(w).reshape(O, Cg * kh * kw)          # (O, F)
+    wt = be.contiguous(w).reshape(O, F)                     # (O, F)
     y = be.conv_forward(x_, wt, bias, g, groups)            # (N, O, Ho, Wo)
 
     def pullback(dy):

@@ -38,9 +38,8 @@ def dynamic_conv2d(x: np.ndarray, W: np.ndarray, pi: np.ndarray, bias: np.ndarra
         softmax, sigmoid or any other routing is the caller's.
     bias : ndarray (K, O), optional
         Expert biases, mixed with the same weights.
-    stride, dilation : int or (int, int)
-    padding : int, (int, int), "valid" or "same"
-    groups : int
+    stride, padding, dilation, groups
+        As in :func:`~dynconv_np.conv2d`.
 
     Returns
     -------
@@ -51,29 +50,24 @@ def dynamic_conv2d(x: np.ndarray, W: np.ndarray, pi: np.ndarray, bias: np.ndarra
     ``(dx, dW, dpi, dbias)`` with the shapes of ``x, W, pi, bias`` (dbias None if no bias).
     """
     _, device = _args.check_arrays({"x": x, "W": W, "pi": pi, "bias": bias}, optional=("bias",))
-    _args.check_ndim("x", x, 4, "(N, C, H, W)")
-    _args.check_ndim("W", W, 5, "(K, O, C//groups, kh, kw)")
-    _args.check_nonempty("W", W, (0, 1, 2), "expert, output and input channel")
-    K, O, Cg, kh, kw = W.shape
-    N = x.shape[0]
+    groups, g = _args.conv_args(x, W, bias, groups, stride, padding, dilation, w_name="W",
+                                w_layout="(K, O, C//groups, kh, kw)",
+                                channels="expert, output and input channel", bias_layout="(K, O)")
+    K, O = W.shape[:2]
+    N, F = g.N, g.C // groups * g.taps
     if pi.ndim not in (1, 2):
         raise ValueError(f"pi must be (N, K) or (K,), got {pi.ndim}-D array of shape {tuple(pi.shape)}")
     per_sample = pi.ndim == 2
     _args.check_shape("pi", pi, (N, K) if per_sample else (K,),
                       f"to match x's batch N={N} and W's K={K}" if per_sample else f"to match W's K={K}")
-    groups = _args.check_groups(groups, x.shape[1], O, Cg, "W")
-    if bias is not None:
-        _args.check_shape("bias", bias, (K, O), "(K, O)")
-    g = _args.geometry(x.shape, kh, kw, stride, padding, dilation, kernel_name="W")
     be = backends.get(device)
 
     x_ = be.contiguous(x)
     pi_ = be.contiguous(pi)
-    Wf = be.contiguous(W).reshape(K, O * Cg * kh * kw)       # (K, O*F)
+    Wf = be.contiguous(W).reshape(K, O * F)                 # (K, O*F)
     b_ = None if bias is None else be.contiguous(bias)      # (K, O)
-    wt = be.matmul(pi_, Wf)                                 # (N, O*F) or (O*F,)
-    bt = None if b_ is None else be.matmul(pi_, b_)         # (N, O) or (O,)
-    F = Cg * kh * kw
+    wt = be.gemm(pi_, Wf)                                   # (N, O*F) or (O*F,)
+    bt = None if b_ is None else be.gemm(pi_, b_)           # (N, O) or (O,)
     wt = wt.reshape((N, O, F) if per_sample else (O, F))    # (N, O, F) or (O, F)
     y = be.conv_forward(x_, wt, bt, g, groups)              # (N, O, Ho, Wo)
 
@@ -83,12 +77,12 @@ def dynamic_conv2d(x: np.ndarray, W: np.ndarray, pi: np.ndarray, bias: np.ndarra
         gw = gw.reshape(N, O * F) if per_sample else gw.reshape(1, O * F)  # (N|1, O*F)
         dbt = dbt if per_sample else dbt.reshape(1, O)                # (N|1, O)
         p2 = pi_ if per_sample else pi_.reshape(1, K)                 # (N|1, K)
-        dW = be.matmul_tn(p2, gw).reshape(W.shape)                    # (K, O, Cg, kh, kw)
-        dpi = be.matmul_nt(gw, Wf)                                    # (N|1, K)
+        dW = be.gemm(p2, gw, ta=True).reshape(W.shape)                # (K, O, Cg, kh, kw)
+        dpi = be.gemm(gw, Wf, tb=True)                                # (N|1, K)
         dbias = None
         if b_ is not None:
-            dpi = be.add(dpi, be.matmul_nt(dbt, b_))
-            dbias = be.matmul_tn(p2, dbt)                             # (K, O)
+            dpi = be.add(dpi, be.gemm(dbt, b_, tb=True))
+            dbias = be.gemm(p2, dbt, ta=True)                         # (K, O)
         return dx, dW, dpi.reshape(pi.shape), dbias
 
     return y, pullback

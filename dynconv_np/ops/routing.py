@@ -2,10 +2,9 @@
 
 GAP -> linear -> ReLU / BN -> linear -> sigmoid or softmax (with temperature), plus the
 DCD code's hard sigmoid and tanh. Each op is ``f(...)`` and ``f.vjp(...)``, written once
-against backend primitives (``be.softmax``, ``be.batch_stats``, ``be.matmul_nt``, ...):
-NumPy expressions on the CPU backend (``backends/cpu_array.py``), elementwise, per-row
-and per-channel kernels on the CUDA backend, so device arrays stay on the device (no
-host round trip inside an op) and results come back on the inputs' device.
+against the backend's kernel API (``be.softmax``, ``be.batch_stats``, ``be.gemm``, ...),
+so device arrays stay on the device (no host round trip inside an op) and results come
+back on the inputs' device.
 
 Numerical care: softmax subtracts the row maximum; sigmoid evaluates ``exp(-|u|)`` only,
 so no overflow warning at any finite input; batch normalisation refuses a batch with
@@ -87,23 +86,15 @@ def linear(a: np.ndarray, w: np.ndarray, b: np.ndarray | None = None):
         _args.check_shape("b", b, (n_out,), "(out,)")
     be = backends.get(device)
     rows = int(np.prod(shape[:-1]))
-    # the backends' GEMMs take 1-D to 3-D operands: more leading axes are flattened
-    flat = len(shape) > 3
-    a_ = be.contiguous(a).reshape(rows, n_in) if flat else a
-    y = be.matmul_nt(a_, w)                                   # (..., out)
+    y = be.gemm(a, w, tb=True)                                # (..., out)
     if b is not None:
         be.add_channel_bias(y.reshape(rows, n_out, 1), b)     # y is ours: in place
-    if flat:
-        y = y.reshape(shape[:-1] + (n_out,))
 
     def pullback(dy):
         _args.check_cotangent(dy, y)
-        a2 = be.contiguous(a).reshape(rows, n_in)             # (M, in)
+        da = be.gemm(dy, w)                                   # (..., in)
         dy2 = be.contiguous(dy).reshape(rows, n_out)          # (M, out)
-        da = be.matmul(dy2 if flat else dy, w)                # (..., in)
-        if flat:
-            da = da.reshape(shape)
-        dw = be.matmul_tn(dy2, a2)                            # (out, in)
+        dw = be.gemm(dy2, be.contiguous(a).reshape(rows, n_in), ta=True)   # (out, in)
         db = None if b is None else be.channel_sum(dy2.reshape(rows, n_out, 1))   # (out,)
         return da, dw, db
 

@@ -1,37 +1,15 @@
-"""CPU backend, array-level primitives (NumPy): the counterparts of the CUDA backend's
-elementwise, reduction and layout kernels used by the routing ops, atom_conv2d and the
-layers. Re-exported by :mod:`dynconv_np.backends.cpu`; list every public name in ``__all__``.
+"""CPU array primitives in NumPy: the array API (allocation, copies, host moves,
+elementwise arithmetic) and the elementwise, per-row, per-channel, layout and optimiser
+primitives of the kernel API (their contracts are in :mod:`dynconv_np.backends.interface`).
 
 Each function is the NumPy expression the ops and layers used before they were written
-against backend primitives, so host results are bitwise what they were. Shapes follow
-the CUDA backend's docstrings; "per channel" means axis 1 (``(N, C)`` or ``(N, C, H,
-W)`` arrays, or an ``(A, C, B)`` view).
+against backend primitives, so host results are bitwise what they were. "Per channel"
+means axis 1 (``(N, C)`` or ``(N, C, H, W)`` arrays, or an ``(A, C, B)`` view).
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from .cpu_taps import taps_backward_filter, taps_backward_input, taps_forward
-
-__all__ = [
-    # arrays
-    "empty", "zeros", "astype", "copy", "fill", "copy_into", "add_into",
-    # elementwise
-    "sub", "mul", "scale", "exp", "total",
-    "relu", "relu_backward", "sigmoid", "sigmoid_backward", "hard_sigmoid", "hard_sigmoid_backward",
-    "tanh", "tanh_backward",
-    # rows and channels
-    "softmax", "softmax_backward", "log_softmax", "mean_pool", "mean_pool_backward",
-    "batch_stats", "batch_norm_forward", "batch_norm_backward", "running_update",
-    "channel_sum", "add_channel_bias", "channel_mix", "channel_mix_backward", "add_eye",
-    # layout
-    "swap01",
-    # optimisers
-    "sgd_step", "adam_step",
-    # the tap engine
-    "taps_forward", "taps_backward_input", "taps_backward_filter",
-]
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -73,7 +51,27 @@ def add_into(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
     return dst
 
 
+def contiguous(a: np.ndarray) -> np.ndarray:
+    """`a` as a C-contiguous array (a view when it already is one; `a` is never modified)."""
+    return np.ascontiguousarray(a)
+
+
+def to_device(a: np.ndarray) -> np.ndarray:
+    """The CPU backend's arrays are host arrays: `a` as a C-contiguous array."""
+    return np.ascontiguousarray(a)
+
+
+def to_host(a: np.ndarray) -> np.ndarray:
+    """The CPU backend's arrays are host arrays: `a` itself."""
+    return np.asarray(a)
+
+
 # ----------------------------------------------------------------------------- elementwise
+def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a + b`` (a new array)."""
+    return np.add(a, b)
+
+
 def sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a - b`` (a new array)."""
     return a - b
@@ -278,6 +276,16 @@ def channel_mix_backward(a: np.ndarray, W: np.ndarray, G: np.ndarray):
     dW = a.reshape(a.shape + (1,) * (W.ndim - 2)) * G
     s = _letters(W)
     return dW, np.einsum(f"o{s},ko{s}->ko", G, W)
+
+
+def scale_rows(a: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``a (N, O, P) * s (N, O)[:, :, None]`` (a new array)."""
+    return a * s[:, :, None]
+
+
+def rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``sum_p a[n, o, p] * b[n, o, p]`` -> (N, O)."""
+    return np.einsum("nop,nop->no", a, b)
 
 
 def add_eye(a: np.ndarray) -> np.ndarray:

@@ -1,0 +1,41 @@
+"""The CPU backend: NumPy arrays, Numba-parallel kernels and BLAS.
+
+Implements every member of :mod:`dynconv_np.backends.interface` (see there for the
+contracts) with the same parameter names and defaults; each is bound here from the
+topic module that defines it:
+
+- :mod:`.array`: the array API and the elementwise, per-row, per-channel, layout and
+  optimiser primitives, in NumPy;
+- :mod:`.products`: ``gemm`` and ``gemm_nt_sum``, and the BLAS threading policy;
+- :mod:`.conv`: the conv template (``conv_forward``, ``conv_backward``);
+- :mod:`.unfold`: ``im2col`` and ``col2im``;
+- :mod:`.taps`: the per-pixel tap engine;
+- :mod:`.centre`: the centre taps of dynamic convolution decomposition;
+- :mod:`.index`: the shared index helpers, compiled for the CPU.
+
+Extra to the interface: ``workspace``, the :class:`~dynconv_np.backends._workspace.Workspace`
+behind ``set_workspace_bytes`` and ``chunk_size`` (64 MiB by default; it bounds
+``atom_conv2d``'s features: the conv template's buffers are per thread,
+``conv.TILE_BYTES``). Every result is bitwise identical whatever ``NUMBA_NUM_THREADS`` is.
+
+The kernels are cached by Numba (``cache=True``) and inline helpers of sibling modules
+(:mod:`.unfold`, :mod:`.index`, :mod:`dynconv_np.backends._index`); Numba's cache checks
+only the kernel's own file, so after editing a helper, delete the cache files
+(``__pycache__/*.nbi``, ``*.nbc``) before trusting a run.
+"""
+
+from .._exports import export_interface
+from .._legacy import LEGACY, gemm_aliases
+from .._workspace import Workspace
+from . import array, centre, conv, products, taps, unfold
+
+workspace = Workspace(64 * 2**20)
+set_workspace_bytes = workspace.set_workspace_bytes
+chunk_size = workspace.chunk_size
+
+__all__ = [*export_interface(globals(), (array, centre, conv, products, taps, unfold)), "workspace", *LEGACY]
+
+# legacy names used by nn/ and ops/dcd.py until the nn rewrite lands
+blas_single_thread = products.blas_single_thread
+matmul, matmul_tn, matmul_nt = gemm_aliases(products.gemm)
+matmul_nt_sum = products.gemm_nt_sum

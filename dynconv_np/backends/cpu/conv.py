@@ -1,0 +1,416 @@
+"""CPU conv template: ``Y_n = Wt_n @ X_n + bt_n`` and its backward, Numba-parallel data
+movement around single-threaded BLAS GEMMs.
+
+Every GEMM runs as a single-threaded BLAS call inside one Numba region per pass, with
+BLAS held at one thread meanwhile (:func:`~dynconv_np.backends.cpu.products.blas_single_thread`),
+so Numba's and BLAS's threads never compete. Unfolding is the row-tile code of
+:mod:`~dynconv_np.backends.cpu.unfold`.
+
+* forward (``_fwd_items``): work items are (sample, tile of output rows) pairs, spread
+  over all threads. An item unfolds its tile into its thread's cache-sized buffer
+  (:data:`TILE_BYTES`, so the columns are written and read back from L2, never from
+  memory) and multiplies it by the sample's kernel. Small batches are cut into more,
+  smaller tiles.
+* backward, batches of :data:`MIN_BATCH` samples or more (``_bwd_samples``): a sample is
+  done whole, tile by tile: the kernel gradient, the input gradient (col2im of each tile
+  into the sample's ``dx``) and the bias gradient with one unfold per tile. Per-sample
+  kernels spread the samples over all threads; a shared kernel's gradient is summed
+  over :data:`SLOTS` fixed slots of samples.
+* backward, smaller batches (``_bwd_blocks``): work items are blocks of input channels.
+  An item unfolds its block over the whole image and owns its columns of the kernel
+  gradient and its planes of ``dx``.
+
+The template's buffers are per thread (a column tile each, :data:`TILE_BYTES`), so the
+batch is never chunked here: the workspace bound of ``set_workspace_bytes`` does not
+apply. Pointwise windows (1x1, stride 1, no padding) skip the unfold: the columns are x.
+
+Determinism: every work item owns what it writes (a tile its outputs, a sample its
+gradients, a channel block its gradient columns and ``dx`` planes), so which thread takes
+it changes nothing, and a thread's scratch buffer is only workspace; a shared kernel's
+gradient is summed per slot in sample order and then over slots in slot order; tile,
+block and slot counts depend on the shapes and budgets, never on the thread count.
+Results are bitwise identical whatever ``NUMBA_NUM_THREADS`` is
+(tests/test_cpu_backend.py).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numba import get_num_threads, get_thread_id, njit, prange
+
+from .index import ceil_div, split
+from .products import blas_single_thread
+from .unfold import col2im_rows, im2col_rows
+
+
+# ----------------------------------------------------------------------------- batch kernels
+# One Numba region per pass. Each work item (a row tile, a sample, a channel block)
+# unfolds into a cache-sized buffer and runs single-threaded BLAS GEMMs on it; it owns
+# every output it writes, and partial sums are accumulated in an order fixed by the
+# shapes alone (see the module docstring).
+@njit(inline="always")
+def _store_tile(y_n, out, bt, n, p0, inplace):
+    # y_n[:, p0:p0+Pt] = out (O, Pt) + bias; with ``inplace`` the GEMM already wrote y_n.
+    O, P = y_n.shape
+    Pt = out.shape[1]
+    yf = y_n.reshape(y_n.size)
+    of = out.reshape(out.size)
+    has_bias = bt.shape[0] > 0
+    for o in range(O):
+        dst = o * P + p0
+        if inplace:
+            if has_bias:
+                b = bt[n if bt.shape[0] > 1 else 0, o]
+                for p in range(Pt):
+                    yf[np.uint64(dst + p)] += b
+        else:
+            src = o * Pt
+            if has_bias:
+                b = bt[n if bt.shape[0] > 1 else 0, o]
+                for p in range(Pt):
+                    yf[np.uint64(dst + p)] = of[np.uint64(src + p)] + b
+            else:
+                for p in range(Pt):
+                    yf[np.uint64(dst + p)] = of[np.uint64(src + p)]
+
+
+@njit(inline="always")
+def _load_tile(dyt, dy_n, p0):
+    # dyt (O, Pt) <- dy_n[:, p0:p0+Pt]
+    O, P = dy_n.shape
+    Pt = dyt.shape[1]
+    tf = dyt.reshape(dyt.size)
+    df = dy_n.reshape(dy_n.size)
+    for o in range(O):
+        for p in range(Pt):
+            tf[np.uint64(o * Pt + p)] = df[np.uint64(o * P + p0 + p)]
+
+
+@njit(inline="always")
+def _pixel_sums(dy, dbt, n):
+    # dbt[n, o] = sum_p dy[n, o, p] in float64, four interleaved partial sums (for
+    # instruction-level parallelism) combined in a fixed order.
+    O, P = dy.shape[1], dy.shape[2]
+    df = dy.reshape(dy.size)
+    P4 = P - P % 4
+    for o in range(O):
+        base = (n * O + o) * P
+        a0 = 0.0
+        a1 = 0.0
+        a2 = 0.0
+        a3 = 0.0
+        for p in range(0, P4, 4):
+            q = np.uint64(base + p)
+            a0 += df[q]
+            a1 += df[q + 1]
+            a2 += df[q + 2]
+            a3 += df[q + 3]
+        for p in range(P4, P):
+            a0 += df[np.uint64(base + p)]
+        dbt[n, o] = (a0 + a1) + (a2 + a3)
+
+
+@njit(parallel=True, cache=True)
+def _fwd_items(x, wt, bt, y, ws, R, G, pointwise, window):
+    # x (N, C, H, W); wt (N or 1, O, Fg); bt (N or 1, O), or (0, O) for no bias;
+    # y (N, O, Ho*Wo); ws (threads, workspace floats). Work items are (sample, row tile)
+    # pairs, item t = n * tiles + tile, each owning its part of y: which thread takes
+    # which item does not change any result, so each thread works in its own buffer.
+    kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = window
+    N, C = x.shape[0], x.shape[1]
+    O, Fg = wt.shape[1], wt.shape[2]
+    Og = O // G
+    CT = C * kh * kw
+    P = Ho * Wo
+    tiles = ceil_div(Ho, R)
+    for t in prange(N * tiles):
+        buf = ws[get_thread_id()]
+        n, tile = split(t, tiles)
+        i0 = tile * R
+        i1 = min(Ho, i0 + R)
+        Pt = (i1 - i0) * Wo
+        w_n = wt[n if wt.shape[0] > 1 else 0]
+        y_n = y[n]
+        if pointwise:
+            cols = x[n].reshape(C, P)
+        else:
+            cols = buf[:CT * Pt].reshape(CT, Pt)
+            im2col_rows(x, n, cols, i0, i1, 0, window)
+        out = y_n if Pt == P else buf[CT * Pt:CT * Pt + O * Pt].reshape(O, Pt)
+        for g in range(G):
+            np.dot(w_n[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg], out[g * Og:(g + 1) * Og])
+        _store_tile(y_n, out, bt, n, i0 * Wo, Pt == P)
+
+
+@njit(inline="always")
+def _bwd_sample(x, w_n, dy, dx, g_n, dbt, buf, n, first, R, G, pointwise, need_dx, need_dw, window):
+    # Sample n of the backward, tile by tile: one unfold per tile, g_n (O, Fg) =
+    # (first: set, else: add) dY X^T, the tile's dX folded into dx[n], the bias sums.
+    kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = window
+    C = x.shape[1]
+    O, Fg = w_n.shape
+    Og = O // G
+    CT = C * kh * kw
+    P = Ho * Wo
+    _pixel_sums(dy, dbt, n)
+    if need_dx and not pointwise:
+        dx[n, :, :, :] = 0
+    for i0 in range(0, Ho, R):
+        i1 = min(Ho, i0 + R)
+        Pt = (i1 - i0) * Wo
+        at = 0 if pointwise else CT * Pt
+        if Pt == P:
+            dyt = dy[n]
+        else:
+            dyt = buf[at:at + O * Pt].reshape(O, Pt)
+            _load_tile(dyt, dy[n], i0 * Wo)
+            at += O * Pt
+        if need_dw:
+            if pointwise:
+                cols = x[n].reshape(C, P)
+            else:
+                cols = buf[:CT * Pt].reshape(CT, Pt)
+                im2col_rows(x, n, cols, i0, i1, 0, window)
+            direct = first and i0 == 0
+            tmp = g_n if direct else buf[at:at + O * Fg].reshape(O, Fg)
+            for g in range(G):
+                np.dot(dyt[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg].T,
+                       tmp[g * Og:(g + 1) * Og])
+            if not direct:
+                g_n += tmp
+        if need_dx:
+            dcols = dx[n].reshape(C, P) if pointwise else buf[:CT * Pt].reshape(CT, Pt)
+            for g in range(G):
+                np.dot(w_n[g * Og:(g + 1) * Og].T, dyt[g * Og:(g + 1) * Og],
+                       dcols[g * Fg:(g + 1) * Fg])
+            if not pointwise:
+                col2im_rows(dcols, dx, n, i0, i1, 0, window)
+
+
+@njit(parallel=True, cache=True)
+def _bwd_samples(x, wt, dy, dx, gw, dbt, ws, S, R, G, pointwise, need_dx, need_dw, window):
+    # x (N, C, H, W); wt (N or 1, O, Fg); dy (N, O, Ho*Wo); dx (N, C, H, W);
+    # gw (N, O, Fg) per sample, or (S, O, Fg) slot partials for a shared kernel;
+    # dbt (N, O), the pixel sums of dy, accumulated in float64 in a fixed order.
+    N = x.shape[0]
+    if wt.shape[0] == 1:
+        # A shared kernel's gradient sums over samples: slot s sums samples s, s+S, ...
+        # in order into gw[s] (S fixed by the shapes), so the sum's order never depends
+        # on the threads. ws (S, workspace floats).
+        for s in prange(S):
+            if need_dw:
+                gw[s, :, :] = 0
+            for n in range(s, N, S):
+                _bwd_sample(x, wt[0], dy, dx, gw[s], dbt, ws[s], n, False, R, G, pointwise,
+                            need_dx, need_dw, window)
+    else:
+        # Per-sample kernels: a sample owns all it writes, so any thread may take it,
+        # working in its own buffer. ws (threads, workspace floats).
+        for n in prange(N):
+            _bwd_sample(x, wt[n], dy, dx, gw[n], dbt, ws[get_thread_id()], n, True, R, G,
+                        pointwise, need_dx, need_dw, window)
+
+
+@njit(parallel=True, cache=True)
+def _bwd_blocks(x, wt, dy, dx, gw, dbt, ws, blocks, G, pointwise, need_dx, need_dw, window):
+    # The backward for batches too small to spread over samples. Work items are channel
+    # blocks, ``blocks[b] = (group, c0, c1)`` with c0..c1-1 inside one group; an item
+    # unfolds its block over the whole image, one sample after the other, and owns all
+    # it writes: the block's columns of the kernel gradient and its planes of dx. Any
+    # thread may take any block, in its own buffer (ws (threads, workspace floats)).
+    # x (N, C, H, W); wt (N or 1, O, Fg); dy (N, O, Ho*Wo); dx (N, C, H, W);
+    # gw (N or 1, O, Fg) (a shared kernel's gradient summed over n in order); dbt (N, O).
+    kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = window
+    N, C = x.shape[0], x.shape[1]
+    O = wt.shape[1]
+    Og = O // G
+    Cg = C // G
+    T = kh * kw
+    P = Ho * Wo
+    shared = wt.shape[0] == 1
+    for n in prange(N):
+        _pixel_sums(dy, dbt, n)
+    for b in prange(blocks.shape[0]):
+        buf = ws[get_thread_id()]
+        gi, c0, c1 = blocks[b, 0], blocks[b, 1], blocks[b, 2]
+        rows = (c1 - c0) * T
+        f0 = (c0 - gi * Cg) * T
+        o0 = gi * Og
+        at = 0 if pointwise else rows * P
+        blk = buf[:at].reshape(rows, at // rows)
+        tmp = buf[at:at + Og * rows].reshape(Og, rows)
+        for n in range(N):
+            dyg = dy[n, o0:o0 + Og]                                  # (Og, P)
+            if need_dw:
+                if pointwise:
+                    cols = x[n, c0:c1].reshape(rows, P)
+                else:
+                    cols = blk
+                    im2col_rows(x, n, cols, 0, Ho, c0, window)
+                np.dot(dyg, cols.T, tmp)
+                g_n = gw[0 if shared else n]
+                if shared and n > 0:
+                    g_n[o0:o0 + Og, f0:f0 + rows] += tmp
+                else:
+                    g_n[o0:o0 + Og, f0:f0 + rows] = tmp
+            if need_dx:
+                # the block's kernel columns, copied: BLAS needs unit stride in one axis
+                tmp[:, :] = wt[0 if shared else n, o0:o0 + Og, f0:f0 + rows]
+                if pointwise:
+                    np.dot(tmp.T, dyg, dx[n, c0:c1].reshape(rows, P))
+                else:
+                    np.dot(tmp.T, dyg, blk)
+                    dx[n, c0:c1] = 0
+                    col2im_rows(blk, dx, n, 0, Ho, c0, window)
+
+
+# ----------------------------------------------------------------------------- budgets
+#: A shared kernel's gradient is summed over this many slots of samples (a constant, so
+#: that the order of every partial sum is the same whatever the thread count).
+SLOTS = 8
+#: Budget, in bytes, of one work item's column tile: small enough to stay in a core's L2.
+TILE_BYTES = 1 * 2**20
+#: Smallest batch whose backward is split over samples; smaller ones are split over
+#: channel blocks instead (``_bwd_blocks``).
+MIN_BATCH = 4
+#: The forward splits a small batch into at least this many (sample, row tile) items.
+MIN_ITEMS = 4
+
+
+# ----------------------------------------------------------------------------- template
+def _use_blocks(g) -> bool:
+    # A batch smaller than MIN_BATCH has too few samples to keep the threads busy.
+    return g.N < MIN_BATCH
+
+
+def _rows_per_tile(g, itemsize: int) -> int:
+    if g.pointwise:
+        return g.Ho
+    R = max(1, min(g.Ho, TILE_BYTES // (g.C * g.taps * g.Wo * itemsize)))
+    # a small batch is cut into more, smaller tiles so that every thread has work
+    per_sample = ceil_div(MIN_ITEMS, max(1, g.N))
+    return max(1, min(R, ceil_div(g.Ho, per_sample)))
+
+
+_scratch_store = threading.local()
+
+
+def _scratch(rows: int, cols: int, dtype) -> np.ndarray:
+    """A ``(rows, cols)`` work buffer of the calling thread, reused from call to call.
+
+    Its contents are garbage. Fresh buffers cost page faults on every call (measured
+    about a fifth of resnet3x3's forward+backward when the allocator had handed the
+    memory back to the system); one buffer per thread and dtype, grown to the largest
+    request, is kept instead. Each Python thread has its own, so concurrent calls from
+    several threads never share one.
+    """
+    store = _scratch_store.__dict__
+    key = np.dtype(dtype).str
+    buf = store.get(key)
+    if buf is None or buf.size < rows * cols:
+        buf = store[key] = np.empty(rows * cols, dtype=dtype)
+    return buf[:rows * cols].reshape(rows, cols)
+
+
+def _tile_workspace(g, R, dtype, rows, extra):
+    # (rows, column tile + extra): one row per slot or thread; `extra` floats each for
+    # GEMM outputs
+    cols = 0 if g.pointwise else g.C * g.taps * R * g.Wo
+    return _scratch(rows, cols + extra, dtype)
+
+
+def _channel_blocks(g, G: int, itemsize: int) -> np.ndarray:
+    """``(B, 3)`` rows ``(group, c0, c1)``: channel blocks of about equal size, none
+    straddling a group, each block's unfolded image within :data:`TILE_BYTES`, and at
+    least :data:`SLOTS` of them where there are channels enough (a constant, not the
+    thread count: the blocks decide the GEMM shapes, hence the rounding)."""
+    Cg = g.C // G
+    cb = max(1, min(Cg, TILE_BYTES // (g.taps * g.P * itemsize)))
+    nb = max(ceil_div(Cg, cb), min(Cg, ceil_div(SLOTS, G)))
+    cb = ceil_div(Cg, nb)
+    return np.array([(gi, gi * Cg + c, gi * Cg + min(Cg, c + cb))
+                     for gi in range(G) for c in range(0, Cg, cb)], dtype=np.int64)
+
+
+def conv_forward(x, wt, bt, g, groups):
+    """``Y_n = Wt_n @ X_n + bt_n`` for shared or per-sample kernels.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W), C-contiguous
+    wt : ndarray (O, C//groups*kh*kw) shared, or (N, O, C//groups*kh*kw) per sample
+    bt : ndarray (O,) or (N, O) or None
+    g : Geometry
+    groups : int
+
+    Returns
+    -------
+    y : ndarray (N, O, Ho, Wo)
+    """
+    O, F = wt.shape[-2], wt.shape[-1]
+    y = np.empty((g.N, O, g.Ho, g.Wo), dtype=x.dtype)
+    if g.N == 0:
+        return y
+    R = _rows_per_tile(g, x.dtype.itemsize)
+    ws = _tile_workspace(g, R, x.dtype, get_num_threads(), O * R * g.Wo)
+    w3 = wt.reshape(1, O, F) if wt.ndim == 2 else wt
+    b2 = np.zeros((0, O), x.dtype) if bt is None else bt.reshape(-1, O)
+    with blas_single_thread():
+        _fwd_items(x, w3, np.ascontiguousarray(b2), y.reshape(g.N, O, g.P), ws, R, groups,
+                   g.pointwise, g.window)
+    return y
+
+
+def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
+    """Backward of :func:`conv_forward`.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W), C-contiguous
+    wt : ndarray (O, F) shared or (N, O, F) per sample, ``F = C//groups*kh*kw``
+    dy : ndarray (N, O, Ho, Wo), C-contiguous
+
+    Returns
+    -------
+    dx : ndarray (N, C, H, W) or None
+    gw : ndarray (O, F) for shared kernels (``sum_n dY_n X_n^T``), (N, O, F) per sample
+        (``G_n = dY_n X_n^T``), or None
+    dbt : ndarray (O,) shared or (N, O) per sample: ``dY`` summed over pixels
+    """
+    G = groups
+    O, F = wt.shape[-2], wt.shape[-1]
+    shared = wt.ndim == 2
+    w3 = wt.reshape(1, O, F) if shared else wt
+    dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None
+    if g.N == 0:
+        gw = np.zeros(wt.shape if shared else (0, O, F), dtype=x.dtype) if need_dw else None
+        return dx, gw, np.zeros((O,) if shared else (0, O), dtype=x.dtype)
+    dx_ = dx if need_dx else np.empty((0, g.C, g.H, g.W), dtype=x.dtype)
+    dbt = np.empty((g.N, O), dtype=x.dtype)
+    dyr = dy.reshape(g.N, O, g.P)
+    pointwise = g.pointwise
+    if _use_blocks(g):
+        blocks = _channel_blocks(g, G, x.dtype.itemsize)
+        rows = int((blocks[:, 2] - blocks[:, 1]).max()) * g.taps
+        ws = _scratch(get_num_threads(), (0 if pointwise else rows * g.P) + O // G * rows, x.dtype)
+        gw = np.empty((1 if shared else g.N, O, F), dtype=x.dtype)
+        with blas_single_thread():
+            _bwd_blocks(x, w3, dyr, dx_, gw, dbt, ws, blocks, G, pointwise, need_dx, need_dw, g.window)
+        gw = gw[0] if shared else gw
+    else:
+        R = _rows_per_tile(g, x.dtype.itemsize)
+        S = min(g.N, SLOTS)
+        ws = _tile_workspace(g, R, x.dtype, S if shared else get_num_threads(), O * R * g.Wo + O * F)
+        gw = np.empty((S if shared else g.N, O, F), dtype=x.dtype)
+        with blas_single_thread():
+            _bwd_samples(x, w3, dyr, dx_, gw, dbt, ws, S, R, G, pointwise, need_dx, need_dw, g.window)
+        if shared:
+            # Slot partials summed in slot order: a fixed order, whatever the threads.
+            gw = np.add.reduce(gw, axis=0)
+    if not need_dw:
+        gw = None  # never written by the kernels
+    if shared:
+        dbt = np.add.reduce(dbt, axis=0)
+    return dx, gw, dbt

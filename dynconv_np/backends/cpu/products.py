@@ -1,0 +1,143 @@
+"""CPU matrix products: ``gemm`` (the ops' one GEMM entry point), ``gemm_nt_sum``, and
+the BLAS threading policy of the whole CPU backend.
+
+BLAS runs on one thread (:func:`blas_single_thread`) in every product of this backend,
+and the conv template holds it there while its Numba region runs single-threaded BLAS
+calls: OpenBLAS threads left spinning after a multithreaded call were measured to halve
+the speed of the Numba region that follows (resnet3x3's forward: 91 ms after, 47 ms
+without). No op or layer sets BLAS threads.
+
+The kernel-mixing products of dynamic_conv2d (``pi @ W`` and ``pi^T @ G``) have a short
+side (K, N) and a long one (O*F, up to millions): they stream memory, and BLAS runs them
+on one core. :func:`gemm` sends such thin products to ``_thin_nn``, which splits the
+long side into fixed chunks over the Numba threads (results independent of the thread
+count): 0.9 against 1.7 ms for stride2's mixing. (``G @ W^T`` stays in BLAS: a chunked
+Numba reduction was slower.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+from numba import njit, prange
+
+from .index import ceil_div
+
+#: Column chunk of the thin-product kernel (floats): a chunk of every row fits in L2.
+THIN_CHUNK = 2048
+#: Products whose short sides are at most this and whose long side is at least
+#: :data:`THIN_MIN_LONG` go to ``_thin_nn``; others to BLAS.
+THIN_MAX_SHORT = 64
+THIN_MIN_LONG = 8192
+
+_blas_controller = None
+
+
+def blas_single_thread():
+    """Context in which BLAS runs on one thread (the caller parallelises around it)."""
+    global _blas_controller
+    if _blas_controller is None:
+        try:
+            import scipy.linalg.cython_blas  # noqa: F401  (Numba's np.dot calls this BLAS)
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _blas_controller = False
+        else:
+            _blas_controller = ThreadpoolController()
+    if _blas_controller is False:
+        return contextlib.nullcontext()
+    return _blas_controller.limit(limits=1, user_api="blas")
+
+
+@njit(parallel=True, cache=True)
+def _thin_nn(a, b, out):
+    # out (M, D) = a (M, J) @ b (J, D), b and out C-contiguous: each column chunk by one
+    # thread, the sum over j in order.
+    M, J = a.shape
+    D = b.shape[1]
+    bf = b.reshape(b.size)
+    of = out.reshape(out.size)
+    for c in prange(ceil_div(D, THIN_CHUNK)):
+        d0 = c * THIN_CHUNK
+        w = min(D, d0 + THIN_CHUNK) - d0
+        for m in range(M):
+            o = np.uint64(m * D + d0)
+            a0 = a[m, 0]
+            src = np.uint64(d0)
+            for d in range(w):
+                of[o + np.uint64(d)] = a0 * bf[src + np.uint64(d)]
+            for j in range(1, J):
+                amj = a[m, j]
+                src = np.uint64(j * D + d0)
+                for d in range(w):
+                    of[o + np.uint64(d)] += amj * bf[src + np.uint64(d)]
+
+
+def _is_thin(a: np.ndarray, b: np.ndarray) -> bool:
+    # (M, J) @ (J, D) with short M, J and a long D
+    return (a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype
+            and 1 <= max(a.shape) <= THIN_MAX_SHORT and b.shape[1] >= THIN_MIN_LONG)
+
+
+def _transposed(name: str, a: np.ndarray, t: bool) -> np.ndarray:
+    if not t:
+        return a
+    if a.ndim == 1:
+        raise ValueError(f"gemm: t{name} transposes the last two axes, but {name} is 1-D")
+    return np.swapaxes(a, -1, -2)
+
+
+def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.ndim > 3 and b.ndim == 2:
+        # Several batch axes over one matrix: one GEMM over the flattened rows (np.matmul
+        # would loop over the batch). Up to one batch axis, np.matmul's own result.
+        rows = a.reshape(-1, a.shape[-1])
+        return _product(rows, b).reshape(a.shape[:-1] + (b.shape[1],))
+    if _is_thin(a, b):
+        out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+        _thin_nn(a, np.ascontiguousarray(b), out)
+        return out
+    with blas_single_thread():
+        return np.matmul(a, b)
+
+
+def gemm(a: np.ndarray, b: np.ndarray, ta: bool = False, tb: bool = False, out: np.ndarray | None = None,
+         accumulate: bool = False) -> np.ndarray:
+    """``op(a) @ op(b)`` with NumPy's matmul rules, ``op`` transposing the last two axes
+    when `ta` / `tb`.
+
+    Parameters
+    ----------
+    a : ndarray (K,), (M, K) or (..., M, K); (..., K, M) when `ta`
+    b : ndarray (K,), (K, N) or (..., K, N); (..., N, K) when `tb`
+    out : ndarray (..., M, N), optional
+        Receives the product (one ``np.matmul`` into it), or, with `accumulate`, has it
+        added.
+
+    Returns
+    -------
+    ndarray (..., M, N), vector axes dropped as NumPy does (`out` when given)
+
+    Thin products go to the thin-product kernel, the rest to BLAS on one thread; an `a`
+    with several batch axes times a matrix `b` is one GEMM over a's flattened rows.
+    """
+    a = _transposed("a", a, ta)
+    b = _transposed("b", b, tb)
+    if out is None:
+        return _product(a, b)
+    with blas_single_thread():
+        if accumulate:
+            out += np.matmul(a, b)
+        else:
+            np.matmul(a, b, out=out)
+    return out
+
+
+def gemm_nt_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``sum_n a[n] @ b[n]^T``: a (N, M, K), b (N, J, K) -> (M, J), as one GEMM over ``N*K``."""
+    N, M, K = a.shape
+    J = b.shape[1]
+    a2 = np.ascontiguousarray(a.transpose(1, 0, 2)).reshape(M, N * K)
+    b2 = np.ascontiguousarray(b.transpose(1, 0, 2)).reshape(J, N * K)
+    return np.matmul(a2, b2.T)

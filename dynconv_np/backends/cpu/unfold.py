@@ -1,0 +1,154 @@
+"""CPU unfold and fold: im2col, col2im and the row-tile helpers the conv template inlines.
+
+Column layout (Chainer's, flattened): ``cols[n, (c*kh + u)*kw + v, i*Wo + j] =
+xpad[n, c, i*sh + u*dh, j*sw + v*dw]``. A column tile holds the output rows ``i0..i1-1``
+of channels ``c0..c1-1``: its row ``r = ((c - c0)*kh + u)*kw + v`` has ``(i1 - i0)*Wo``
+entries.
+
+Determinism: in :func:`col2im` the thread of plane ``(n, c)`` is the only writer of
+``dx[n, c]`` and sums its taps in ascending order. Inner loops index flat arrays with
+unsigned integers: without Numba's negative-index wraparound check, LLVM vectorises the
+copies (measured 2.5 to 4x faster).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .index import split, tap_input, unravel3, valid_range
+
+
+@njit(inline="always")
+def _tap_row(img, n, r, c0, i1, window):
+    # Row r of a column tile of channels c0.. over img (N, C, H, W): the output rows
+    # [ilo, ihi) (below i1) and columns [jlo, jhi) whose tap reads inside img, and the
+    # flat index in img of the input that output pixel (0, 0) reads at this tap.
+    kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = window
+    C, H, W = img.shape[1], img.shape[2], img.shape[3]
+    c, u, v = unravel3(r, kh, kw)
+    ilo, ihi = valid_range(ph, u * dh, sh, H, i1)
+    jlo, jhi = valid_range(pw, v * dw, sw, W, Wo)
+    base = ((n * C + c0 + c) * H + tap_input(0, sh, ph, u * dh)) * W + tap_input(0, sw, pw, v * dw)
+    return ilo, ihi, jlo, jhi, base
+
+
+@njit(inline="always")
+def _unfold_run(imgf, at, sw, cf, d, jlo, jhi, Wo):
+    # One row of columns: cf[d + j] = imgf[at + j*sw] for jlo <= j < jhi, zero elsewhere
+    # in [0, Wo). The unit-stride loop is the one LLVM vectorises.
+    for j in range(jlo):
+        cf[np.uint64(d + j)] = 0
+    if sw == 1:
+        for j in range(jlo, jhi):
+            cf[np.uint64(d + j)] = imgf[np.uint64(at + j)]
+    else:
+        for j in range(jlo, jhi):
+            cf[np.uint64(d + j)] = imgf[np.uint64(at + j * sw)]
+    for j in range(jhi, Wo):
+        cf[np.uint64(d + j)] = 0
+
+
+@njit(inline="always")
+def _fold_run(imgf, at, sw, cf, d, jlo, jhi, Wo):
+    # One row of columns folded back: imgf[at + j*sw] += cf[d + j] for jlo <= j < jhi.
+    if sw == 1:
+        for j in range(jlo, jhi):
+            imgf[np.uint64(at + j)] += cf[np.uint64(d + j)]
+    else:
+        for j in range(jlo, jhi):
+            imgf[np.uint64(at + j * sw)] += cf[np.uint64(d + j)]
+
+
+@njit(inline="always")
+def _walk(img, n, cols, i0, i1, c0, window, run):
+    # Every row of the column tile cols (rows, (i1-i0)*Wo) of sample n's output rows
+    # i0..i1-1 and channels c0..: run(..) unfolds it from img or folds it into img (an
+    # output row whose tap reads padding has no columns inside), taps in ascending order.
+    sh, sw, Wo = window[2], window[3], window[9]
+    step = sh * img.shape[3]
+    imgf = img.reshape(img.size)
+    cf = cols.reshape(cols.size)
+    for r in range(cols.shape[0]):
+        ilo, ihi, jlo, jhi, base = _tap_row(img, n, r, c0, i1, window)
+        for i in range(i0, i1):
+            d = r * cols.shape[1] + (i - i0) * Wo
+            if ilo <= i < ihi:
+                run(imgf, base + i * step, sw, cf, d, jlo, jhi, Wo)
+            else:
+                run(imgf, 0, sw, cf, d, 0, 0, Wo)
+
+
+@njit(inline="always")
+def im2col_rows(x, n, cols, i0, i1, c0, window):
+    """cols (rows, (i1-i0)*Wo) <- the output rows i0..i1-1 of sample n, channels c0..c0 + rows/(kh*kw) - 1."""
+    _walk(x, n, cols, i0, i1, c0, window, _unfold_run)
+
+
+@njit(inline="always")
+def col2im_rows(cols, dx, n, i0, i1, c0, window):
+    """dx[n, c0:...] += the fold of cols (rows, (i1-i0)*Wo), the output rows i0..i1-1."""
+    _walk(dx, n, cols, i0, i1, c0, window, _fold_run)
+
+
+@njit(inline="always")
+def _col2im_plane(dx, n, cols, i0, i1, c, window):
+    dx[n, c, :, :] = 0
+    col2im_rows(cols, dx, n, i0, i1, c, window)
+
+
+@njit(inline="always")
+def _by_plane(img, cols, window, plane):
+    # One work item per plane (n, c) of img (N, C, H, W) and its kh*kw rows of cols
+    # (N, C*kh*kw, Ho*Wo): plane(..) unfolds or folds them; when folding, the plane's
+    # thread is the only writer of img[n, c].
+    N, C = img.shape[0], img.shape[1]
+    T, Ho = window[0] * window[1], window[8]
+    for nc in prange(N * C):
+        n, c = split(nc, C)
+        plane(img, n, cols[n, c * T:(c + 1) * T], 0, Ho, c, window)
+
+
+@njit(parallel=True, cache=True)
+def _im2col(x, cols, window):
+    _by_plane(x, cols, window, im2col_rows)
+
+
+@njit(parallel=True, cache=True)
+def _col2im(cols, dx, window):
+    _by_plane(dx, cols, window, _col2im_plane)
+
+
+def im2col(x: np.ndarray, g, out: np.ndarray | None = None) -> np.ndarray:
+    """Unfold x (n, C, H, W) into cols (n, C*kh*kw, Ho*Wo) (into `out` when given).
+
+    A pointwise window returns a view of x: its columns are x itself.
+    """
+    n = x.shape[0]
+    x = np.ascontiguousarray(x)
+    if g.pointwise:
+        return x.reshape(n, g.C, g.P)
+    if out is None or not out.flags.c_contiguous:
+        res = np.empty((n, g.C * g.taps, g.P), dtype=x.dtype)
+        _im2col(x, res, g.window)
+        if out is None:
+            return res
+        out[...] = res
+        return out
+    _im2col(x, out, g.window)
+    return out
+
+
+def col2im(cols: np.ndarray, g, out: np.ndarray) -> np.ndarray:
+    """Fold cols (n, C*kh*kw, Ho*Wo) into `out` (n, C, H, W), summing overlaps; returns `out`."""
+    if g.pointwise:
+        out[...] = cols.reshape(out.shape)
+        return out
+    cols = np.ascontiguousarray(cols)
+    if not out.flags.c_contiguous:
+        res = np.empty(out.shape, dtype=out.dtype)
+        _col2im(cols, res, g.window)
+        out[...] = res
+        return out
+    _col2im(cols, out, g.window)
+    return out

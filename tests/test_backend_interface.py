@@ -1,0 +1,182 @@
+"""The written backend interface: both backends implement all of it, with the same
+parameters; the shared index helpers and workspace; and the CPU primitives whose
+behaviour the interface widened (GEMM over any batch rank) against plain NumPy."""
+
+import importlib.util
+import inspect
+import itertools
+
+import numpy as np
+import pytest
+
+from dynconv_np import _args
+from dynconv_np.backends import _index, cpu, interface
+from dynconv_np.backends._legacy import LEGACY
+from dynconv_np.backends._workspace import Workspace
+
+HAVE_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
+
+
+def _backends():
+    out = [cpu]
+    if HAVE_NUMBA_CUDA:
+        from dynconv_np.backends import cuda  # importing needs no GPU
+
+        out.append(cuda)
+    return out
+
+
+def _params(f):
+    return [(p.name, p.kind, p.default) for p in inspect.signature(f).parameters.values()]
+
+
+# ----------------------------------------------------------------------------- the contract
+def test_tiers_are_disjoint_and_nonempty():
+    arrays, kernels = interface.array_api(), interface.kernel_api()
+    assert arrays and kernels
+    assert not set(arrays) & set(kernels)
+    assert set(interface.full_api()) == set(arrays) | set(kernels)
+
+
+@pytest.mark.parametrize("backend", _backends(), ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_backend_implements_the_interface(backend):
+    for name, sig in interface.full_api().items():
+        f = getattr(backend, name, None)
+        assert callable(f), f"{backend.__name__} lacks {name}"
+        expected = [(p.name, p.kind, p.default) for p in sig.parameters.values()]
+        assert _params(f) == expected, f"{backend.__name__}.{name}{inspect.signature(f)} is not {name}{sig}"
+
+
+@pytest.mark.parametrize("backend", _backends(), ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_backend_exports_the_interface_and_documented_extras(backend):
+    extras = {"workspace"} | ({"SIMULATOR", "as_device_array", "is_device_array"} if backend is not cpu else set())
+    assert set(backend.__all__) == set(interface.full_api()) | extras | set(LEGACY)
+    for name in backend.__all__:
+        assert hasattr(backend, name), name
+
+
+# ----------------------------------------------------------------------------- workspace
+def test_workspace_bound_and_chunks():
+    ws = Workspace(100)
+    assert ws.chunk_size(10, 30) == 3
+    assert ws.chunk_size(10, 1000) == 1          # at least one sample
+    assert ws.chunk_size(2, 1) == 2              # never more than the batch
+    assert ws.set_workspace_bytes(7) == 100 and ws.nbytes == 7
+    with pytest.raises(ValueError, match="nbytes must be positive"):
+        ws.set_workspace_bytes(0)
+    assert cpu.set_workspace_bytes.__self__ is cpu.workspace
+
+
+# ----------------------------------------------------------------------------- index helpers
+def test_unravel_matches_numpy():
+    for t in range(2 * 3 * 4 * 5):
+        assert _index.unravel4(t, 3, 4, 5) == np.unravel_index(t, (2, 3, 4, 5))
+        assert _index.unravel3(t % 24, 3, 4) == np.unravel_index(t % 24, (2, 3, 4))
+    assert _index.split(17, 5) == (3, 2)
+    assert [_index.ceil_div(a, 3) for a in (-4, -3, 0, 1, 3, 4)] == [-1, -1, 0, 1, 1, 2]
+
+
+@pytest.mark.parametrize("stride, pad, dil, k, size", [(1, 1, 1, 3, 7), (2, 0, 1, 3, 8), (3, 2, 2, 3, 9),
+                                                       (2, 3, 1, 5, 4), (1, 0, 3, 2, 6)])
+def test_window_helpers_match_brute_force(stride, pad, dil, k, size):
+    out = (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    for u in range(k):
+        off = u * dil
+        reads = {i: _index.tap_input(i, stride, pad, off) for i in range(out)}
+        inside = [i for i in range(out) if 0 <= reads[i] < size]
+        lo, hi = _index.valid_range(pad, off, stride, size, out)
+        assert list(range(lo, hi)) == inside
+        for h in range(size):
+            readers = [i for i in range(out) if reads[i] == h]
+            assert _index.tap_output(h, stride, pad, off, out) == (readers[0] if readers else -1)
+    g = _args.geometry((1, 1, size, size + 1), k, k, (stride, 1), (pad, 0), (dil, 1))
+    readers = {}                                   # (h, w, t) -> the output pixel reading it
+    for i, j, t in itertools.product(range(g.Ho), range(g.Wo), range(g.taps)):
+        readers[_index.window_input(i, j, t, g.window) + (t,)] = (i, j)
+    for h, w, t in itertools.product(range(g.H), range(g.W), range(g.taps)):
+        assert _index.window_output(h, w, t, g.window) == readers.get((h, w, t), (-1, -1))
+
+
+def test_geometry_window_and_pointwise():
+    g = _args.geometry((2, 3, 8, 9), 3, 1, (2, 1), (1, 0), (1, 2))
+    assert g.window == (3, 1, 2, 1, 1, 0, 1, 2, g.Ho, g.Wo)
+    assert not g.pointwise
+    assert _args.geometry((2, 3, 8, 9), 1, 1, 1, 0, 3).pointwise
+
+
+# ----------------------------------------------------------------------------- gemm on the CPU
+GEMM_CASES = [
+    # a shape, b shape, ta, tb
+    ((5, 3), (3, 4), False, False),
+    ((3, 5), (3, 4), True, False),
+    ((5, 3), (4, 3), False, True),
+    ((2, 3, 5, 4), (4, 6), False, False),          # several batch axes over one matrix
+    ((2, 3, 4, 5), (6, 4), True, True),
+    ((2, 3, 5, 4), (2, 3, 4, 6), False, False),    # equal batches of rank 2
+    ((1, 1, 5, 4), (2, 3, 4, 6), False, False),    # a batch of one, broadcast
+    ((3, 5, 4), (2, 3, 6, 4), False, True),        # batches padded with a leading one
+    ((4,), (2, 3, 4, 6), False, False),            # vector on the left
+    ((2, 3, 5, 4), (4,), False, False),            # vector on the right
+    ((2, 5), (2, 70000), True, False),             # the thin-product kernel
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("a_shape, b_shape, ta, tb", GEMM_CASES)
+def test_cpu_gemm_matches_numpy(a_shape, b_shape, ta, tb, dtype, rng):
+    a = rng.standard_normal(a_shape).astype(dtype)
+    b = rng.standard_normal(b_shape).astype(dtype)
+    op_a = np.swapaxes(a, -1, -2) if ta else a
+    op_b = np.swapaxes(b, -1, -2) if tb else b
+    ref = np.matmul(op_a.astype(np.float64), op_b.astype(np.float64))
+    got = cpu.gemm(a, b, ta=ta, tb=tb)
+    assert got.shape == ref.shape and got.dtype == dtype
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * max(1, a_shape[-1]))
+    acc = rng.standard_normal(ref.shape).astype(dtype)
+    out = acc.copy()
+    assert cpu.gemm(a, b, ta=ta, tb=tb, out=out, accumulate=True) is out
+    np.testing.assert_allclose(out, acc + ref, rtol=tol, atol=tol * max(1, a_shape[-1]))
+    assert cpu.gemm(a, b, ta=ta, tb=tb, out=out) is out
+    np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * max(1, a_shape[-1]))
+
+
+def test_cpu_gemm_several_batch_axes_is_one_flattened_product(rng):
+    # (the ops rely on it: linear on (..., in) is bitwise the flattened-rows product)
+    a = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    w = rng.standard_normal((6, 4)).astype(np.float32)
+    flat = cpu.gemm(a.reshape(30, 4), w, tb=True)
+    np.testing.assert_array_equal(cpu.gemm(a, w, tb=True), flat.reshape(2, 3, 5, 6))
+
+
+def test_cpu_gemm_refuses_a_transposed_vector():
+    with pytest.raises(ValueError, match="ta transposes the last two axes, but a is 1-D"):
+        cpu.gemm(np.ones(3), np.ones((3, 2)), ta=True)
+    with pytest.raises(ValueError, match="tb transposes the last two axes, but b is 1-D"):
+        cpu.gemm(np.ones((2, 3)), np.ones(3), tb=True)
+
+
+def test_cpu_gemm_nt_sum_matches_numpy(rng):
+    a, b = rng.standard_normal((4, 3, 5)), rng.standard_normal((4, 2, 5))
+    np.testing.assert_allclose(cpu.gemm_nt_sum(a, b), np.einsum("nmk,njk->mj", a, b), rtol=1e-12)
+
+
+def test_cpu_kernels_read_read_only_inputs(rng):
+    # Kernels that only read an array must accept it read-only (a frozen buffer, a memmap).
+    def frozen(shape):
+        a = rng.standard_normal(shape)
+        a.setflags(write=False)
+        return a
+
+    x = frozen((2, 3, 6, 5))
+    g = _args.geometry(x.shape, 3, 3, 2, 1, 1)
+    cols = cpu.im2col(x, g)
+    np.testing.assert_array_equal(cols, cpu.im2col(x.copy(), g))
+    wt = frozen((4, 27))
+    y = cpu.conv_forward(x, wt, None, g, 1)
+    dx, gw, _ = cpu.conv_backward(x, wt, frozen(y.shape), g, 1)
+    assert dx.shape == x.shape and gw.shape == wt.shape
+    filt = frozen((2, 3, 9, g.Ho, g.Wo))
+    out = cpu.taps_forward(x, filt, g, 1, 1)
+    assert cpu.taps_backward_filter(x, frozen(out.shape), g, 1, 1).shape == filt.shape
+    assert cpu.col2im(frozen(cols.shape), g, np.empty(x.shape)).shape == x.shape
