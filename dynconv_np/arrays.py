@@ -16,6 +16,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from . import _args, backends
+from .backends import interface
 
 
 def device_of(a) -> str:
@@ -50,54 +51,29 @@ def zeros_like(a, shape=None, dtype=None):
     return _be(a).zeros(a.shape if shape is None else shape, a.dtype if dtype is None else dtype)
 
 
-def contiguous(a):
-    """`a` as a C-contiguous array on its device."""
-    return _be(a).contiguous(a)
+def _on_first_device(name: str):
+    """The ArrayAPI member `name`, run by the backend of its first argument's device."""
+    sig = interface.array_api()[name]
+
+    def f(a, *args):
+        return getattr(_be(a), name)(a, *args)
+
+    f.__name__ = f.__qualname__ = name
+    f.__doc__ = f"{getattr(interface.ArrayAPI, name).__doc__} On the first argument's device."
+    f.__signature__ = sig
+    return f
 
 
-def astype(a, dtype):
-    """`a` in `dtype` on its device (`a` itself when it already has it)."""
-    return _be(a).astype(a, dtype)
-
-
-def copy(a):
-    """A C-contiguous copy of `a` on its device."""
-    return _be(a).copy(a)
-
-
-def fill(a, value):
-    """Set every entry of `a` to `value`, in place; returns `a`."""
-    return _be(a).fill(a, value)
-
-
-def copy_into(dst, src):
-    """``dst[...] = src`` in place; returns `dst`."""
-    return _be(dst).copy_into(dst, src)
-
-
-def add_into(dst, src):
-    """``dst += src`` in place (`src` on dst's device, any shape of its size); returns `dst`."""
-    return _be(dst).add_into(dst, src)
-
-
-def add(a, b):
-    """``a + b`` (a new array on their device)."""
-    return _be(a).add(a, b)
-
-
-def sub(a, b):
-    """``a - b`` (a new array on their device)."""
-    return _be(a).sub(a, b)
-
-
-def mul(a, b):
-    """``a * b`` (a new array on their device)."""
-    return _be(a).mul(a, b)
-
-
-def scale(a, s):
-    """``a * s`` (a new array on a's device)."""
-    return _be(a).scale(a, s)
+contiguous = _on_first_device("contiguous")
+astype = _on_first_device("astype")
+copy = _on_first_device("copy")
+fill = _on_first_device("fill")
+copy_into = _on_first_device("copy_into")
+add_into = _on_first_device("add_into")
+add = _on_first_device("add")
+sub = _on_first_device("sub")
+mul = _on_first_device("mul")
+scale = _on_first_device("scale")
 
 
 def require(device: str) -> None:

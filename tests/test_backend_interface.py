@@ -11,7 +11,6 @@ import pytest
 
 from dynconv_np import _args
 from dynconv_np.backends import _index, cpu, interface
-from dynconv_np.backends._legacy import LEGACY
 from dynconv_np.backends._workspace import Workspace
 
 HAVE_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
@@ -50,7 +49,7 @@ def test_backend_implements_the_interface(backend):
 @pytest.mark.parametrize("backend", _backends(), ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_backend_exports_the_interface_and_documented_extras(backend):
     extras = {"workspace"} | ({"SIMULATOR", "as_device_array", "is_device_array"} if backend is not cpu else set())
-    assert set(backend.__all__) == set(interface.full_api()) | extras | set(LEGACY)
+    assert set(backend.__all__) == set(interface.full_api()) | extras
     for name in backend.__all__:
         assert hasattr(backend, name), name
 

@@ -25,7 +25,6 @@ only the kernel's own file, so after editing a helper, delete the cache files
 """
 
 from .._exports import export_interface
-from .._legacy import LEGACY, gemm_aliases
 from .._workspace import Workspace
 from . import array, centre, conv, products, taps, unfold
 
@@ -33,9 +32,4 @@ workspace = Workspace(64 * 2**20)
 set_workspace_bytes = workspace.set_workspace_bytes
 chunk_size = workspace.chunk_size
 
-__all__ = [*export_interface(globals(), (array, centre, conv, products, taps, unfold)), "workspace", *LEGACY]
-
-# legacy names used by nn/ and ops/dcd.py until the nn rewrite lands
-blas_single_thread = products.blas_single_thread
-matmul, matmul_tn, matmul_nt = gemm_aliases(products.gemm)
-matmul_nt_sum = products.gemm_nt_sum
+__all__ = [*export_interface(globals(), (array, centre, conv, products, taps, unfold)), "workspace"]

@@ -29,10 +29,7 @@ Extra to the interface: ``workspace`` (the
 threads with smaller blocks).
 """
 
-from contextlib import nullcontext
-
 from .._exports import export_interface
-from .._legacy import LEGACY, gemm_aliases
 from . import array, conv, elementwise, products, reduce, taps
 from .array import as_device_array, is_device_array
 from .launch import SIMULATOR, workspace
@@ -41,13 +38,4 @@ set_workspace_bytes = workspace.set_workspace_bytes
 chunk_size = workspace.chunk_size
 
 __all__ = [*export_interface(globals(), (array, conv, elementwise, products, reduce, taps)),
-           "workspace", "SIMULATOR", "as_device_array", "is_device_array", *LEGACY]
-
-# legacy names used by nn/ and ops/dcd.py until the nn rewrite lands
-matmul, matmul_tn, matmul_nt = gemm_aliases(products.gemm)
-matmul_nt_sum = products.gemm_nt_sum
-
-
-def blas_single_thread():
-    """A context that does nothing: there is no BLAS on this backend."""
-    return nullcontext()
+           "workspace", "SIMULATOR", "as_device_array", "is_device_array"]
