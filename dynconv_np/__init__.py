@@ -10,12 +10,15 @@ from .gradcheck import GradcheckError, gradcheck
 from .ops import (
     atom_conv2d,
     batch_norm,
+    conv1d,
     conv2d,
     dcd_conv2d,
+    dynamic_conv1d,
     dynamic_conv2d,
     global_avg_pool,
     hard_sigmoid,
     linear,
+    odconv2d,
     relu,
     sigmoid,
     softmax,
@@ -24,6 +27,6 @@ from .ops import (
 
 __version__ = "0.1.0"
 
-__all__ = ["conv2d", "dynamic_conv2d", "dcd_conv2d", "atom_conv2d",
+__all__ = ["conv2d", "dynamic_conv2d", "dcd_conv2d", "atom_conv2d", "odconv2d", "conv1d", "dynamic_conv1d",
            "global_avg_pool", "linear", "relu", "sigmoid", "softmax", "hard_sigmoid", "tanh", "batch_norm",
            "nn", "vjp", "gradcheck", "GradcheckError", "testing"]

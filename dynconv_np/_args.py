@@ -381,3 +381,77 @@ def below_one(name: str, v) -> float:
     if not 0.0 <= v < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {v!r}")
     return float(v)
+
+
+# ----------------------------------------------------------------------------- odconv
+def odconv_attentions(a_w, a_s, a_c, a_f, N: int, K: int, C: int, O: int, kh: int, kw: int) -> None:
+    """Check ODConv's four attentions against x ``(N, C, ...)`` and W ``(K, O, ., kh, kw)``."""
+    check_shape("a_w", a_w, (N, K), f"(N, K) to match x's batch N={N} and W's K={K}")
+    check_shape("a_s", a_s, (N, kh, kw), f"(N, kh, kw) to match x's batch N={N} and W's {kh}x{kw} kernel")
+    check_shape("a_c", a_c, (N, C), f"(N, C) to match x's batch N={N} and its C={C} channels")
+    check_shape("a_f", a_f, (N, O), f"(N, O) to match x's batch N={N} and W's O={O}")
+
+
+# ----------------------------------------------------------------------------- 1-D forms
+def single(name: str, v, minimum: int) -> int:
+    """A 1-D stride, padding or dilation: an int or a 1-tuple, at least `minimum`."""
+    if isinstance(v, (tuple, list)) and len(v) != 1:
+        raise ValueError(f"{name} must be an int or a 1-tuple, got {v!r}")
+    u = v[0] if isinstance(v, (tuple, list)) else v
+    if isinstance(u, (bool, np.bool_)) or not isinstance(u, numbers.Integral):
+        raise TypeError(f"{name} must be an int or a 1-tuple of an int, got {v!r}")
+    if u < minimum:
+        raise ValueError(f"{name} must be {'positive' if minimum == 1 else 'non-negative'}, got {v!r}")
+    return int(u)
+
+
+def window1d(stride, padding, dilation) -> tuple[int, int | str, int]:
+    """A 1-D window's ``(stride, padding, dilation)`` as ints (padding may stay "valid" or "same")."""
+    s = single("stride", stride, 1)
+    d = single("dilation", dilation, 1)
+    if not isinstance(padding, str):
+        return s, single("padding", padding, 0), d
+    if padding not in ("valid", "same"):
+        raise ValueError(f'padding must be an int, a 1-tuple, "valid" or "same", got {padding!r}')
+    if padding == "same" and s != 1:
+        raise ValueError(f'padding="same" needs stride 1, got stride={stride!r}')
+    return s, padding, d
+
+
+def lift1d(s: int, p: int | str, d: int) -> dict:
+    """The ``stride, padding, dilation`` of a 1-D window on the 2-D engine (``H = 1``, ``(1, k)`` kernels)."""
+    return dict(stride=(1, s), padding=p if isinstance(p, str) else (0, p), dilation=(1, d))
+
+
+def conv1d_args(x, w, bias, groups, stride, padding, dilation, *, w_name: str, w_layout: str,
+                channels: str, bias_layout: str) -> tuple[int, dict]:
+    """The checks of a 1-D convolution on x ``(N, C, L)`` with the kernel `w`
+    ``(..., O, C//groups, k)``, in the order and words of :func:`conv_args`, with the shapes
+    a 1-D user sees.
+
+    Returns
+    -------
+    groups : int
+    geo : dict
+        ``stride``, ``padding``, ``dilation`` of the same convolution on ``(N, C, 1, L)``
+        with a ``(1, k)`` kernel (:func:`lift1d`): the 2-D engine runs it.
+    """
+    check_ndim("x", x, 3, "(N, C, L)")
+    check_ndim(w_name, w, w_layout.count(",") + 1, w_layout)
+    lead = len(w.shape) - 1
+    check_nonempty(w_name, w, tuple(range(lead)), channels)
+    O, Cg, k = w.shape[lead - 2:]
+    groups = check_groups(groups, x.shape[1], O, Cg, w_name)
+    if bias is not None:
+        check_shape("bias", bias, tuple(w.shape[:lead - 1]), bias_layout)
+    s, p, d = window1d(stride, padding, dilation)
+    if k < 1:
+        raise ValueError(f"{w_name} must have a kernel of at least 1 tap, got {k}")
+    span = d * (k - 1)
+    total = {"valid": 0, "same": span}[p] if isinstance(p, str) else 2 * p
+    L = x.shape[2]
+    Lo = (L + total - span - 1) // s + 1
+    if Lo < 1:
+        raise ValueError(f"output length would be {Lo} (below 1): x has length {L}, kernel {k}, "
+                         f"stride {s}, padding {padding!r}, dilation {d}")
+    return groups, lift1d(s, p, d)

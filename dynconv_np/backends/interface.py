@@ -158,6 +158,23 @@ class KernelAPI(ArrayAPI, Protocol):
     def add_centre_taps(self, dx, dxs, g):
         """``dx (N, C, H, W) += dxs (N, C, Ho, Wo)`` at the centre-tap positions, in place; returns `dx`."""
 
+    # ------------------------------------------------------------------ kernel scaling (ODConv)
+    def scale_kernels(self, w, a_f, a_c, a_s, groups):
+        """Per-sample kernels scaled along three axes (ODConv's filter, channel and spatial
+        attentions folded into the kernel)::
+
+            out[n, o, c, t] = w[n, o, c, t] * ((a_f[n, o] * a_c[n, g(o)*Cg + c]) * a_s[n, t])
+
+        w (N, O, Cg, T), a_f (N, O), a_c (N, C) with ``C = groups*Cg``, a_s (N, T);
+        ``g(o) = o // (O // groups)`` is output channel o's group, so ``a_c`` scales the
+        input channel that kernel column ``c`` reads. Returns out (N, O, Cg, T), a new array."""
+
+    def scale_kernels_backward(self, G, w, a_f, a_c, a_s, groups):
+        """Gradients of :meth:`scale_kernels` for the cotangent G (N, O, Cg, T):
+        ``(dw (N, O, Cg, T), da_f (N, O), da_c (N, C), da_s (N, T))``; ``da_c[n, c]`` sums
+        over the output channels of c's group and the taps, ``da_s[n, t]`` over the output
+        channels and the kernel columns."""
+
     # ------------------------------------------------------------------ rows and channels
     def scale_rows(self, a, s):
         """``a (N, O, P) * s (N, O)[:, :, None]`` (a new array)."""

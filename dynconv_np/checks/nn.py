@@ -30,19 +30,25 @@ def _layers():
 def cases():
     r = rng(4)
     x = r.standard_normal((3, 4, 7, 7))
-    out = []
-    for label, layer in _layers():
-        # move parameters off their symmetric initial values (zero biases, uniform mixtures)
-        for k, p in layer.params.items():
-            p += 0.3 * r.standard_normal(p.shape)
-            if k.endswith("fc1.bias"):
-                p += 1.0  # keep the hidden ReLUs of the attention branch active
-        for mode in ("train", "eval"):
-            if mode == "eval":
-                layer = eval_twin(layer)
-            out.append(Case(f"nn.{label} {mode}", nn.as_function(layer), (x, *layer.params.values()),
-                            mode="projection"))
-    return out
+    return [case for label, layer in _layers() for case in layer_cases(label, perturbed(layer, r), x)]
+
+
+def perturbed(layer, r):
+    """`layer` with its parameters moved off their symmetric initial values (zero biases,
+    uniform mixtures) by ``0.3 * r.standard_normal``, and ``fc1.bias`` raised by 1 to keep
+    the hidden ReLUs of an attention branch active; returns `layer`."""
+    for k, p in layer.params.items():
+        p += 0.3 * r.standard_normal(p.shape)
+        if k.endswith("fc1.bias"):
+            p += 1.0
+    return layer
+
+
+def layer_cases(label, layer, x, modes=("train", "eval")):
+    """Whole-layer projection cases ``nn.<label> <mode>`` of `layer` on `x`, one per mode;
+    the eval case checks an :func:`eval_twin`."""
+    return [Case(f"nn.{label} {mode}", nn.as_function(twin), (x, *twin.params.values()), mode="projection")
+            for mode in modes for twin in [layer if mode == "train" else eval_twin(layer)]]
 
 
 def eval_twin(layer):

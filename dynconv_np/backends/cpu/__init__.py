@@ -11,6 +11,7 @@ topic module that defines it:
 - :mod:`.unfold`: ``im2col`` and ``col2im``;
 - :mod:`.taps`: the per-pixel tap engine;
 - :mod:`.centre`: the centre taps of dynamic convolution decomposition;
+- :mod:`.kernel_scale`: ODConv's kernel scaling (``scale_kernels`` and its backward);
 - :mod:`.index`: the shared index helpers, compiled for the CPU.
 
 Extra to the interface: ``workspace``, the :class:`~dynconv_np.backends._workspace.Workspace`
@@ -26,10 +27,10 @@ only the kernel's own file, so after editing a helper, delete the cache files
 
 from .._exports import export_interface
 from .._workspace import Workspace
-from . import array, centre, conv, products, taps, unfold
+from . import array, centre, conv, kernel_scale, products, taps, unfold
 
 workspace = Workspace(64 * 2**20)
 set_workspace_bytes = workspace.set_workspace_bytes
 chunk_size = workspace.chunk_size
 
-__all__ = [*export_interface(globals(), (array, centre, conv, products, taps, unfold)), "workspace"]
+__all__ = [*export_interface(globals(), (array, centre, conv, kernel_scale, products, taps, unfold)), "workspace"]
