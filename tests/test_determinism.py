@@ -40,6 +40,11 @@ SCRIPT = textwrap.dedent("""
     run(dc.dynamic_conv2d, (x, W, pi, b), dict(padding=1, groups=2))
     run(dc.dynamic_conv2d, (x, W, pi[0], b), dict(stride=2, dilation=2, groups=2))
     run(dc.conv2d, (x, W[0, :, :, :2]), dict(stride=(1, 2), padding=(2, 0), groups=2))
+    # ODConv (a batch over every thread, and a batch of one) and the 1-D forms
+    att = [r.random(s).astype(np.float32) for s in ((9, 4), (9, 3, 3), (9, 16), (9, 16))]
+    run(dc.odconv2d, (x, W, *att), dict(stride=2, padding=1, groups=2))
+    run(dc.odconv2d, (x[:1], W, *(a[:1] for a in att)), dict(padding=1, groups=2))
+    run(dc.dynamic_conv1d, (x[:, :, 0], W[..., 0], pi, b), dict(padding=1, dilation=2, groups=2))
     print(h.hexdigest())
 """)
 

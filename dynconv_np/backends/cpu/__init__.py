@@ -20,7 +20,8 @@ behind ``set_workspace_bytes`` and ``chunk_size`` (64 MiB by default; it bounds
 ``conv.TILE_BYTES``). Every result is bitwise identical whatever ``NUMBA_NUM_THREADS`` is.
 
 The kernels are cached by Numba (``cache=True``) and inline helpers of sibling modules
-(:mod:`.unfold`, :mod:`.index`, :mod:`dynconv_np.backends._index`); Numba's cache checks
+(:mod:`.unfold`, :mod:`.index`, :mod:`dynconv_np.backends._index`,
+:mod:`dynconv_np.backends._kernel_scale`); Numba's cache checks
 only the kernel's own file, so after editing a helper, delete the cache files
 (``__pycache__/*.nbi``, ``*.nbc``) before trusting a run.
 """
