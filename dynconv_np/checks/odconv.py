@@ -53,7 +53,7 @@ def cases():
     Wd = r.standard_normal((2, 4, 1, 3, 3))
     x1 = r.standard_normal((2, 4, 9))
     return [
-        Case("odconv2d s2 p1 d(1,2) g2", dc.odconv2d, (x, W, *_attentions(r, N, K, 3, 2, C, O)),
+        Case("odconv2d stride 2 p1 d(1,2) g2", dc.odconv2d, (x, W, *_attentions(r, N, K, 3, 2, C, O)),
              dict(stride=2, padding=1, dilation=(1, 2), groups=2), mode="full"),
         Case("odconv2d depthwise same", dc.odconv2d, (xd, Wd, *_attentions(r, 2, 2, 3, 3, 4, 4)),
              dict(padding="same", groups=4), mode="full"),
