@@ -1,4 +1,4 @@
-"""Routing building blocks: forward and backward against reference.py on every backend
+"""Routing building blocks: forward and backward against the reference on every backend
 (CPU always; CUDA on a GPU or under the simulator), gradchecks, stability, errors."""
 
 import warnings

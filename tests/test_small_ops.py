@@ -1,5 +1,5 @@
 """The ops the layers compose: small linear algebra, DCD's pieces, the loss and the optimiser
-updates, against reference.py (forward, pullback) on every backend (CPU always; CUDA on a
+updates, against the reference (forward, pullback) on every backend (CPU always; CUDA on a
 GPU or under the simulator), gradchecks and their argument checks."""
 
 import numpy as np
