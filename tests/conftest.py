@@ -13,6 +13,13 @@ skips them and ``tests/test_simulator.py`` reruns them in a subprocess under the
 simulator: ``NUMBA_ENABLE_CUDASIM=1 pytest -m cuda --require-cuda``. With
 ``--require-cuda`` a CUDA case that cannot run fails instead of skipping, so that run
 proves every CUDA case ran (no output to grep).
+
+Grids
+-----
+One grid per op family: ``over_backends(cases, cuda)`` parametrises a test over
+``(backend, ...)`` with every case on the CPU and the tiny `cuda` cases on CUDA too (the
+simulator runs one Python thread per CUDA thread). ``cuda_only`` marks a case that
+exists only for CUDA (tile edges, foreign arrays, host/device mixing).
 """
 
 from __future__ import annotations
