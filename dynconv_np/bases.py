@@ -1,4 +1,4 @@
-"""Fourier-Bessel bases for ACDA atoms (SPEC section 5; the DCFNet construction).
+"""Fourier-Bessel bases for ACDA atoms (docs/math.md; the DCFNet construction).
 
 Single scale, for a kernel of radius ``L1`` (size ``k = 2*L1 + 1``): the grid points
 ``(y, x)`` with integer offsets in ``[-L1, L1]`` are scaled by ``R = L1 + 0.5`` so the

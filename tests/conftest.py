@@ -13,6 +13,13 @@ skips them and ``tests/test_simulator.py`` reruns them in a subprocess under the
 simulator: ``NUMBA_ENABLE_CUDASIM=1 pytest -m cuda --require-cuda``. With
 ``--require-cuda`` a CUDA case that cannot run fails instead of skipping, so that run
 proves every CUDA case ran (no output to grep).
+
+Grids
+-----
+One grid per op family: ``over_backends(cases, cuda)`` parametrises a test over
+``(backend, ...)`` with every case on the CPU and the tiny `cuda` cases on CUDA too (the
+simulator runs one Python thread per CUDA thread). ``cuda_only`` marks a case that
+exists only for CUDA (tile edges, foreign arrays, host/device mixing).
 """
 
 from __future__ import annotations
@@ -61,6 +68,13 @@ class Backend:
     def __repr__(self) -> str:
         return self.name
 
+    @property
+    def be(self):
+        """The backend module itself (``dynconv_np.backends.cpu`` or ``.cuda``)."""
+        from dynconv_np import backends
+
+        return backends.get(self.name)
+
     def put(self, a):
         """Host array -> an array of this backend (None stays None)."""
         if a is None or self.name == "cpu":
@@ -92,6 +106,22 @@ def backend(request) -> Backend:
     return Backend(request.param)
 
 
+def over_backends(cases, cuda):
+    """Parameters for ``@pytest.mark.parametrize("backend, a, b", over_backends(...), indirect=["backend"])``.
+
+    One grid per op family: every case of `cases` runs on the CPU, the cases of `cuda` (tiny
+    ones: the simulator runs one Python thread per CUDA thread) on CUDA and on the CPU too.
+    A case is a tuple of the parameters after ``backend``.
+    """
+    cpu = list(cases) + [c for c in cuda if c not in cases]
+    return [pytest.param("cpu", *c) for c in cpu] + [pytest.param("cuda", *c) for c in cuda]
+
+
+# A CUDA-only case (tile edges, foreign arrays, device errors): the ``backend`` fixture
+# with "cuda" alone, so it carries the cuda marker and runs in the simulator run.
+cuda_only = pytest.mark.parametrize("backend", ["cuda"], indirect=True)
+
+
 def assert_close(actual, expected, dtype, name="", f32_tol=2e-5):
     """Compare with a float64 oracle, with a dtype-dependent tolerance relative to its scale."""
     actual = np.asarray(actual, dtype=np.float64)
@@ -103,13 +133,14 @@ def assert_close(actual, expected, dtype, name="", f32_tol=2e-5):
     assert err <= tol, f"{name}: max abs error {err:.3e} > {tol:.3e}"
 
 
-def check_vjp(backend: Backend, f, ref, ref_backward, args, kwargs, dtype, rng, f32_tol=2e-5):
+def check_vjp(backend: Backend, f, ref, ref_backward, args, kwargs, dtype, rng, f32_tol=2e-5, twice=False):
     """Run ``f.vjp`` on `backend` in `dtype` and compare ``y`` and every gradient with the
     float64 reference ``ref(*args, **kwargs)`` / ``ref_backward(dy, *args, **kwargs)``.
 
     `args` are host arrays (any float dtype; None for an absent optional array) or other
     values passed through. Also checks that the inputs were not modified and that results
-    live on the backend. Returns ``(y, grads)`` as host arrays.
+    live on the backend; with `twice`, that a second call of the pullback gives bitwise the
+    same gradients. Returns ``(y, grads)`` as host arrays.
     """
     is_arr = [isinstance(a, np.ndarray) for a in args]
     ref_args = [a.astype(np.float64) if m else a for a, m in zip(args, is_arr)]
@@ -135,6 +166,11 @@ def check_vjp(backend: Backend, f, ref, ref_backward, args, kwargs, dtype, rng, 
         assert np.dtype(a.dtype) == np.dtype(dtype) and a_host.shape == np.shape(r), f"grad {i}"
         assert_close(a_host, r, dtype, f"grad {i}", f32_tol)
         out.append(a_host)
+    if twice:
+        for i, (a, b) in enumerate(zip(pb(backend.put(dy.astype(dtype))), out)):
+            assert (a is None) == (b is None), f"grad {i} on the second call"
+            if b is not None:
+                np.testing.assert_array_equal(backend.get(a), b, err_msg=f"grad {i} on the second call")
     for a, b, m in zip(dev_args, before, is_arr):
         if m:
             np.testing.assert_array_equal(backend.get(a), b, err_msg="an input was modified")

@@ -1,4 +1,4 @@
-"""Every bad input of API.md's conventions raises the named error, before any work."""
+"""Every bad input of docs/api.md's conventions raises the named error, before any work."""
 
 import numpy as np
 import pytest

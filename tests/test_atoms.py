@@ -1,5 +1,6 @@
-"""atom_conv2d and the tap engine: reference, explicit per-pixel filters, gradchecks,
-thread-count determinism, memory, AtomConv2d."""
+"""atom_conv2d and the tap engine: reference on every backend (CPU always; CUDA on a GPU or
+under the simulator), explicit per-pixel filters, gradchecks, thread-count determinism,
+memory, AtomConv2d."""
 
 import os
 import subprocess
@@ -9,7 +10,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import DTYPES, assert_close, check_vjp, over_backends
 
 import dynconv_np as dc
 from dynconv_np import _args
@@ -27,6 +28,17 @@ GRID = [
     (3, 3, 6, 7, 4, 3, 6, 3, 3, (1, 2)),
     (2, 1, 6, 5, 1, 5, 1, 1, "valid", 1),
 ]
+# Tiny configurations, with or without bias, the ones CUDA runs too (the simulator runs one
+# Python thread per CUDA thread).
+TINY = [
+    ((2, 3, 5, 6, 4, 3, 2, 1, 1, 1), True),
+    ((1, 2, 7, 6, 3, 3, 3, (2, 1), (1, 0), (1, 2)), False),
+    ((1, 2, 4, 4, 9, 3, 5, 1, 1, 1), True),   # O=9, C*M=10, P=16: every GEMM crosses an 8-tile
+]
+# (cfg, dtype, with_bias)
+CUDA = [(cfg, DTYPES[i % 2], bias) for i, (cfg, bias) in enumerate(TINY)]
+CASES = [(cfg, dt, cfg[0] != 3) for cfg in GRID for dt in DTYPES] + \
+    [(cfg, dt, bias) for cfg, bias in TINY for dt in DTYPES]
 
 
 def _data(rng, cfg, dtype, bias=True):
@@ -37,23 +49,24 @@ def _data(rng, cfg, dtype, bias=True):
     return tuple(None if a is None else a.astype(dtype) for a in args), dict(stride=s, padding=p, dilation=d)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("cfg", GRID)
-def test_atoms_match_reference(rng, cfg, dtype):
-    args, kw = _data(rng, cfg, dtype, bias=cfg[0] != 3)
-    y, pb = dc.atom_conv2d.vjp(*args, **kw)
-    assert y.dtype == dtype
-    assert_close(y, R.atom_conv2d(*args, **kw), dtype, "y")
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    got = pb(dy)
-    ref = R.atom_conv2d_backward(dy, *args, **kw)
-    assert len(got) == 4
-    for name, a, r, inp in zip(("dx", "datoms", "dcoeff", "dbias"), got, ref, args):
-        if inp is None:
-            assert a is None
-            continue
-        assert a.dtype == dtype and a.shape == inp.shape, name
-        assert_close(a, r, dtype, name)
+@pytest.mark.parametrize("backend, cfg, dtype, with_bias", over_backends(CASES, CUDA), indirect=["backend"])
+def test_atoms_match_reference(backend, rng, cfg, dtype, with_bias):
+    args, kw = _data(rng, cfg, dtype, bias=with_bias)
+    check_vjp(backend, dc.atom_conv2d, R.atom_conv2d, R.atom_conv2d_backward, args, kw, dtype, rng)
+
+
+def test_atoms_chunked_match_reference(backend, rng, monkeypatch):
+    # A small workspace splits the batch: the backward recomputes each chunk's Z and
+    # accumulates dcoeff inside the GEMM, chunk after chunk.
+    from dynconv_np.ops import atoms as atoms_mod
+
+    be = backend.be
+    N, C, H, W, O, k, M = 3, 2, 4, 4, 3, 3, 2
+    per_sample = C * M * H * W * 8
+    monkeypatch.setattr(be.workspace, "nbytes", 2 * per_sample)
+    assert atoms_mod._chunks(be, N, per_sample) == [(0, 2), (2, 3)]
+    args, kw = _data(rng, (N, C, H, W, O, k, M, 1, 1, 1), np.float64)
+    check_vjp(backend, dc.atom_conv2d, R.atom_conv2d, R.atom_conv2d_backward, args, kw, np.float64, rng)
 
 
 def test_atoms_equal_explicit_per_pixel_filters(rng):

@@ -1,8 +1,10 @@
-"""conv2d and dynamic_conv2d against the naive float64 reference, forward and every gradient."""
+"""conv2d and dynamic_conv2d against the naive float64 reference, forward and every gradient,
+on every backend (CPU always; CUDA on a GPU or under the simulator, tests/test_simulator.py)."""
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import DTYPES, assert_close, check_vjp, cuda_only, over_backends
+from test_cuda import Foreign
 
 import dynconv_np as dc
 from dynconv_np import reference as R
@@ -20,6 +22,32 @@ GRID = [
     (1, 4, 13, 12, 6, 3, 3, 2, 2, 2, 2),
     (4, 5, 6, 6, 7, 2, 2, 3, (0, 2), 1, 1),
 ]
+# Tiny configurations, the ones CUDA runs too (the simulator runs one Python thread per
+# CUDA thread). O=17 with 2 channels of 3x3 (F=18) on 5x5 outputs (P=25) crosses the GEMM
+# tiles (8 in the simulator, 16 on a GPU) in M, N and K; so does TILES with K=9 experts
+# of O=9 in the mixing GEMMs.
+TINY = [
+    (2, 2, 5, 5, 3, 3, 3, 1, 1, 1, 1),
+    (1, 4, 6, 5, 4, 3, 2, (2, 1), (1, 0), (1, 2), 2),
+    (1, 3, 6, 6, 3, 3, 3, 1, "same", 2, 3),
+    (2, 2, 4, 3, 2, 1, 1, 1, 0, 1, 1),
+    (1, 2, 5, 5, 17, 3, 3, 1, 1, 1, 1),
+]
+MIXED = (2, 4, 5, 4, 4, 3, 3, 2, 1, 1, 2)
+TILES = (1, 2, 5, 4, 9, 3, 3, 1, 1, 1, 1)
+GRID += TINY + [MIXED, TILES]
+
+# conv2d: (cfg, dtype, with_bias); on CUDA both dtypes across the tiny grid, at half the
+# simulator's cost
+CONV_CUDA = [(cfg, DTYPES[i % 2], i % 3 != 1) for i, cfg in enumerate(TINY)]
+CONV_CASES = [(cfg, dt, b) for cfg in GRID for dt in DTYPES for b in (True, False)]
+
+# dynamic_conv2d: (cfg, dtype, K, pi_kind, with_bias)
+DYN_CUDA = [(MIXED, np.float32, 3, "per_sample", True), (MIXED, np.float64, 3, "per_sample", False),
+            (MIXED, np.float64, 3, "shared", True), (MIXED, np.float32, 3, "shared", False),
+            (TILES, np.float64, 9, "per_sample", True)]
+DYN_CASES = [(cfg, dt, K, kind, K != 3) for cfg in GRID for dt in DTYPES for K in (1, 3, 5)
+             for kind in ("per_sample", "shared")]
 
 
 def _data(rng, cfg, dtype, K=None):
@@ -30,48 +58,23 @@ def _data(rng, cfg, dtype, K=None):
     return x, w, dict(stride=s, padding=p, dilation=d, groups=g)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("cfg", GRID)
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_conv2d_matches_reference(rng, cfg, dtype, with_bias):
+@pytest.mark.parametrize("backend, cfg, dtype, with_bias", over_backends(CONV_CASES, CONV_CUDA),
+                         indirect=["backend"])
+def test_conv2d_matches_reference(backend, rng, cfg, dtype, with_bias):
     x, w, kw = _data(rng, cfg, dtype)
     b = rng.standard_normal(w.shape[0]).astype(dtype) if with_bias else None
-    y, pb = dc.conv2d.vjp(x, w, b, **kw)
-    assert y.dtype == dtype
-    assert_close(y, R.conv2d(x, w, b, **kw), dtype, "y")
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    got = pb(dy)
-    ref = R.conv2d_backward(dy, x, w, b, **kw)
-    assert len(got) == 3
-    for name, a, r in zip(("dx", "dw", "dbias"), got, ref):
-        if r is None:
-            assert a is None
-        else:
-            assert a.dtype == dtype and a.shape == r.shape
-            assert_close(a, r, dtype, name)
+    check_vjp(backend, dc.conv2d, R.conv2d, R.conv2d_backward, [x, w, b], kw, dtype, rng)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("cfg", GRID)
-@pytest.mark.parametrize("K", [1, 3, 5])
-@pytest.mark.parametrize("pi_kind", ["per_sample", "shared"])
-def test_dynamic_conv2d_matches_reference(rng, cfg, dtype, K, pi_kind):
+@pytest.mark.parametrize("backend, cfg, dtype, K, pi_kind, with_bias", over_backends(DYN_CASES, DYN_CUDA),
+                         indirect=["backend"])
+def test_dynamic_conv2d_matches_reference(backend, rng, cfg, dtype, K, pi_kind, with_bias):
     x, W, kw = _data(rng, cfg, dtype, K)
     N, O = x.shape[0], W.shape[1]
     pi = rng.random((N, K) if pi_kind == "per_sample" else (K,)).astype(dtype)
-    b = rng.standard_normal((K, O)).astype(dtype) if K != 3 else None
-    y, pb = dc.dynamic_conv2d.vjp(x, W, pi, b, **kw)
-    assert_close(y, R.dynamic_conv2d(x, W, pi, b, **kw), dtype, "y")
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    got = pb(dy)
-    ref = R.dynamic_conv2d_backward(dy, x, W, pi, b, **kw)
-    assert len(got) == 4
-    for name, a, r in zip(("dx", "dW", "dpi", "dbias"), got, ref):
-        if r is None:
-            assert a is None
-        else:
-            assert a.dtype == dtype and a.shape == r.shape, name
-            assert_close(a, r, dtype, name)
+    b = rng.standard_normal((K, O)).astype(dtype) if with_bias else None
+    check_vjp(backend, dc.dynamic_conv2d, R.dynamic_conv2d, R.dynamic_conv2d_backward, [x, W, pi, b], kw,
+              dtype, rng)
 
 
 def test_random_configurations_against_reference():
@@ -104,7 +107,7 @@ def test_random_configurations_against_reference():
                 assert_close(a, r, dtype, f"grad {kw_}")
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_non_contiguous_inputs(rng, dtype):
     base = rng.standard_normal((3, 10, 9, 12)).astype(dtype)
     x = base[:, ::2, :, ::-1].transpose(0, 1, 3, 2)[:, :, 1:, :]  # (3, 5, 11, 9) strided view
@@ -184,3 +187,65 @@ def test_batch_of_zero_samples(rng):
     dx, dW, dpi, _ = pb(np.zeros_like(y))
     assert dx.shape == x.shape and dpi.shape == (0, 2)
     np.testing.assert_array_equal(dW, 0)
+
+
+def test_deterministic(backend, rng):
+    # Two samples through the shared-pi path: dW sums per-sample products in one GEMM.
+    x = backend.put(rng.standard_normal((2, 2, 4, 3)).astype(np.float32))
+    Wk = backend.put(rng.standard_normal((2, 2, 2, 3, 3)).astype(np.float32))
+    pi = backend.put(rng.random(2).astype(np.float32))
+    dy = backend.put(rng.standard_normal((2, 2, 4, 3)).astype(np.float32))
+    runs = []
+    for _ in range(2):
+        y, pb = dc.dynamic_conv2d.vjp(x, Wk, pi, padding=1)
+        runs.append([backend.get(y)] + [backend.get(a) for a in pb(dy)[:3]])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- CUDA only
+@cuda_only
+def test_foreign_inputs(backend, rng):
+    # Objects with only __cuda_array_interface__, one of them strided, through both ops.
+    cb = backend.be
+    x = rng.standard_normal((1, 4, 5, 4))
+    w = rng.standard_normal((4, 2, 3, 3))
+    b = rng.standard_normal(4)
+    wide = cb.to_device(np.concatenate([x, x], axis=3))
+    fx = Foreign(wide[:, :, :, :4])  # strided: C-ordered only after a device copy
+    y, pb = dc.conv2d.vjp(fx, Foreign(cb.to_device(w)), Foreign(cb.to_device(b)), padding=1, groups=2)
+    assert cb.is_device_array(y)
+    y_ref = R.conv2d(x, w, b, padding=1, groups=2)
+    assert_close(cb.to_host(y), y_ref, np.float64, "y")
+    dy = rng.standard_normal(y_ref.shape)
+    for a, r in zip(pb(Foreign(cb.to_device(dy))), R.conv2d_backward(dy, x, w, b, padding=1, groups=2)):
+        assert cb.is_device_array(a)
+        assert_close(cb.to_host(a), r, np.float64)
+
+    Wk = rng.standard_normal((2, 3, 4, 1, 1))
+    pi = rng.random((1, 2))
+    fpi = Foreign(cb.to_device(np.concatenate([pi, pi], axis=1))[:, :2])  # strided
+    y, pb = dc.dynamic_conv2d.vjp(Foreign(cb.to_device(x)), Foreign(cb.to_device(Wk)), fpi)
+    y_ref = R.dynamic_conv2d(x, Wk, pi)
+    assert_close(cb.to_host(y), y_ref, np.float64, "y")
+    dy = rng.standard_normal(y_ref.shape)
+    dx, dW, dpi, dbias = pb(cb.to_device(dy))
+    assert dbias is None
+    for a, r in zip((dx, dW, dpi), R.dynamic_conv2d_backward(dy, x, Wk, pi)):
+        assert_close(cb.to_host(a), r, np.float64)
+
+
+@cuda_only
+def test_host_device_mixing_is_a_type_error(backend, rng):
+    d = backend.put
+    x = rng.standard_normal((1, 2, 4, 4))
+    w = rng.standard_normal((2, 2, 3, 3))
+    with pytest.raises(TypeError, match="w is a cuda array but x is a cpu array"):
+        dc.conv2d(x, d(w))
+    with pytest.raises(TypeError, match="bias is a cpu array but x is a cuda array"):
+        dc.conv2d(d(x), d(w), np.zeros(2))
+    with pytest.raises(TypeError, match="pi is a cpu array but x is a cuda array"):
+        dc.dynamic_conv2d(d(x), d(w[None]), np.ones(1))
+    y, pb = dc.conv2d.vjp(d(x), d(w))
+    with pytest.raises(TypeError, match="dy is a cpu array"):
+        pb(np.zeros(tuple(y.shape)))

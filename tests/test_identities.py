@@ -45,7 +45,7 @@ def test_one_hot_pi_selects_expert(rng):
 
 
 def test_static_mixture_gradients_follow_the_chain_rule(rng):
-    """SPEC 1: dW_k = a_k dW and dpi_k = <dW, W_k> + <db, b_k> for a shared mixture."""
+    """docs/math.md, static mixture: dW_k = a_k dW and dpi_k = <dW, W_k> + <db, b_k> for a shared mixture."""
     K = 3
     x = rng.standard_normal((2, 3, 7, 7))
     W = rng.standard_normal((K, 4, 3, 3, 3))

@@ -1,20 +1,17 @@
-"""Routing building blocks: forward and backward against reference.py, gradchecks, stability, errors."""
+"""Routing building blocks: forward and backward against the reference on every backend
+(CPU always; CUDA on a GPU or under the simulator), gradchecks, stability, errors."""
 
 import warnings
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import DTYPES, assert_close, check_vjp, cuda_only, over_backends
 
 import dynconv_np as dc
 from dynconv_np import reference as ref
 from dynconv_np.ops.routing import batch_norm_update_stats
 
-DTYPES = [np.float32, np.float64]
-
-
-def close(actual, expected, dtype, name=""):
-    assert_close(actual, expected, dtype, name, f32_tol=3e-5)
+F32, F64 = np.float32, np.float64
 
 
 def away_from_kinks(r, shape):
@@ -22,76 +19,99 @@ def away_from_kinks(r, shape):
     return r.uniform(0.1, 2.5, shape) * r.choice([-1.0, 1.0], shape)
 
 
-def check_vs_ref(f, ref_f, ref_b, args, kwargs, dtype, seed=0):
-    """Forward and pullback of `f` against the reference, inputs untouched, pullback repeatable."""
-    r = np.random.default_rng(seed)
-    args = tuple(None if a is None else a.astype(dtype) for a in args)
-    copies = [None if a is None else a.copy() for a in args]
-    y, pb = f.vjp(*args, **kwargs)
-    assert y.dtype == dtype
-    close(y, ref_f(*args, **kwargs), dtype, "y")
-    dy = r.standard_normal(y.shape).astype(dtype)
-    grads = pb(dy)
-    again = pb(dy)
-    expected = ref_b(dy, *args, **kwargs)
-    assert len(grads) == len(expected)
-    for i, (g, e) in enumerate(zip(grads, expected)):
-        if e is None:
-            assert g is None
-            continue
-        assert g.dtype == dtype and g.shape == args[i].shape
-        close(g, e, dtype, f"grad {i}")
-        np.testing.assert_array_equal(g, again[i])
-    for a, c in zip(args, copies):
-        if a is not None:
-            np.testing.assert_array_equal(a, c)
+def check(backend, name, args, kwargs, dtype, rng):
+    """``dc.<name>`` against ``reference.<name>``: forward, pullback, inputs untouched; on the CPU
+    the pullback is called twice (on CUDA a second backward would double the simulator's cost)."""
+    args = [None if a is None else a.astype(dtype) for a in args]
+    check_vjp(backend, getattr(dc, name), getattr(ref, name), getattr(ref, name + "_backward"), args, kwargs,
+              dtype, rng, twice=backend.name == "cpu")
+
+
+# One grid per op; the CUDA cases are tiny (the simulator runs one Python thread per
+# CUDA thread) and alternate the dtype.
+# global_avg_pool: (shape, dtype)
+GAP = [((3, 4, 5, 7), dt) for dt in DTYPES]
+GAP_CUDA = [((2, 3, 4, 5), F32)]
+
+# linear: (a shape, out features, with bias, dtype); w is (out, in)
+LINEAR = [(a, 4, b, dt) for a in [(5, 6), (2, 3, 6), (6,), (2, 1, 3, 6)] for b in (True, False) for dt in DTYPES]
+LINEAR_CUDA = [((5, 6), 4, True, F64), ((2, 3, 6), 4, False, F32), ((6,), 4, True, F64),
+               ((2, 1, 3, 6), 4, True, F32),     # four axes: flattened around the GEMMs
+               ((9, 17), 10, True, F64)]         # crosses the 8-tiles in M, K and N
+
+# elementwise: (name, kwargs, dtype)
+ELEMENTWISE = [("relu", {}), ("tanh", {}), ("sigmoid", {}), ("sigmoid", {"tau": 3.0}),
+               ("hard_sigmoid", {}), ("hard_sigmoid", {"scale": 6.0})]
+ELEMENTWISE_CUDA = [(name, kw, DTYPES[i % 2]) for i, (name, kw) in enumerate(ELEMENTWISE)]
+ELEMENTWISE = [(name, kw, dt) for name, kw in ELEMENTWISE for dt in DTYPES]
+
+# softmax: (shape, tau, axis, dtype)
+SOFTMAX = [((3, 4, 5), tau, axis, dt) for tau, axis in [(1.0, -1), (30.0, -1), (0.5, 0), (2.0, 1)]
+           for dt in DTYPES]
+SOFTMAX_CUDA = [((3, 4, 5), 1.0, -1, F32), ((3, 4, 5), 0.5, 0, F64), ((3, 4, 5), 30.0, 1, F32),
+                ((45, 33), 2.0, -1, F64)]       # 45 rows: two blocks of row threads
+
+# batch_norm: (x shape, with running statistics, training, dtype)
+BATCH_NORM = [(s, True, t, dt) for s in [(4, 3, 5, 6), (1, 3, 2, 2), (6, 3)] for t in (True, False)
+              for dt in DTYPES]
+BATCH_NORM_CUDA = [((4, 3, 5, 6), False, True, F32), ((4, 3, 5, 6), True, True, F64),
+                   ((4, 3, 5, 6), True, False, F32), ((6, 3), False, True, F64), ((6, 3), True, False, F32),
+                   ((3, 2, 11, 7), False, True, F64)]   # 231 values per channel: many block strides
 
 
 # ----------------------------------------------------------------------------- vs reference
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_global_avg_pool(dtype, rng):
-    x = rng.standard_normal((3, 4, 5, 7))
-    check_vs_ref(dc.global_avg_pool, ref.global_avg_pool, ref.global_avg_pool_backward, (x,), {}, dtype)
+@pytest.mark.parametrize("backend, shape, dtype", over_backends(GAP, GAP_CUDA), indirect=["backend"])
+def test_global_avg_pool(backend, shape, dtype, rng):
+    check(backend, "global_avg_pool", [rng.standard_normal(shape)], {}, dtype, rng)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("a_shape", [(5, 6), (2, 3, 6), (6,)])
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_linear(dtype, a_shape, with_bias, rng):
+@pytest.mark.parametrize("backend, a_shape, out, with_bias, dtype", over_backends(LINEAR, LINEAR_CUDA),
+                         indirect=["backend"])
+def test_linear(backend, a_shape, out, with_bias, dtype, rng):
     a = rng.standard_normal(a_shape)
-    w = rng.standard_normal((4, 6))
-    b = rng.standard_normal(4) if with_bias else None
-    check_vs_ref(dc.linear, ref.linear, ref.linear_backward, (a, w, b), {}, dtype)
+    w = rng.standard_normal((out, a_shape[-1]))
+    b = rng.standard_normal(out) if with_bias else None
+    check(backend, "linear", [a, w, b], {}, dtype, rng)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name,kwargs", [
-    ("relu", {}), ("tanh", {}), ("sigmoid", {}), ("sigmoid", {"tau": 3.0}),
-    ("hard_sigmoid", {}), ("hard_sigmoid", {"scale": 6.0}),
-])
-def test_elementwise(dtype, name, kwargs, rng):
-    z = away_from_kinks(rng, (3, 4, 5))
-    check_vs_ref(getattr(dc, name), getattr(ref, name), getattr(ref, name + "_backward"), (z,), kwargs, dtype)
+@pytest.mark.parametrize("backend, name, kwargs, dtype", over_backends(ELEMENTWISE, ELEMENTWISE_CUDA),
+                         indirect=["backend"])
+def test_elementwise(backend, name, kwargs, dtype, rng):
+    check(backend, name, [away_from_kinks(rng, (3, 4, 5))], kwargs, dtype, rng)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("tau,axis", [(1.0, -1), (30.0, -1), (0.5, 0), (2.0, 1)])
-def test_softmax(dtype, tau, axis, rng):
-    z = 3 * rng.standard_normal((3, 4, 5))
-    check_vs_ref(dc.softmax, ref.softmax, ref.softmax_backward, (z,), {"tau": tau, "axis": axis}, dtype)
-    y = dc.softmax(z.astype(dtype), tau=tau, axis=axis)
+@pytest.mark.parametrize("backend, shape, tau, axis, dtype", over_backends(SOFTMAX, SOFTMAX_CUDA),
+                         indirect=["backend"])
+def test_softmax(backend, shape, tau, axis, dtype, rng):
+    z = 3 * rng.standard_normal(shape)
+    check(backend, "softmax", [z], {"tau": tau, "axis": axis}, dtype, rng)
+    y = backend.get(dc.softmax(backend.put(z.astype(dtype)), tau=tau, axis=axis))
     np.testing.assert_allclose(y.sum(axis=axis), 1, rtol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (1, 3, 2, 2), (6, 3)])
-@pytest.mark.parametrize("training", [True, False])
-def test_batch_norm(dtype, shape, training, rng):
+@pytest.mark.parametrize("backend, shape, running_stats, training, dtype",
+                         over_backends(BATCH_NORM, BATCH_NORM_CUDA), indirect=["backend"])
+def test_batch_norm(backend, shape, running_stats, training, dtype, rng):
+    C = shape[1]
     x = 2 * rng.standard_normal(shape) + 0.5
-    g, b = rng.uniform(0.5, 1.5, 3), rng.standard_normal(3)
-    rm, rv = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
-    check_vs_ref(dc.batch_norm, ref.batch_norm, ref.batch_norm_backward, (x, g, b, rm, rv),
-                 {"training": training}, dtype)
+    g, b = rng.uniform(0.5, 1.5, C), rng.standard_normal(C)
+    rs = [rng.standard_normal(C), rng.uniform(0.5, 2, C)] if running_stats else []
+    check(backend, "batch_norm", [x, g, b, *rs], {"training": training}, dtype, rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_norm_update_stats(backend, dtype, rng):
+    for shape in [(4, 3, 5, 6), (6, 3)]:
+        args = [rng.standard_normal(shape).astype(dtype), rng.standard_normal(3).astype(dtype),
+                rng.uniform(0.5, 2, 3).astype(dtype)]
+        dev = [backend.put(a) for a in args]
+        m, v = batch_norm_update_stats(*dev, momentum=0.25)
+        vals = np.moveaxis(args[0].astype(np.float64), 1, 0).reshape(3, -1)
+        assert_close(backend.get(m), 0.75 * args[1].astype(np.float64) + 0.25 * vals.mean(1), dtype, "mean")
+        assert_close(backend.get(v), 0.75 * args[2].astype(np.float64) + 0.25 * vals.var(1, ddof=1), dtype,
+                     "var")
+        for a, d in zip(args, dev):                                      # inputs untouched
+            np.testing.assert_array_equal(backend.get(d), a)
 
 
 def test_batch_norm_without_running_stats(rng):
@@ -103,18 +123,6 @@ def test_batch_norm_without_running_stats(rng):
     np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-12)
     v = x.var(axis=(0, 2, 3))
     np.testing.assert_allclose(y.var(axis=(0, 2, 3)), v / (v + 1e-5), rtol=1e-9)
-
-
-def test_batch_norm_update_stats(rng):
-    x = rng.standard_normal((5, 3, 4, 4))
-    rm, rv = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
-    rm0, rv0 = rm.copy(), rv.copy()
-    m, v = batch_norm_update_stats(x, rm, rv, momentum=0.25)
-    vals = x.transpose(1, 0, 2, 3).reshape(3, -1)
-    np.testing.assert_allclose(m, 0.75 * rm0 + 0.25 * vals.mean(1))
-    np.testing.assert_allclose(v, 0.75 * rv0 + 0.25 * vals.var(1, ddof=1))
-    np.testing.assert_array_equal(rm, rm0)
-    np.testing.assert_array_equal(rv, rv0)
 
 
 # ----------------------------------------------------------------------------- gradcheck
@@ -137,28 +145,56 @@ def test_gradcheck_full(f, args, kwargs, rng):
 
 
 # ----------------------------------------------------------------------------- stability
+def _no_overflow_warnings(backend):
+    """Warnings as errors: NumPy's overflow warnings on the CPU (on a GPU, numba may warn
+    about small launch grids, which says nothing about overflow)."""
+    warnings.simplefilter("error", RuntimeWarning if backend.name == "cuda" else Warning)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_sigmoid_no_overflow(dtype):
+def test_sigmoid_no_overflow(backend, dtype):
     z = np.array([-5000.0, -1000.0, -30.0, 0.0, 30.0, 1000.0, 5000.0], dtype=dtype)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        y, pb = dc.sigmoid.vjp(z)
-        dz = pb(np.ones_like(z))[0]
-        y2 = dc.sigmoid(z, tau=0.01)
+        _no_overflow_warnings(backend)
+        y, pb = dc.sigmoid.vjp(backend.put(z))
+        dz = backend.get(pb(backend.put(np.ones_like(z)))[0])
+        y2 = backend.get(dc.sigmoid(backend.put(z), tau=0.01))
+        y = backend.get(y)
     assert np.all(np.isfinite(y)) and np.all(np.isfinite(dz)) and np.all(np.isfinite(y2))
     assert y[0] == 0 and y[-1] == 1 and y[3] == 0.5
     np.testing.assert_allclose(y[2] + y[4], 1, rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_large_logits(dtype):
+def test_softmax_large_logits(backend, dtype):
     z = np.array([[1000.0, 0.0, -1000.0], [5e4, 5e4, 5e4]], dtype=dtype)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        y, pb = dc.softmax.vjp(z)
-        dz = pb(np.ones_like(z))[0]
+        _no_overflow_warnings(backend)
+        y, pb = dc.softmax.vjp(backend.put(z))
+        dz = backend.get(pb(backend.put(np.ones_like(z)))[0])
+        y = backend.get(y)
     np.testing.assert_allclose(y, [[1, 0, 0], [1 / 3, 1 / 3, 1 / 3]], rtol=1e-6)
     np.testing.assert_allclose(dz, 0, atol=1e-6)
+
+
+def test_batch_norm_needs_two_values_per_channel(backend):
+    d = backend.put
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        dc.batch_norm(d(np.zeros((1, 3, 1, 1))), d(np.ones(3)), d(np.zeros(3)))
+
+
+def test_deterministic(backend, rng):
+    # The per-channel reductions sum in a fixed order (on CUDA a fixed tree): bitwise repeatable.
+    x = backend.put(rng.standard_normal((2, 3, 9, 7)).astype(np.float32))
+    g, b = backend.put(np.ones(3, np.float32)), backend.put(np.zeros(3, np.float32))
+    dy = backend.put(rng.standard_normal((2, 3, 9, 7)).astype(np.float32))
+    runs = []
+    for _ in range(2):
+        y, pb = dc.batch_norm.vjp(x, g, b)
+        runs.append([backend.get(y)] + [backend.get(a) for a in pb(dy)[:3]]
+                    + [backend.get(dc.global_avg_pool(x))])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_softmax_temperature_flattens(rng):
@@ -228,20 +264,8 @@ def test_exported_with_vjp():
         assert f is getattr(dc.ops, name)
 
 
-# ----------------------------------------------------------------------------- CUDA arrays
-def _cuda_backend():
-    try:
-        from numba import cuda
-    except ImportError:
-        return None
-    if not cuda.is_available():
-        return None
-    from dynconv_np.backends import cuda as bc
-
-    return bc
-
-
-@pytest.mark.cuda
+# ----------------------------------------------------------------------------- CUDA only
+@cuda_only
 @pytest.mark.parametrize("name,shapes,kwargs", [
     ("global_avg_pool", [(2, 3, 4, 4)], {}),
     ("linear", [(4, 3), (5, 3), (5,)], {}),
@@ -250,19 +274,32 @@ def _cuda_backend():
     ("batch_norm", [(2, 3, 4, 4), (3,), (3,)], {}),
     ("batch_norm", [(2, 3, 4, 4), (3,), (3,), (3,), (3,)], {"training": False}),
 ])
-def test_cuda_arrays_round_trip(name, shapes, kwargs, rng):
-    """Routing ops take CUDA arrays and give device results equal to the host ones."""
-    bc = _cuda_backend()
-    if bc is None:
-        pytest.skip("no CUDA device (set NUMBA_ENABLE_CUDASIM=1 for the simulator)")
+def test_cuda_results_equal_the_host_ones(backend, name, shapes, kwargs, rng):
+    """Routing ops on CUDA arrays give device results equal to the host ones (float64)."""
     f = getattr(dc, name)
     args = [np.abs(rng.standard_normal(s)) + 0.5 for s in shapes]
     y, pb = f.vjp(*args, **kwargs)
-    yd, pbd = f.vjp(*[bc.to_device(a) for a in args], **kwargs)
-    assert dc._args.device_of(yd) == "cuda"
-    np.testing.assert_allclose(bc.to_host(yd), y, rtol=1e-12)
+    yd, pbd = f.vjp(*[backend.put(a) for a in args], **kwargs)
+    np.testing.assert_allclose(backend.get(yd), y, rtol=1e-12)
     dy = rng.standard_normal(y.shape)
-    for gh, gd in zip(pb(dy), pbd(bc.to_device(dy))):
+    for gh, gd in zip(pb(dy), pbd(backend.put(dy))):
         assert (gh is None) == (gd is None)
         if gh is not None:
-            np.testing.assert_allclose(bc.to_host(gd), gh, rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(backend.get(gd), gh, rtol=1e-12, atol=1e-14)
+
+
+@cuda_only
+def test_routing_and_atoms_mixing_is_a_type_error(backend, rng):
+    d = backend.put
+    a, w = rng.standard_normal((2, 3)), rng.standard_normal((4, 3))
+    with pytest.raises(TypeError, match="w is a cpu array but a is a cuda array"):
+        dc.linear(d(a), w)
+    with pytest.raises(TypeError, match="gamma is a cuda array but x is a cpu array"):
+        dc.batch_norm(a, d(np.ones(3)), np.zeros(3))
+    x, atoms, coeff = rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((1, 2, 3, 3, 4, 4)), \
+        rng.standard_normal((3, 2, 2))
+    with pytest.raises(TypeError, match="coeff is a cpu array but x is a cuda array"):
+        dc.atom_conv2d(d(x), d(atoms), coeff, padding=1)
+    y, pb = dc.softmax.vjp(d(a))
+    with pytest.raises(TypeError, match="dy is a cpu array"):
+        pb(a)

@@ -1,9 +1,10 @@
 """The ops the layers compose: small linear algebra, DCD's pieces, the loss and the optimiser
-updates, against reference.py (forward, pullback, gradchecks) and their argument checks."""
+updates, against the reference (forward, pullback) on every backend (CPU always; CUDA on a
+GPU or under the simulator), gradchecks and their argument checks."""
 
 import numpy as np
 import pytest
-from test_routing import DTYPES, check_vs_ref
+from conftest import DTYPES, assert_close, check_vjp, over_backends
 
 import dynconv_np as dc
 from dynconv_np import reference as ref
@@ -13,57 +14,73 @@ from dynconv_np.ops.loss import softmax_cross_entropy
 from dynconv_np.ops.optim import adam_update, sgd_update
 
 
+def check(backend, f, args, kwargs, dtype, rng):
+    """`f` against its reference twin: forward, pullback, inputs untouched; on the CPU the
+    pullback is called twice (on CUDA a second backward would double the simulator's cost)."""
+    args = [a.astype(dtype) for a in args]
+    name = f.__name__
+    check_vjp(backend, f, getattr(ref, name), getattr(ref, name + "_backward"), args, kwargs, dtype, rng,
+              twice=backend.name == "cpu")
+
+
+def cases(grid, cuda):
+    """`grid` in both dtypes on the CPU; on CUDA the cases `cuda` picks (by index), in
+    alternating dtypes: tiny, since the simulator runs one Python thread per CUDA thread."""
+    return over_backends([(*c, dt) for c in grid for dt in DTYPES],
+                         [(*grid[i], DTYPES[j % 2]) for j, i in enumerate(cuda)])
+
+
 # ----------------------------------------------------------------------------- vs reference
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("a_shape,ta", [((3, 4), False), ((4, 3), True), ((2, 3, 4), False), ((2, 4, 3), True)])
-def test_matmul(dtype, a_shape, ta, rng):
+@pytest.mark.parametrize("backend, a_shape, ta, dtype",
+                         cases([((3, 4), False), ((4, 3), True), ((2, 3, 4), False), ((2, 4, 3), True)],
+                               cuda=[0, 3, 1, 2]), indirect=["backend"])
+def test_matmul(backend, a_shape, ta, dtype, rng):
     a = rng.standard_normal(a_shape)
     b = rng.standard_normal((2, 4, 5))
-    check_vs_ref(matmul, ref.matmul, ref.matmul_backward, (a, b), {"ta": ta}, dtype)
+    check(backend, matmul, (a, b), {"ta": ta}, dtype, rng)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 3)])
-def test_scale_channels(dtype, shape, rng):
+@pytest.mark.parametrize("backend, shape, dtype", cases([((2, 3, 4, 5),), ((2, 3),)], cuda=[0, 1]),
+                         indirect=["backend"])
+def test_scale_channels(backend, shape, dtype, rng):
     args = (rng.standard_normal(shape), rng.standard_normal(shape[:2]))
-    check_vs_ref(scale_channels, ref.scale_channels, ref.scale_channels_backward, args, {}, dtype)
+    check(backend, scale_channels, args, {}, dtype, rng)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(3, 4, 2, 3, 3), (3, 4)])
-def test_channel_mix(dtype, shape, rng):
+@pytest.mark.parametrize("backend, shape, dtype", cases([((3, 4, 2, 3, 3),), ((3, 4),)], cuda=[0, 1]),
+                         indirect=["backend"])
+def test_channel_mix(backend, shape, dtype, rng):
     args = (rng.standard_normal(shape[:2]), rng.standard_normal(shape))
-    check_vs_ref(channel_mix, ref.channel_mix, ref.channel_mix_backward, args, {}, dtype)
+    check(backend, channel_mix, args, {}, dtype, rng)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 3)])
-def test_add_bias(dtype, shape, rng):
+@pytest.mark.parametrize("backend, shape, dtype", cases([((2, 3, 4, 5),), ((2, 3),)], cuda=[0, 1]),
+                         indirect=["backend"])
+def test_add_bias(backend, shape, dtype, rng):
     args = (rng.standard_normal(shape), rng.standard_normal(shape[1]))
-    check_vs_ref(add_bias, ref.add_bias, ref.add_bias_backward, args, {}, dtype)
+    check(backend, add_bias, args, {}, dtype, rng)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_add_eye(dtype, rng):
-    check_vs_ref(add_eye, ref.add_eye, ref.add_eye_backward, (rng.standard_normal((2, 3, 3)),), {}, dtype)
+@pytest.mark.parametrize("backend, dtype", cases([()], cuda=[0, 0]), indirect=["backend"])
+def test_add_eye(backend, dtype, rng):
+    check(backend, add_eye, (rng.standard_normal((2, 3, 3)),), {}, dtype, rng)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kwargs", [
-    dict(kernel_size=3, padding=1), dict(kernel_size=3, stride=2), dict(kernel_size=(3, 5), stride=(2, 1),
-                                                                        padding=(0, 3), dilation=(1, 2)),
-    dict(kernel_size=5, padding="same", dilation=2), dict(kernel_size=1),
-])
-def test_centre_projection(dtype, kwargs, rng):
+@pytest.mark.parametrize("backend, kwargs, dtype", cases([
+    (dict(kernel_size=3, padding=1),), (dict(kernel_size=3, stride=2),),
+    (dict(kernel_size=(3, 5), stride=(2, 1), padding=(0, 3), dilation=(1, 2)),),
+    (dict(kernel_size=5, padding="same", dilation=2),), (dict(kernel_size=1),),
+], cuda=[1, 2]), indirect=["backend"])
+def test_centre_projection(backend, kwargs, dtype, rng):
     args = (rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((3, 2)))
-    check_vs_ref(centre_projection, ref.centre_projection, ref.centre_projection_backward, args, kwargs, dtype)
+    check(backend, centre_projection, args, kwargs, dtype, rng)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_dcd_combine(dtype, rng):
+@pytest.mark.parametrize("backend, dtype", cases([()], cuda=[0, 0]), indirect=["backend"])
+def test_dcd_combine(backend, dtype, rng):
     args = (rng.standard_normal((2, 4, 3, 5)), rng.random((2, 4)) * 2, rng.standard_normal((4, 3)),
             rng.standard_normal((2, 3, 3, 5)))
-    check_vs_ref(dcd_combine, ref.dcd_combine, ref.dcd_combine_backward, args, {}, dtype)
+    check(backend, dcd_combine, args, {}, dtype, rng)
 
 
 def test_dcd_conv2d_is_its_pieces(rng):
@@ -79,11 +96,24 @@ def test_dcd_conv2d_is_its_pieces(rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_cross_entropy(dtype, rng):
-    logits = 3 * rng.standard_normal((4, 5))
-    target = rng.dirichlet(np.ones(5), 4)
-    check_vs_ref(softmax_cross_entropy, ref.softmax_cross_entropy, ref.softmax_cross_entropy_backward,
-                 (logits, target), {}, dtype)
+def test_softmax_cross_entropy(backend, dtype, rng):
+    # the loss is a host scalar whatever the device; its pullback takes a real number
+    logits = (3 * rng.standard_normal((4, 5))).astype(dtype)
+    target = rng.dirichlet(np.ones(5), 4).astype(dtype)
+    dev = [backend.put(logits), backend.put(target)]
+    loss, pb = softmax_cross_entropy.vjp(*dev)
+    assert np.asarray(loss).dtype == dtype
+    assert_close(loss, ref.softmax_cross_entropy(logits, target), dtype, "loss")
+    dloss = 1.7
+    expected = ref.softmax_cross_entropy_backward(dloss, logits, target)
+    got = [backend.get(g) for g in pb(dloss)]
+    for name, g, e in zip(("dlogits", "dtarget"), got, expected):
+        assert g.dtype == dtype
+        assert_close(g, e, dtype, name)
+    for g, again in zip(got, pb(np.asarray(dloss, dtype))):           # a 0-d host array too
+        np.testing.assert_array_equal(backend.get(again), g)
+    for a, d in zip((logits, target), dev):
+        np.testing.assert_array_equal(backend.get(d), a)
 
 
 @pytest.mark.parametrize("f,args,kwargs", [
@@ -136,25 +166,54 @@ def test_argument_errors(call, exc, words):
 
 
 # ----------------------------------------------------------------------------- optimiser updates
-def test_sgd_update_follows_the_rule(rng):
+def test_sgd_update_follows_the_rule(backend, rng):
     p0, grad = rng.standard_normal(4), rng.standard_normal(4)
-    p = p0.copy()
-    buf = sgd_update(p, grad, None, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)
+    p = backend.put(p0.copy())
+    buf = sgd_update(p, backend.put(grad), None, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)
     g = grad + 0.01 * p0
-    np.testing.assert_allclose(buf, g, rtol=1e-14)
-    np.testing.assert_allclose(p, p0 - 0.1 * (g + 0.9 * g), rtol=1e-14)
-    p = p0.copy()
-    assert sgd_update(p, grad, None, lr=0.5) is None                 # no momentum, no buffer
-    np.testing.assert_allclose(p, p0 - 0.5 * grad, rtol=1e-14)
+    np.testing.assert_allclose(backend.get(buf), g, rtol=1e-14)
+    np.testing.assert_allclose(backend.get(p), p0 - 0.1 * (g + 0.9 * g), rtol=1e-14)
+    p = backend.put(p0.copy())
+    assert sgd_update(p, backend.put(grad), None, lr=0.5) is None   # no momentum, no buffer
+    np.testing.assert_allclose(backend.get(p), p0 - 0.5 * grad, rtol=1e-14)
 
 
-def test_adam_update_follows_the_rule(rng):
+def test_adam_update_follows_the_rule(backend, rng):
     p0, grad = rng.standard_normal(4), rng.standard_normal(4)
     m0, v0 = rng.standard_normal(4), rng.random(4)
-    p = p0.copy()
-    m, v = adam_update(p, grad, m0, v0, 3, lr=0.01, betas=(0.8, 0.9), eps=1e-6)
+    p = backend.put(p0.copy())
+    m, v = adam_update(p, backend.put(grad), backend.put(m0.copy()), backend.put(v0.copy()), 3, lr=0.01,
+                       betas=(0.8, 0.9), eps=1e-6)
+    m, v = backend.get(m), backend.get(v)
     np.testing.assert_allclose(m, 0.8 * m0 + 0.2 * grad, rtol=1e-14)
     np.testing.assert_allclose(v, 0.9 * v0 + 0.1 * grad ** 2, rtol=1e-14)
     step = 0.01 / (1 - 0.8 ** 3) * m / (np.sqrt(v / (1 - 0.9 ** 3)) + 1e-6)
-    np.testing.assert_allclose(p, p0 - step, rtol=1e-12)
-    np.testing.assert_array_equal(m0, m0.copy())
+    np.testing.assert_allclose(backend.get(p), p0 - step, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimiser_steps(backend, dtype, rng):
+    """Two steps of each optimiser in `dtype` against the rules in float64 (state reused)."""
+    p0, grad = rng.standard_normal(11).astype(dtype), rng.standard_normal(11).astype(dtype)
+    p64, g64 = p0.astype(np.float64), grad.astype(np.float64)
+    for lr, mom, wd, nesterov in [(0.1, 0.0, 0.0, False), (0.1, 0.9, 0.01, False), (0.05, 0.9, 0.0, True)]:
+        p, buf = backend.put(p0.copy()), None
+        pe, buf_e = p64.copy(), None
+        for _ in range(2):
+            buf = sgd_update(p, backend.put(grad), buf, lr=lr, momentum=mom, weight_decay=wd, nesterov=nesterov)
+            g = g64 + wd * pe
+            if mom:
+                buf_e = g if buf_e is None else mom * buf_e + g
+                g = g + mom * buf_e if nesterov else buf_e
+            pe = pe - lr * g
+        assert (buf is None) == (mom == 0)
+        assert_close(backend.get(p), pe, dtype, f"sgd {lr, mom, wd, nesterov}")
+    p, m, v = backend.put(p0.copy()), None, None
+    pe, me, ve = p64.copy(), 0.0, 0.0
+    for t in (1, 2):
+        m, v = adam_update(p, backend.put(grad), m, v, t, lr=0.01, betas=(0.9, 0.999), weight_decay=0.01)
+        g = g64 + 0.01 * pe
+        me, ve = 0.9 * me + 0.1 * g, 0.999 * ve + 0.001 * g * g
+        pe = pe - 0.01 / (1 - 0.9 ** t) * me / (np.sqrt(ve / (1 - 0.999 ** t)) + 1e-8)
+    assert_close(backend.get(p), pe, dtype, "adam")
+    assert_close(backend.get(m), me, dtype, "adam m")

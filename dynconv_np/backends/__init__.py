@@ -24,7 +24,7 @@ def get(device: str) -> ModuleType:
         except ImportError as e:  # numba-cuda missing or no CUDA driver
             raise TypeError(
                 "CUDA device arrays were given but the CUDA backend is unavailable "
-                f"({e}); install it with `pip install dynconv_np[cuda]`"
+                f"({e}); install it from a clone with `pip install -e \".[cuda]\"`"
             ) from e
         return cuda
     raise TypeError(f"unknown device {device!r}")

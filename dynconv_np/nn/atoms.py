@@ -1,4 +1,4 @@
-"""AtomConv2d: ACDA's per-pixel dynamic filter atoms with their generator (SPEC section 5).
+"""AtomConv2d: ACDA's per-pixel dynamic filter atoms with their generator (docs/math.md, ACDA).
 
 Forward, with ``B = (k//2) * num_bases`` fixed bases::
 

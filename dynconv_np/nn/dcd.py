@@ -1,4 +1,4 @@
-"""DCDConv2d: dynamic convolution decomposition with its routing branch (SPEC section 4).
+"""DCDConv2d: dynamic convolution decomposition with its routing branch (docs/math.md, DCD).
 
 The branch of the authors' ``conv_dy`` (liyunsheng13/dcd)::
 

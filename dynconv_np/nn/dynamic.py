@@ -1,4 +1,4 @@
-"""Kernel-mixing layers (SPEC.md sections 1-3).
+"""Kernel-mixing layers (docs/math.md: static mixture, CondConv, DY-CNN).
 
 - :class:`MixtureConv2d`: the static softmax mixture of K convolutions (seed 000).
 - :class:`CondConv2d`: sigmoid routing from GAP of the input (CondConv, seed 004).
@@ -89,7 +89,7 @@ class _Mixing(ConvLayer):
 
 
 class MixtureConv2d(_Mixing):
-    """Static softmax-weighted mixture of K convolutions (SPEC.md section 1, seed 000).
+    """Static softmax-weighted mixture of K convolutions (docs/math.md, static mixture; seed 000).
 
     ``y = sum_k a_k (W_k * x + b_k)`` with ``a = softmax(theta)`` learned but independent of
     the input; by linearity one convolution with the merged kernel ``sum_k a_k W_k``.
@@ -178,7 +178,7 @@ class MixtureConv2d(_Mixing):
 
 
 class CondConv2d(_Mixing):
-    """Conditionally parameterised convolution (SPEC.md section 2, seed 004).
+    """Conditionally parameterised convolution (docs/math.md, CondConv; seed 004).
 
     Routing ``r = sigmoid(GAP(x) @ R.T + b_R)`` ``(N, E)`` from the layer's own input
     (standalone); ``y[n] = conv(x[n], sum_e r[n,e] W_e) + sum_e r[n,e] b_e``. The weights
@@ -292,7 +292,7 @@ class CondConv2d(_Mixing):
 
 
 class DynamicConv2d(Temperature, _Mixing):
-    """Dynamic convolution, DY-CNN (SPEC.md section 3, seed 001).
+    """Dynamic convolution, DY-CNN (docs/math.md, DY-CNN; seed 001).
 
     Attention ``pi = softmax(FC2(ReLU(FC1(GAP(x)))) / tau)`` ``(N, K)``, one per layer from
     its own input; kernel and bias are mixed: ``y[n] = conv(x[n], sum_k pi[n,k] W_k) +

@@ -1,4 +1,4 @@
-"""Per-pixel dynamic filter atoms, ACDA (SPEC section 5; Wang et al., ICCV 2021).
+"""Per-pixel dynamic filter atoms, ACDA (docs/math.md, ACDA; Wang et al., ICCV 2021).
 
 The per-pixel filters ``W[n, o, c, :, :, i, j] = sum_m coeff[o, c, m] atoms[n, m, :, :, i, j]``
 are never materialised. The paper's two-layer computation::

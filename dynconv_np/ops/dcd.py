@@ -1,4 +1,4 @@
-"""Dynamic convolution decomposition, DCD (SPEC section 4; Li et al., ICLR 2021).
+"""Dynamic convolution decomposition, DCD (docs/math.md, DCD; Li et al., ICLR 2021).
 
 The per-sample kernel is ``W_n = diag(lam_n) W0`` plus the low-rank residual
 ``P phi_n Q^T`` at the centre tap ``(kh//2, kw//2)``. The op never builds the ``N``

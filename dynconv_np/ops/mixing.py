@@ -1,6 +1,6 @@
-"""Kernel-mixing dynamic convolution: CondConv, DY-CNN and the static mixture (SPEC 1-3).
+"""Kernel-mixing dynamic convolution: CondConv, DY-CNN and the static mixture (docs/math.md).
 
-Every variant is the per-sample-kernel template of SPEC.md::
+Every variant is the per-sample-kernel template of docs/math.md::
 
     Wt_n = sum_k pi[n, k] W_k          bt_n = sum_k pi[n, k] b_k
     Y_n  = Wt_n @ X_n + bt_n

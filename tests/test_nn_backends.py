@@ -1,42 +1,20 @@
-"""The layers on the CUDA backend: ``to_device()`` layers against host layers.
+"""The layers on every backend: each layer type, moved to the backend (``to_device()`` for
+CUDA; CPU layers stay where they are), against a float64 host twin.
 
-Each layer type, moved to the device, gives the forward, input gradient, parameter
-gradients and updated running statistics of the same layer on the host (a float64
-twin, so float32 device layers are compared with a float64 oracle), and comes back with
-``to_host()``. The loss and the optimisers run on device parameters too.
-
-Runs like tests/test_cuda.py: in this process on a GPU, otherwise in a subprocess under
-``NUMBA_ENABLE_CUDASIM=1`` (:func:`test_simulator_suite`). The simulator runs one Python
-thread per CUDA thread, so the layers are tiny.
+Each layer gives the forward, input gradient, parameter gradients and updated running
+statistics of the same layer on the host (a float64 twin, so float32 layers are compared
+with a float64 oracle), and comes back with ``to_host()``. The loss and the optimisers
+run on the backend's parameters too. CUDA runs on a GPU or under the simulator
+(tests/test_simulator.py), which runs one Python thread per CUDA thread: the layers are tiny.
 """
 
 import copy
 
 import numpy as np
 import pytest
-from conftest import assert_close
-from test_cuda import cuda_backend, run_simulator_suite
+from conftest import assert_close, cuda_only
 
 from dynconv_np import nn
-
-pytestmark = pytest.mark.cuda
-
-
-@pytest.fixture(scope="module")
-def cb():
-    """The CUDA backend module, or a skip saying why it cannot run here."""
-    return cuda_backend()
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(7)
-
-
-def test_simulator_suite():
-    """Rerun this module under ``NUMBA_ENABLE_CUDASIM=1`` in a fresh interpreter."""
-    run_simulator_suite(__file__)
-
 
 F32, F64 = np.float32, np.float64
 
@@ -83,20 +61,27 @@ def _twin(make, layer, dtype):
     return twin
 
 
-def _close(cb, got, ref, dtype, name):
-    assert cb.is_device_array(got), f"{name} is a {type(got).__name__}"
+def _close(backend, got, ref, dtype, name):
     assert np.dtype(got.dtype) == dtype, name
-    assert_close(cb.to_host(got), ref, dtype, name, f32_tol=5e-5)
+    assert_close(backend.get(got), ref, dtype, name, f32_tol=5e-5)   # get: checks the device
+
+
+def _move(layer, backend):
+    """`layer` on `backend`: ``to_device()`` for CUDA, as it is for the CPU."""
+    return layer.to_device() if backend.name == "cuda" else layer
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_layer_on_device(cb, rng, name):
+def test_layer_on_backend(backend, rng, name):
     make, dtype, shape, modes = LAYERS[name]
     ref = _perturb(make(F64), rng)                    # the host oracle, float64
-    dev = _twin(make, ref, dtype).to_device()
+    dev = _move(_twin(make, ref, dtype), backend)
     for kind in ("params", "grads", "buffers"):
         for k, a in getattr(dev, kind).items():
-            assert cb.is_device_array(a) or a.ndim == 0, f"{kind}[{k}] stayed on the host"
+            if a.ndim:                                # 0-d buffers are host scalars
+                backend.get(a)                        # asserts the array is on the backend
+            else:
+                assert isinstance(a, np.ndarray), f"{kind}[{k}]"
     x = rng.standard_normal(shape)
     for mode in modes:
         ref.train(mode == "train")
@@ -104,17 +89,17 @@ def test_layer_on_device(cb, rng, name):
         ref.zero_grad()
         dev.zero_grad()
         y = ref(x)
-        yd = dev(cb.to_device(x.astype(dtype)))
-        _close(cb, yd, y, dtype, f"{mode} y")
+        yd = dev(backend.put(x.astype(dtype)))
+        _close(backend, yd, y, dtype, f"{mode} y")
         dy = rng.standard_normal(y.shape)
-        _close(cb, dev.backward(cb.to_device(dy.astype(dtype))), ref.backward(dy), dtype, f"{mode} dx")
+        _close(backend, dev.backward(backend.put(dy.astype(dtype))), ref.backward(dy), dtype, f"{mode} dx")
         for k, g in ref.grads.items():
-            _close(cb, dev.grads[k], g, dtype, f"{mode} grad {k}")
+            _close(backend, dev.grads[k], g, dtype, f"{mode} grad {k}")
         for k, b in ref.buffers.items():                # running statistics after a training batch
             if b.ndim:
-                _close(cb, dev.buffers[k], b, dtype, f"{mode} buffer {k}")
+                _close(backend, dev.buffers[k], b, dtype, f"{mode} buffer {k}")
     # back to the host: the same numbers in NumPy arrays, and the layer runs there again
-    params = {k: cb.to_host(v) for k, v in dev.params.items()}
+    params = {k: backend.get(v) for k, v in dev.params.items()}
     assert dev.to_host() is dev
     for kind in ("params", "grads", "buffers"):
         assert all(isinstance(a, np.ndarray) for a in getattr(dev, kind).values()), kind
@@ -123,14 +108,18 @@ def test_layer_on_device(cb, rng, name):
     assert dev(x.astype(dtype)).shape == y.shape
 
 
-def test_dynamic_temperature_stays_a_host_scalar(cb):
+# ----------------------------------------------------------------------------- CUDA only
+@cuda_only
+def test_dynamic_temperature_stays_a_host_scalar(backend):
     layer = nn.DynamicConv2d(2, 3, 1, num_experts=2, temperature=5.0, seed=0).to_device()
     assert isinstance(layer.buffers["tau"], np.ndarray) and layer.temperature == 5.0
     nn.TemperatureSchedule(layer, tau0=30.0, epochs=1).step()
     assert layer.temperature == 1.0
 
 
-def test_device_layers_check_devices(cb, rng):
+@cuda_only
+def test_device_layers_check_devices(backend, rng):
+    cb = backend.be
     x = rng.standard_normal((1, 2, 3, 3)).astype(np.float32)
     host = nn.Conv2d(2, 2, 1, seed=0)
     with pytest.raises(TypeError, match="w is a cpu array but x is a cuda array"):
@@ -148,10 +137,11 @@ def test_device_layers_check_devices(cb, rng):
         mix.merged_kernel()
 
 
-def test_state_dict_of_a_device_layer(cb, rng, tmp_path):
+@cuda_only
+def test_state_dict_of_a_device_layer(backend, rng, tmp_path):
     make = LAYERS["block"][0]
     dev = _perturb(make(F64), rng).to_device()
-    dev(cb.to_device(rng.standard_normal((2, 2, 4, 4))))   # running statistics move off their start
+    dev(backend.put(rng.standard_normal((2, 2, 4, 4))))   # running statistics move off their start
     sd = dev.state_dict()
     assert all(isinstance(v, np.ndarray) for v in sd.values())
     other = make(F64).to_device()
@@ -171,17 +161,17 @@ def _net(dtype):
 
 
 @pytest.mark.parametrize("opt, dtype", [("sgd", F32), ("adam", F64)])
-def test_training_step_on_device(cb, rng, opt, dtype):
-    """Loss, its gradient and two optimiser steps on device parameters, against float64 host ones."""
+def test_training_step_on_backend(backend, rng, opt, dtype):
+    """Loss, its gradient and two optimiser steps on the backend's parameters, against float64 host ones."""
     ref = _perturb(_net(F64), rng)
-    dev = _twin(_net, ref, dtype).to_device()
+    dev = _move(_twin(_net, ref, dtype), backend)
     make_opt = {"sgd": lambda m: nn.SGD(m, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True),
                 "adam": lambda m: nn.Adam(m, lr=0.05, weight_decay=1e-3)}[opt]
     o_ref, o_dev = make_opt(ref), make_opt(dev)
     crit_ref, crit_dev = nn.SoftmaxCrossEntropy(), nn.SoftmaxCrossEntropy()
     x, labels = rng.standard_normal((2, 2, 4, 4)), np.array([3, 1])
     loss = crit_ref(ref(x), labels)
-    assert crit_dev(dev(cb.to_device(x.astype(dtype))), labels) == pytest.approx(loss, rel=1e-5)
+    assert crit_dev(dev(backend.put(x.astype(dtype))), labels) == pytest.approx(loss, rel=1e-5)
     for o in (o_ref, o_dev):
         o.zero_grad()
     ref.backward(crit_ref.backward())
@@ -190,15 +180,16 @@ def test_training_step_on_device(cb, rng, opt, dtype):
         o_ref.step()
         o_dev.step()
     for k, p in ref.params.items():
-        _close(cb, dev.params[k], p, dtype, f"{opt} {k}")
+        _close(backend, dev.params[k], p, dtype, f"{opt} {k}")
     # probabilities as targets, on the device
     logits = rng.standard_normal((2, 4))
     probs = np.full((2, 4), 0.25)
-    assert crit_dev(cb.to_device(logits), cb.to_device(probs)) == pytest.approx(crit_ref(logits, probs), rel=1e-12)
-    _close(cb, crit_dev.backward(2.0), crit_ref.backward(2.0), F64, "dlogits")
+    assert crit_dev(backend.put(logits), backend.put(probs)) == pytest.approx(crit_ref(logits, probs), rel=1e-12)
+    _close(backend, crit_dev.backward(2.0), crit_ref.backward(2.0), F64, "dlogits")
 
 
-def test_optimiser_state_follows_the_model(cb, rng):
+@cuda_only
+def test_optimiser_state_follows_the_model(backend, rng):
     ref = _perturb(nn.Linear(3, 2, dtype=F64, seed=0), rng)
     for g in ref.grads.values():
         g += rng.standard_normal(g.shape)
@@ -210,4 +201,4 @@ def test_optimiser_state_follows_the_model(cb, rng):
     o_ref.step()
     o_moved.step()                                        # ...follows the parameters to the device
     for k, p in ref.params.items():
-        _close(cb, moved.params[k], p, F64, k)
+        _close(backend, moved.params[k], p, F64, k)
