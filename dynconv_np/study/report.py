@@ -22,13 +22,16 @@ def _mean_sd(values: list[float]) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     """The Markdown table: one row per variant."""
-    rows = ["| layer | parameters | multiply-adds / image | test accuracy (%) | seconds / epoch |",
-            "|---|---:|---:|---:|---:|"]
+    rows = ["| layer | parameters | multiply-adds / image | test accuracy (%) | seconds / epoch "
+            "| CPU seconds / epoch |", "|---|---:|---:|---:|---:|---:|"]
     for v in results:
         runs = v["runs"]
         acc = _mean_sd([r["test_accuracy"] for r in runs])
         sec = float(np.median([r["seconds_per_epoch"] for r in runs]))
-        rows.append(f"| {v['label']} | {runs[0]['params']:,} | {runs[0]['mult_adds']:,} | {acc} | {sec:.2f} |")
+        cpu = float(np.median([r["cpu_seconds_per_epoch"] for r in runs]))
+        macs = "?" if runs[0]["mult_adds"] is None else f"{runs[0]['mult_adds']:,}"
+        rows.append(f"| {v['label']} | {runs[0]['params']:,} | {macs} | {acc} | {sec:.2f} "
+                    f"| {cpu:.2f} |")
     return "\n".join(rows)
 
 
@@ -57,8 +60,10 @@ def write_report(out: Path, results: list[dict[str, Any]], settings: Settings, f
         "",
         table(results),
         "",
-        "Multiply-adds as `dynconv_np.nn.summary` counts them; seconds per epoch: the median "
-        "training time of an epoch on this machine.",
+        "Multiply-adds as `dynconv_np.nn.summary` counts them (? for a layer that does not "
+        "report its count). Seconds per epoch: the median "
+        "wall time of an epoch's training on this machine; CPU seconds: the process's CPU time "
+        "for it (all its threads), which other load on a shared machine disturbs less.",
         "",
         *[f"![{Path(f).stem}]({f})" for f in figures],
         "",

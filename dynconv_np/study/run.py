@@ -61,16 +61,19 @@ def train_one(variant: Variant, seed: int, data: Digits, settings: Settings,
     Returns
     -------
     dict
-        ``seed``, ``params``, ``mult_adds`` (per image), ``history`` (one dict per epoch:
-        ``loss``, ``accuracy``, ``time``, ``lr``, ``test_loss``, ``test_accuracy``),
+        ``seed``, ``params``, ``mult_adds`` (per image; None when a layer does not count
+        its own), ``history`` (one dict per epoch:
+        ``loss``, ``accuracy``, ``time``, ``cpu_time``, ``lr``, ``test_loss``, ``test_accuracy``),
         ``entropy`` (``{"<layer>:<name>": relative entropy per epoch}``), ``per_class``
         (``{"<layer>:<name>": (10, K)}`` mean test attention per class, last epoch),
         ``usage`` (``{"<layer>:<name>": (K,)}``), ``test_accuracy`` (last epoch),
-        ``seconds_per_epoch`` (median training time of an epoch).
+        ``seconds_per_epoch`` and ``cpu_seconds_per_epoch`` (median wall and process CPU
+        time of an epoch's training).
     """
     model = build_model(variant, seed)
+    counted = nn.summary(model, data.x_train.shape[1:])
     record: dict[str, Any] = {"seed": seed, "params": model.num_params(),
-                              "mult_adds": nn.summary(model, data.x_train.shape[1:]).total_mult_adds}
+                              "mult_adds": counted.total_mult_adds if counted.complete else None}
     train = nn.Batches(data.x_train, data.y_train, batch_size=settings.batch_size, shuffle=True, seed=seed)
     opt = nn.Adam(model, lr=settings.lr)
     warmup = min(1.0, settings.epochs / 6)
@@ -79,8 +82,12 @@ def train_one(variant: Variant, seed: int, data: Digits, settings: Settings,
         schedules.append(nn.TemperatureSchedule(model, epochs=max(1, settings.epochs // 2)))
     entropy: dict[str, list[float]] = {}
     last: dict[str, np.ndarray] = {}
+    # CPU time of this process for the training part of each epoch: on a shared machine
+    # it varies far less than the wall time
+    cpu = [time.process_time()]
 
     def after_epoch(row: dict) -> None:
+        row["cpu_time"] = time.process_time() - cpu[0]
         with nn.RoutingRecorder(model, names=ATTENTION_NAMES) as rec:
             test = nn.evaluate(model, data.x_test, data.y_test)
         row.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
@@ -88,6 +95,7 @@ def train_one(variant: Variant, seed: int, data: Digits, settings: Settings,
         last.update(_attention(rec))
         for key, a in last.items():
             entropy.setdefault(key, []).append(nn.attention_entropy(a, relative=True))
+        cpu[0] = time.process_time()
 
     history = nn.fit(model, train, nn.SoftmaxCrossEntropy(), opt, settings.epochs, schedules=schedules,
                      progress=progress, callback=after_epoch)
@@ -98,6 +106,7 @@ def train_one(variant: Variant, seed: int, data: Digits, settings: Settings,
         usage={k: nn.expert_usage(a) for k, a in last.items()},
         test_accuracy=history[-1]["test_accuracy"],
         seconds_per_epoch=float(np.median(history["time"])),
+        cpu_seconds_per_epoch=float(np.median(history["cpu_time"])),
     )
     return record
 
