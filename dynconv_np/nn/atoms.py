@@ -54,8 +54,8 @@ class AtomConv2d(ConvLayer):
     hidden_channels : int, optional
         Generator width; default ``max(64, M*B // 2)`` as the authors' code. The generator
         holds most of the layer's parameters: at the default width a 16 -> 32 layer has
-        about five times the parameters of ``Conv2d(16, 32, 3)``. Lower it (e.g. 8 or 16)
-        for a comparison at (nearly) equal parameters.
+        about 7 times the parameters of ``Conv2d(16, 32, 3)`` (a 32 -> 32 one about 5
+        times). Lower it (e.g. 8 or 16) for a comparison at (nearly) equal parameters.
     momentum, eps : float
         Generator batch-norm settings.
     dtype : float32 or float64
