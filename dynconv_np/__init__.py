@@ -24,9 +24,10 @@ from .ops import (
     softmax,
     tanh,
 )
+from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
 __all__ = ["conv2d", "dynamic_conv2d", "dcd_conv2d", "atom_conv2d", "odconv2d", "conv1d", "dynamic_conv1d",
            "global_avg_pool", "linear", "relu", "sigmoid", "softmax", "hard_sigmoid", "tanh", "batch_norm",
-           "nn", "vjp", "gradcheck", "GradcheckError", "testing"]
+           "nn", "vjp", "gradcheck", "GradcheckError", "testing", "set_num_threads", "get_num_threads"]

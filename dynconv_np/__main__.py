@@ -119,6 +119,14 @@ def check(argv: list[str]) -> int:
     return 1 if case_failed else 0
 
 
+@command("study", "train one small CNN on the digits with every layer; table and plots (needs [study])")
+def study(argv: list[str]) -> int:
+    """The digits study (:mod:`dynconv_np.study`); return the exit status."""
+    from .study.cli import main as study_main
+
+    return study_main(argv)
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 

@@ -123,6 +123,11 @@ def check_cotangent(dy, y) -> None:
 
 
 # ----------------------------------------------------------------------------- scalars
+#: Largest stride, padding, dilation or kernel size (and output size) accepted: larger
+#: ones describe no real image and would overflow the kernels' index arithmetic.
+MAX_EXTENT = 2**31 - 1
+
+
 def _int(name: str, v) -> int:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
@@ -140,6 +145,8 @@ def pair(name: str, v, minimum: int) -> tuple[int, int]:
     if min(out) < minimum:
         kind = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{name} must be {kind}, got {v!r}")
+    if max(out) > MAX_EXTENT:
+        raise ValueError(f"{name} must be at most 2**31 - 1 = {MAX_EXTENT}, got {v!r}")
     return out
 
 
@@ -236,9 +243,10 @@ def geometry(x_shape, kh: int, kw: int, stride, padding, dilation,
         pb, pr = pt, pl
     Ho = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
     Wo = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    if Ho < 1 or Wo < 1:
+    if Ho < 1 or Wo < 1 or max(Ho, Wo) > MAX_EXTENT:
+        bound = "below 1" if min(Ho, Wo) < 1 else "above 2**31 - 1"
         raise ValueError(
-            f"output size would be {Ho}x{Wo} (below 1): {x_name} is {H}x{W}, kernel "
+            f"output size would be {Ho}x{Wo} ({bound}): {x_name} is {H}x{W}, kernel "
             f"{kh}x{kw}, stride {(sh, sw)}, padding {(pt, pl)}, dilation {(dh, dw)}"
         )
     return Geometry(N, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo)

@@ -29,6 +29,9 @@ class Op:
     array_params : sequence of str
         The array parameters of the signature, in positional order (optional ones
         included: their gradient is ``None`` when they were not given).
+
+    ``help(f)`` and ``inspect.signature(f)`` show the op's full signature and docstring;
+    ``f.vjp`` has the same signature and a docstring naming its gradients.
     """
 
     def __init__(self, impl: Callable, array_params: Sequence[str]):
@@ -36,29 +39,44 @@ class Op:
         self.array_params = tuple(array_params)
         self.__signature__ = inspect.signature(impl)
         functools.update_wrapper(self, impl)
+        # an instance attribute (shadowing nothing): help() and inspect see its signature
+        self.vjp = self._make_vjp()
 
     def __call__(self, *args: Any, **kwargs: Any):
         y, _ = self._impl(*args, **kwargs)
         return y
 
-    def vjp(self, *args: Any, **kwargs: Any):
-        """Run the forward and return ``(y, pullback)``.
+    def __get__(self, obj, objtype=None):
+        # A routine for pydoc and inspect (help() prints the whole signature, not a cut
+        # repr); used as a class attribute it stays the op itself, like a staticmethod.
+        return self
 
-        ``pullback(dy)`` returns a tuple with one gradient per array parameter
-        (``None`` for an optional array that was not given); it may be called more
-        than once.
-        """
-        y, pullback = self._impl(*args, **kwargs)
-        n = len(self.array_params)
-        name = self.__name__
+    def _make_vjp(self) -> Callable:
+        impl, n, name = self._impl, len(self.array_params), self.__name__
 
-        def checked_pullback(dy):
-            grads = pullback(dy)
-            if len(grads) != n:  # pragma: no cover - guards the op authors, not users
-                raise RuntimeError(f"{name}: pullback returned {len(grads)} entries, expected {n}")
-            return tuple(grads)
+        def vjp(*args: Any, **kwargs: Any):
+            y, pullback = impl(*args, **kwargs)
 
-        return y, checked_pullback
+            def checked_pullback(dy):
+                grads = pullback(dy)
+                if len(grads) != n:  # pragma: no cover - guards the op authors, not users
+                    raise RuntimeError(f"{name}: pullback returned {len(grads)} entries, expected {n}")
+                return tuple(grads)
+
+            return y, checked_pullback
+
+        grads = ", ".join(f"d{p}" for p in self.array_params)
+        vjp.__name__ = "vjp"
+        vjp.__qualname__ = f"{name}.vjp"
+        vjp.__module__ = impl.__module__
+        vjp.__signature__ = self.__signature__.replace(return_annotation="tuple[ndarray, Callable]")
+        vjp.__doc__ = (
+            f"Run ``{name}`` and return ``(y, pullback)``.\n\n"
+            f"Takes exactly the arguments of ``{name}`` (see ``help({name})``). "
+            f"``pullback(dy)``, with `dy` of y's shape, dtype and device, returns the tuple "
+            f"``({grads}{',' if n == 1 else ''})``: one gradient per array parameter, in signature order, "
+            f"``None`` for an optional array that was not given. It may be called more than once.")
+        return vjp
 
     def __repr__(self) -> str:
         return f"<dynconv_np op {self.__name__}{self.__signature__}>"

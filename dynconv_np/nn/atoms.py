@@ -52,7 +52,10 @@ class AtomConv2d(ConvLayer):
         bases in all.
     bias : bool
     hidden_channels : int, optional
-        Generator width; default ``max(64, M*B // 2)`` as the authors' code.
+        Generator width; default ``max(64, M*B // 2)`` as the authors' code. The generator
+        holds most of the layer's parameters: at the default width a 16 -> 32 layer has
+        about 7 times the parameters of ``Conv2d(16, 32, 3)`` (a 32 -> 32 one about 5
+        times). Lower it (e.g. 8 or 16) for a comparison at (nearly) equal parameters.
     momentum, eps : float
         Generator batch-norm settings.
     dtype : float32 or float64
@@ -64,7 +67,9 @@ class AtomConv2d(ConvLayer):
     children ``bn1`` (``BatchNorm2d(hidden)``) and ``bn2`` (``BatchNorm2d(M*B)``). Buffer:
     bases (B, k, k).
 
-    Input ``(N, C, H, W)`` -> ``(N, O, Ho, Wo)``.
+    Input ``(N, C, H, W)`` -> ``(N, O, Ho, Wo)``. Routing record (:meth:`routing`):
+    ``atoms (N, M, k, k, Ho, Wo)``. Training needs more than one value per channel in the
+    generator's batch norms (``N*Ho*Wo >= 2``); else a ``ValueError`` names the layer.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride=1, padding=None,
@@ -106,12 +111,10 @@ class AtomConv2d(ConvLayer):
         self.add_child("bn2", BatchNorm2d(M * B, eps, momentum, dtype=dt))
         self.add_buffer("bases", fourier_bessel_bases(k, nb).astype(dt))
 
-    def _extra_name(self) -> str:
-        return f", num_atoms={self.num_atoms}"
-
     def forward_pullback(self, x: np.ndarray):
         """``(N, C, H, W) -> (N, O, Ho, Wo)``: the atom generator, then the atom convolution."""
         self._check_x(x)
+        self._check_batch_stats(x, "its atom generator")
         k, M = self.config.kernel_size[0], self.num_atoms
         B = self.bases.shape[0]
         bases = xp.astype(self.bases, x.dtype).reshape(B, k * k)                   # (B, k*k)
@@ -124,8 +127,9 @@ class AtomConv2d(ConvLayer):
         beta, pb_t2 = tanh.vjp(g2n)                                               # (N, M*B, Ho, Wo)
         N, _, Ho, Wo = beta.shape
         atoms, pb_at = matmul.vjp(bases, xp.contiguous(beta).reshape(N * M, B, Ho * Wo), ta=True)
-        y, pb_ac = atom_conv2d.vjp(x, atoms.reshape(N, M, k, k, Ho, Wo), self.coeff, self._params.get("bias"),
-                                   **self.config.geo)
+        atoms = atoms.reshape(N, M, k, k, Ho, Wo)
+        self.keep_routing(atoms=atoms)
+        y, pb_ac = atom_conv2d.vjp(x, atoms, self.coeff, self._params.get("bias"), **self.config.geo)
 
         def pullback(dy):
             dx, datoms, dcoeff, dbias = pb_ac(dy)

@@ -75,7 +75,8 @@ class DCDConv2d(ConvLayer):
     children ``bn1`` and ``bn2`` (``BatchNorm2d(L)``: ``bn1.weight``, ``bn1.bias``,
     buffers ``bn1.running_mean``, ``bn1.running_var``, the same for bn2).
 
-    Input ``(N, C, H, W)`` -> ``(N, O, Ho, Wo)``.
+    Input ``(N, C, H, W)`` -> ``(N, O, Ho, Wo)``. Routing record (:meth:`routing`):
+    ``lam (N, O)`` and ``phi (N, L, L)`` (the dynamic residual's Phi, before adding I).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=None,
@@ -110,9 +111,6 @@ class DCDConv2d(ConvLayer):
         if self.residual_bn:
             for b in ("bn1", "bn2"):
                 self.add_child(b, BatchNorm2d(L, eps, momentum, dtype=dt))
-
-    def _extra_name(self) -> str:
-        return f", L={self.latent_dim}, S={self.squeeze}"
 
     # ------------------------------------------------------------------ routing branch
     def _route(self, x):
@@ -171,7 +169,10 @@ class DCDConv2d(ConvLayer):
     def forward_pullback(self, x: np.ndarray):
         """``(N, C, H, W) -> (N, O, Ho, Wo)``: the conv path plus the routing branch."""
         self._check_x(x)
+        if self.residual_bn:
+            self._check_batch_stats(x, "its residual (residual_bn=True)")
         lam, Phi, pb_route = self._route(x)
+        self.keep_routing(lam=lam, phi=Phi)
         if self.residual_bn:
             y, pb_main = self._residual_bn(x, lam, Phi)
         else:

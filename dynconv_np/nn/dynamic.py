@@ -9,7 +9,8 @@ CondConv2d and DynamicConv2d), calls :func:`dynconv_np.dynamic_conv2d` and chain
 pullbacks: the routing branch's gradient flows back into ``dx`` through GAP, on top of
 the convolution's own ``dx``. Forward and backward run on host or device arrays (ops and
 the array API only); the inference helpers ``merged_kernel(s)`` and ``fold_bn`` are
-host-only.
+host-only. After a forward, ``layer.routing()`` holds the mixing weights (MixtureConv2d
+``a``, CondConv2d ``r``, DynamicConv2d ``pi``; see :class:`dynconv_np.nn.RoutingRecorder`).
 """
 
 from __future__ import annotations
@@ -149,6 +150,15 @@ class MixtureConv2d(_Mixing):
         return (np.broadcast_to(W, (N,) + W.shape).copy(),
                 None if b is None else np.broadcast_to(b, (N,) + b.shape).copy())
 
+    def routing(self) -> dict[str, np.ndarray]:
+        """``{"a": (N, K) or (N, K, O)}``: the last forward's mixture, the same for each of its
+        N samples (a host array; the mixture does not depend on the input)."""
+        rec = super().routing()
+        if "a" in rec:
+            a = xp.to_host(rec["a"])
+            rec["a"] = np.broadcast_to(a, (self.__dict__.get("_routing_batch", 1),) + a.shape)
+        return rec
+
     def _route(self, x: np.ndarray):
         host_only(self, "routing_weights")
         a, pb = softmax.vjp(self.theta, axis=0)
@@ -158,6 +168,8 @@ class MixtureConv2d(_Mixing):
         """x ``(N, C, H, W)`` -> y ``(N, O, Ho, Wo)``."""
         self._check_x(x)
         a, pb_a = softmax.vjp(self.theta, axis=0)                         # (K,) or (K, O)
+        self.keep_routing(a=a)
+        object.__setattr__(self, "_routing_batch", x.shape[0])
         if not self.per_channel:
             return self._mixed_conv(x, a, lambda da: (None, {"theta": pb_a(da)[0]}))
         # per-output-channel mixture: merge the kernels here, then one static conv
@@ -242,6 +254,7 @@ class CondConv2d(_Mixing):
             r, pb_route = routing, None
         else:
             r, pb_route = self._route(x)
+        self.keep_routing(r=r)
 
         def route_pullback(dr):                                           # dr (N, E)
             self.routing_grad = dr if pb_route is None else None
@@ -349,6 +362,7 @@ class DynamicConv2d(Temperature, _Mixing):
         """x ``(N, C, H, W)`` -> y ``(N, O, Ho, Wo)``."""
         self._check_x(x)
         pi, pb_route = self._route(x)
+        self.keep_routing(pi=pi)
         return self._mixed_conv(x, pi, pb_route)
 
     def fold_bn(self, bn: BatchNorm2d) -> DynamicConv2d:

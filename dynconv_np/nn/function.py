@@ -30,14 +30,16 @@ def _identifiers(keys: list[str]) -> list[str]:
     return out
 
 
+_STATE = ("_params", "_buffers", "_grads", "_cache", "_routing", "training")
+
+
 def _snapshot(layer: Module) -> list:
-    return [(m, m._params, m._buffers, m._grads, m._cache, m.training) for _, m in layer.named_modules()]
+    return [(m, [m.__dict__.get(k) for k in _STATE]) for _, m in layer.named_modules()]
 
 
 def _restore(snap: list) -> None:
-    for m, p, b, g, c, t in snap:
-        d = m.__dict__
-        d["_params"], d["_buffers"], d["_grads"], d["_cache"], d["training"] = p, b, g, c, t
+    for m, values in snap:
+        m.__dict__.update(zip(_STATE, values))
 
 
 def as_function(layer: Module, **forward_kwargs: Any) -> Callable:
@@ -58,7 +60,7 @@ def as_function(layer: Module, **forward_kwargs: Any) -> Callable:
         ``pullback(dy) -> (dx, dp1, dp2, ...)``, and ``f.array_params``, so that
         ``dc.gradcheck(as_function(layer), (x, *layer.params.values()))`` checks the whole
         layer. Calls leave the layer exactly as they found it: its arrays, running
-        statistics, gradients and cache are swapped out for the call and restored
+        statistics, gradients, cache and routing record are swapped out for the call and restored
         (buffers are copied and cast to x's dtype, so a float32 layer can be checked in
         float64). Host layers and NumPy arrays only (gradcheck differentiates on the host):
         call ``layer.to_host()`` first.

@@ -77,12 +77,8 @@ class ConvLayer(OpLayer):
     """Base of the conv layers: settings in ``self.config`` (a :class:`ConvConfig`)."""
 
     config: ConvConfig
-
-    def _extra_name(self) -> str:
-        return ""
-
-    def name(self) -> str:
-        return self.config.describe(type(self).__name__, self._extra_name())
+    # a conv layer's children (routing branch, batch norms) are parts of it: a one-line repr
+    _tree_repr = False
 
     def _check_x(self, x: np.ndarray) -> None:
         _args.check_arrays({"x": x})
@@ -90,6 +86,19 @@ class ConvLayer(OpLayer):
         if x.shape[1] != self.config.in_channels:
             raise ValueError(f"{self.name()} expects x with {self.config.in_channels} channels, "
                              f"got shape {tuple(x.shape)}")
+
+    def _check_batch_stats(self, x: np.ndarray, what: str) -> None:
+        """``ValueError`` naming the layer when, in training mode, the batch norms of `what`
+        (which see ``N x Ho x Wo`` values per channel) would get a single value per channel."""
+        if not self.training:
+            return
+        cfg = self.config
+        g = _args.geometry(x.shape, *cfg.kernel_size, cfg.stride, cfg.padding, cfg.dilation)
+        if g.N * g.P < 2:
+            raise ValueError(
+                f"{self.name()} in training mode needs more than one value per channel in the batch "
+                f"norms of {what}, but x of shape {tuple(x.shape)} gives N*Ho*Wo = {g.N}*{g.Ho}*{g.Wo} = 1; "
+                f"use a batch of at least 2 or a larger input, or call .eval() to use the running statistics")
 
 
 def _weight_bias(pb):
@@ -154,9 +163,6 @@ class Linear(OpLayer):
         self.add_param("weight", uniform_init(r, (self.out_features, self.in_features), self.in_features, dt))
         if has_bias:
             self.add_param("bias", uniform_init(r, (self.out_features,), self.in_features, dt))
-
-    def name(self) -> str:
-        return f"Linear({self.in_features}, {self.out_features})"
 
     def forward_pullback(self, x: np.ndarray):
         y, pb = linear.vjp(x, self.weight, self._params.get("bias"))
@@ -228,9 +234,6 @@ class _BatchNorm(OpLayer):
         add("bias", np.zeros(C, dtype=dt))
         self.add_buffer("running_mean", np.zeros(C, dtype=dt))
         self.add_buffer("running_var", np.ones(C, dtype=dt))
-
-    def name(self) -> str:
-        return f"{type(self).__name__}({self.num_features})"
 
     def forward_pullback(self, x: np.ndarray):
         """Batch statistics (and the running statistics updated in place) in training mode,

@@ -48,6 +48,33 @@ built at each access; their values are the layer's own arrays, so optimisers upd
 them in place. Assigning ``layer.params[key] = a`` replaces the layer's array (same shape,
 dtype and device required).
 
+Input checks: ``layer(x)`` (:meth:`Module.__call__`) checks, before any work, that x is
+a float32/float64 array of the layer's dtype, and raises a ``TypeError`` naming the layer
+otherwise; each layer then checks x's shape itself.
+
+Copies and pickles: ``pickle`` and ``copy.deepcopy`` work at any time. They drop the last
+forward's cache (a pullback closure, which cannot be pickled) and its routing record: a
+copy needs a new forward before ``backward``.
+
+Printing: ``repr(layer)`` shows the constructor call with every argument that differs
+from its default (``seed`` and ``rng`` left out); a container (:class:`Sequential`, or any
+module whose class keeps ``_tree_repr = True``) prints its children as an indented tree.
+:meth:`Module.num_params` counts the trainable values.
+
+Routing records: a dynamic layer calls :meth:`Module.keep_routing` in its
+``forward_pullback`` with its routing arrays (batch axis first, e.g. ``pi=pi`` of shape
+``(N, K)``); :meth:`Module.routing` returns them after the forward. That is the whole
+protocol :class:`dynconv_np.nn.RoutingRecorder` collects through (a layer may instead
+override :meth:`routing`).
+
+Hooks: inside ``with forward_hook(fn):``, ``fn(layer, inputs, y)`` runs after the
+forward of every layer (each ``forward_pullback`` of an :class:`OpLayer`, each
+``forward`` of another :class:`Module`), children and routing branches included; the
+summary and the routing recorder are built on it.
+
+Initialisation: a layer given neither ``seed`` nor ``rng`` draws from the package-wide
+generator, which :func:`manual_seed` seeds (fresh entropy until it is called).
+
 Devices: :meth:`Module.to_device` moves every parameter, gradient and buffer (of child
 layers too) to the CUDA device, :meth:`Module.to_host` brings them back; both return the
 layer. A layer on the device takes and returns numba CUDA device arrays (any array with
@@ -62,6 +89,10 @@ kernels (``merged_kernel(s)``, ``fold_bn``) work on host layers; ``state_dict`` 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
+import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -70,7 +101,8 @@ import numpy as np
 from .. import _args
 from .. import arrays as xp
 
-__all__ = ["Module", "OpLayer", "Sequential", "chain", "make_rng", "uniform_init"]
+__all__ = ["Module", "OpLayer", "Sequential", "chain", "make_rng", "manual_seed", "default_generator",
+           "forward_hook", "uniform_init"]
 
 
 def host_only(layer: Module, what: str) -> None:
@@ -85,15 +117,42 @@ def _movable(a) -> bool:
     return len(a.shape) > 0 and np.dtype(a.dtype).kind == "f"
 
 
+_default_rng: np.random.Generator | None = None
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the package-wide generator that layers (and shuffled :class:`~dynconv_np.nn.Batches`)
+    draw from when given neither ``seed`` nor ``rng``.
+
+    After ``manual_seed(s)``, building the same layers in the same order gives the same
+    parameters, as ``torch.manual_seed``. Layers given ``seed=`` or ``rng=`` are unaffected.
+    """
+    global _default_rng
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    _default_rng = np.random.default_rng(seed)
+
+
+def default_generator() -> np.random.Generator:
+    """The package-wide generator (seeded by :func:`manual_seed`; fresh entropy before)."""
+    global _default_rng
+    if _default_rng is None:
+        _default_rng = np.random.default_rng()
+    return _default_rng
+
+
 def make_rng(seed: int | None = None, rng: np.random.Generator | None = None) -> np.random.Generator:
-    """The generator a layer initialises from: `rng` if given, else one seeded with `seed`."""
+    """The generator a layer initialises from: `rng` if given, else one seeded with `seed`,
+    else the package-wide :func:`default_generator`."""
     if rng is not None and seed is not None:
         raise ValueError(f"give seed or rng, not both (got seed={seed!r} and an rng)")
     if rng is not None:
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         return rng
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+    if seed is None:
+        return default_generator()
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int or None, got {seed!r}")
     return np.random.default_rng(seed)
 
@@ -163,6 +222,85 @@ class ArrayDict(dict):
         return "{" + body + "}"
 
 
+#: Functions ``fn(layer, inputs, y)`` run after each layer's forward (see :func:`forward_hook`).
+_HOOKS: list[Callable] = []
+#: ids of the layers whose hooked forward is running (a super() call inside fires no second hook)
+_RUNNING: set[int] = set()
+
+
+@contextlib.contextmanager
+def forward_hook(fn: Callable[[Module, tuple, Any], None]) -> Iterator[None]:
+    """Within the block, ``fn(layer, inputs, y)`` runs after the forward of every layer.
+
+    `inputs` is the tuple of positional arguments (``(x,)`` usually), `y` the output. It
+    fires for each ``forward_pullback`` of an :class:`OpLayer` (children called by their
+    parent, such as a routing branch's ``Linear``, included) and each ``forward`` of
+    another :class:`Module`. Hooks nest; the summary and the routing recorder use them.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    _HOOKS.append(fn)
+    try:
+        yield
+    finally:
+        _HOOKS.remove(fn)
+
+
+def _hooked(f: Callable, returns_pair: bool) -> Callable:
+    """`f` (a forward method) running the active hooks after it."""
+
+    @functools.wraps(f)
+    def run(self, *args, **kwargs):
+        if not _HOOKS or id(self) in _RUNNING:
+            return f(self, *args, **kwargs)
+        _RUNNING.add(id(self))
+        try:
+            out = f(self, *args, **kwargs)
+        finally:
+            _RUNNING.discard(id(self))
+        for hook in list(_HOOKS):
+            hook(self, args, out[0] if returns_pair else out)
+        return out
+
+    run._hooked = True
+    return run
+
+
+def _short(v) -> str:
+    """A constructor argument as it reads in a repr."""
+    if isinstance(v, Module):
+        return v.name()
+    if isinstance(v, (type, np.dtype)):
+        try:
+            return f"np.{np.dtype(v).name}"
+        except TypeError:
+            return getattr(v, "__name__", repr(v))
+    if isinstance(v, np.ndarray):
+        return f"array{tuple(v.shape)}"
+    return repr(v)
+
+
+def _same(v, default) -> bool:
+    if isinstance(default, (type, np.dtype)) or isinstance(v, (type, np.dtype)):
+        try:
+            return np.dtype(v) == np.dtype(default)
+        except TypeError:
+            return v is default
+    if isinstance(v, (tuple, list)) and not isinstance(default, (tuple, list)):
+        # (1, 1) for a default of 1: the same setting
+        return len(v) > 0 and all(_same(e, default) for e in v)
+    if isinstance(v, (bool, np.bool_)) != isinstance(default, (bool, np.bool_)):
+        return False
+    try:
+        return bool(v == default)
+    except (TypeError, ValueError):
+        return False
+
+
+#: Constructor arguments that reprs leave out (they set the initial values, not the layer).
+_NOT_SHOWN = ("seed", "rng")
+
+
 class Module:
     """Base class of every layer (see the module docstring for the contract).
 
@@ -178,13 +316,43 @@ class Module:
         True after :meth:`train` (the default), False after :meth:`eval`.
     """
 
+    #: the forward method that :func:`forward_hook` observes (``"forward_pullback"`` for OpLayers)
+    _hooked_method = "forward"
+    #: print the children as a tree (containers); single layers print one line
+    _tree_repr = True
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        self = super().__new__(cls)
+        # the constructor call, for repr (pickle and copy restore it with the rest of __dict__)
+        object.__setattr__(self, "_init_args", (args, kwargs))
+        return self
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls._hooked_method
+        f = cls.__dict__.get(name)
+        if callable(f) and not getattr(f, "_hooked", False):
+            setattr(cls, name, _hooked(f, returns_pair=name == "forward_pullback"))
+
     def __init__(self) -> None:
         object.__setattr__(self, "_params", {})
         object.__setattr__(self, "_grads", {})
         object.__setattr__(self, "_buffers", {})
         object.__setattr__(self, "_children", {})
         object.__setattr__(self, "_cache", None)
+        object.__setattr__(self, "_routing", {})
         object.__setattr__(self, "training", True)
+
+    def __getstate__(self) -> dict:
+        # the cache holds pullback closures (not picklable) and, like the routing record,
+        # belongs to one forward: a copy starts without them
+        state = dict(self.__dict__)
+        state["_cache"] = None
+        state["_routing"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
     # ------------------------------------------------------------------ registration
     def _check_free(self, name: str) -> None:
@@ -263,7 +431,30 @@ class Module:
 
     # ------------------------------------------------------------------ protocol
     def __call__(self, x: np.ndarray, *args: Any, **kwargs: Any) -> np.ndarray:
+        self.check_input(x)
         return self.forward(x, *args, **kwargs)
+
+    def dtype(self) -> np.dtype | None:
+        """The dtype of the layer's first parameter (or float buffer); None for a layer without."""
+        for kind in ("_params", "_buffers"):
+            for _, mod, name in _entries(self, kind):
+                a = getattr(mod, kind)[name]
+                if len(a.shape) and np.dtype(a.dtype).kind == "f":
+                    return np.dtype(a.dtype)
+        return None
+
+    def check_input(self, x) -> None:
+        """``TypeError`` naming the layer unless `x` is a float array of the layer's dtype."""
+        if not xp.is_array(x):
+            raise TypeError(f"{self.name()} takes x as a numpy.ndarray (or a CUDA device array), "
+                            f"got {type(x).__name__}")
+        dt = _args._dtype_of(x)
+        if dt not in _args.FLOAT_DTYPES:
+            raise TypeError(f"{self.name()} got x with dtype {dt}; it takes float32 or float64 arrays")
+        own = self.dtype()
+        if own is not None and dt != own:
+            raise TypeError(f"{self.name()} has {own} parameters but x has dtype {dt}: convert the input "
+                            f"(x.astype(np.{own})) or build the layer with dtype=np.{dt}")
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Compute the output and store what :meth:`backward` needs in ``self._cache``."""
@@ -340,11 +531,59 @@ class Module:
         return self.train(False)
 
     def name(self) -> str:
-        """A short description used in error messages (subclasses add their sizes)."""
-        return type(self).__name__
+        """The constructor call, with every argument that differs from its default (one line;
+        errors name layers with it)."""
+        cls = type(self)
+        args, kwargs = self.__dict__.get("_init_args", ((), {}))
+        try:
+            sig = inspect.signature(cls.__init__)
+            bound = sig.bind(self, *args, **kwargs)
+        except (TypeError, ValueError):
+            return cls.__name__
+        parts = []
+        for pname, p in list(sig.parameters.items())[1:]:
+            if pname in _NOT_SHOWN or pname not in bound.arguments:
+                continue
+            v = bound.arguments[pname]
+            if p.kind is p.VAR_POSITIONAL:
+                parts += [_short(a) for a in v if not isinstance(a, Module)]   # children print in the tree
+            elif p.kind is p.VAR_KEYWORD:
+                parts += [f"{k}={_short(a)}" for k, a in v.items()]
+            elif p.default is p.empty:
+                parts.append(_short(v))
+            elif not _same(v, p.default):
+                parts.append(f"{pname}={_short(v)}")
+        return f"{cls.__name__}({', '.join(parts)})"
 
     def __repr__(self) -> str:
-        return self.name()
+        head = self.name()
+        if not (self._children and self._tree_repr):
+            return head
+        cls = type(self).__name__
+        inner = head[len(cls) + 1:-1]
+        lines = [f"{cls}("] + ([f"  {inner}"] if inner else [])
+        for name, child in self._children.items():
+            lines.append(f"  ({name}): " + repr(child).replace("\n", "\n  "))
+        return "\n".join(lines + [")"])
+
+    def num_params(self) -> int:
+        """The number of trainable values (every entry of every parameter, children's included)."""
+        return sum(int(np.prod(p.shape)) for p in self.params.values())
+
+    # ------------------------------------------------------------------ routing records
+    def keep_routing(self, **arrays) -> None:
+        """Keep the routing arrays of this forward (batch axis first), for :meth:`routing`.
+
+        Dynamic layers call it in ``forward_pullback``: ``self.keep_routing(pi=pi)``. The
+        arrays are referenced, not copied.
+        """
+        object.__setattr__(self, "_routing", arrays)
+
+    def routing(self) -> dict[str, np.ndarray]:
+        """``{name: array}``: the routing arrays of the last forward (batch axis first;
+        ``{}`` for a static layer or before any forward). Read by
+        :class:`~dynconv_np.nn.RoutingRecorder`."""
+        return dict(self.__dict__.get("_routing") or {})
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -382,14 +621,24 @@ class Module:
         for cur, new in plan:
             xp.copy_into(cur, new)
 
-    def save(self, path: str) -> None:
-        """Write :meth:`state_dict` to an ``.npz`` file."""
+    def save(self, path: str | os.PathLike) -> None:
+        """Write :meth:`state_dict` to an ``.npz`` file (``.npz`` is appended to a path
+        without it, as ``numpy.savez`` does)."""
         np.savez(path, **self.state_dict())
 
-    def load(self, path: str) -> None:
-        """Read an ``.npz`` written by :meth:`save` into this layer."""
-        with np.load(path) as data:
+    def load(self, path: str | os.PathLike) -> None:
+        """Read an ``.npz`` written by :meth:`save` into this layer; `path` may omit the
+        ``.npz`` that :meth:`save` appended."""
+        with np.load(npz_path(path)) as data:
             self.load_state_dict({k: data[k] for k in data.files})
+
+
+def npz_path(path: str | os.PathLike) -> str:
+    """`path`, or `path` + ``".npz"`` when only that exists (what ``numpy.savez`` wrote)."""
+    path = os.fspath(path)
+    if not os.path.exists(path) and not path.endswith(".npz") and os.path.exists(path + ".npz"):
+        return path + ".npz"
+    return path
 
 
 class OpLayer(Module):
@@ -399,6 +648,8 @@ class OpLayer(Module):
     ``pullback(dy) -> (dx, {param key: gradient or None})`` (see the module docstring);
     this class checks ``dy`` against the output and adds the gradients, once for every layer.
     """
+
+    _hooked_method = "forward_pullback"
 
     def forward_pullback(self, x: np.ndarray, **kwargs: Any) -> tuple[np.ndarray, Callable]:
         """``(y, pullback)`` for `x`, leaving every cache alone."""
@@ -461,7 +712,9 @@ def chain(layer: Module, x: np.ndarray, *steps) -> tuple[np.ndarray, Callable]:
 class Sequential(Module):
     """Layers applied in order; backward runs them in reverse.
 
-    Children are named ``"0"``, ``"1"``, ...; ``seq[i]`` returns the i-th layer.
+    Children are named ``"0"``, ``"1"``, ...; ``seq[i]`` returns the i-th layer. Its repr
+    is the tree of its layers. To share one CondConv routing among several layers, use
+    :class:`~dynconv_np.nn.CondConvBlock`.
     """
 
     def __init__(self, *layers: Module):
@@ -474,6 +727,11 @@ class Sequential(Module):
 
     def __len__(self) -> int:
         return len(self._children)
+
+    def check_input(self, x) -> None:
+        """The first layer's check (errors name that layer)."""
+        if self._children:
+            self[0].check_input(x)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         for layer in self._children.values():

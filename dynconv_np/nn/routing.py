@@ -8,7 +8,7 @@
 - :class:`Temperature`: the mixin of layers whose attention has a temperature (the 0-d
   host buffer ``tau`` and the ``temperature`` property).
 - :class:`TemperatureSchedule`: linear annealing of tau from 30 to 1 over 10 epochs, set
-  on every :class:`Temperature` layer of a model.
+  on every :class:`Temperature` layer of a model (a scheduler the training loop steps).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .. import _args
 from .._op import Op
 from ..ops import global_avg_pool, relu
 from .module import Module, chain
+from .schedules import Scheduler
 
 __all__ = ["RoutingHead", "Temperature", "TemperatureSchedule"]
 
@@ -69,7 +70,7 @@ class Temperature:
         self._buffers["tau"] = np.array(_args.positive_float("temperature", value))
 
 
-class TemperatureSchedule:
+class TemperatureSchedule(Scheduler):
     """Linear annealing of the softmax temperature (DY-CNN; ODConv's per-iteration code).
 
     ``tau(t) = final + max(0, (tau0 - final) * (T - t) / T)`` with ``T = epochs *
@@ -86,40 +87,40 @@ class TemperatureSchedule:
         Initial temperature (30 in the papers; 1 disables the annealing).
     epochs : int
         Annealing length in epochs (10 in the papers).
-    iters_per_epoch : int
-        Iterations per epoch (only for ``per="iteration"``).
+    iters_per_epoch : int, optional
+        Iterations per epoch (``per="iteration"``). None: :func:`dynconv_np.nn.fit` and
+        :func:`~dynconv_np.nn.train_epoch` set it to the number of batches; stepped by
+        hand before that, it counts as 1.
     per : {"iteration", "epoch"}
     final : float
         Temperature after the annealing (1).
 
-    Usage::
+    A :class:`~dynconv_np.nn.schedules.Scheduler`: give it to ``fit(..., schedules=[sched])``
+    and the loop steps it (per iteration or per epoch); ``state_dict()`` keeps the step.
+    By hand::
 
-        sched = TemperatureSchedule(model, iters_per_epoch=len(loader))
+        sched = TemperatureSchedule(model, iters_per_epoch=len(batches))
         for epoch in range(E):
-            for xb, yb in loader:
+            for xb, yb in batches:
                 ...                     # forward, backward, optimiser step
                 sched.step()            # t += 1, then sets tau(t) on the model
     """
 
     def __init__(self, model: Module | None = None, tau0: float = 30.0, epochs: int = 10,
-                 iters_per_epoch: int = 1, per: str = "iteration", final: float = 1.0):
+                 iters_per_epoch: int | None = None, per: str = "iteration", final: float = 1.0):
         if model is not None and not isinstance(model, Module):
             raise TypeError(f"model must be a Module or None, got {type(model).__name__}")
-        if per not in ("iteration", "epoch"):
-            raise ValueError(f'per must be "iteration" or "epoch", got {per!r}')
+        self._init_steps(per, iters_per_epoch)
         self.model = model
         self.tau0 = _args.positive_float("tau0", tau0)
         self.final = _args.positive_float("final", final)
         self.epochs = _args.positive_int("epochs", epochs)
-        self.iters_per_epoch = _args.positive_int("iters_per_epoch", iters_per_epoch)
-        self.per = per
-        self.t = 0
         self.apply()
 
     @property
     def total(self) -> int:
         """T, the number of steps over which tau decreases."""
-        return self.epochs * (self.iters_per_epoch if self.per == "iteration" else 1)
+        return self.epochs * self.steps_per_epoch
 
     def __call__(self, t: int) -> float:
         """tau at step `t` (iterations or epochs, from 0)."""
@@ -144,7 +145,6 @@ class TemperatureSchedule:
                     m.temperature = tau
         return tau
 
-    def step(self) -> float:
-        """Advance one step (an iteration, or an epoch with ``per="epoch"``) and apply."""
-        self.t += 1
-        return self.apply()
+    def __repr__(self) -> str:
+        return (f"TemperatureSchedule(tau0={self.tau0:g}, epochs={self.epochs}, per={self.per!r}, "
+                f"final={self.final:g})")

@@ -6,6 +6,12 @@ Optimisers update a layer's parameter arrays in place from its accumulated gradi
     loss = crit(model(x), labels)
     opt.zero_grad(); model.backward(crit.backward()); opt.step()
 
+The loss is a layer (:class:`~dynconv_np.nn.module.Module`): ``crit(logits, target)``,
+``crit.backward()``. ``opt.state_dict()`` / ``opt.load_state_dict(sd)`` save and restore
+the learning rate and the optimiser's state (SGD's momentum buffers, Adam's moments and
+step count) as host arrays, so a resumed run continues bitwise as the uninterrupted one
+(see :mod:`dynconv_np.nn.checkpoint`).
+
 On a layer moved with ``to_device()`` the loss takes device logits (labels stay a host
 array; the one-hot targets are copied over) and the optimisers update the device
 parameters in place (:mod:`dynconv_np.ops.optim`); their state follows the parameters'
@@ -27,23 +33,29 @@ from .module import Module
 __all__ = ["SoftmaxCrossEntropy", "SGD", "Adam"]
 
 
-class SoftmaxCrossEntropy:
+class SoftmaxCrossEntropy(Module):
     """Mean softmax cross-entropy of logits against integer labels or target distributions.
 
-    ``loss = crit(logits, target)`` with logits ``(N, K)`` and target ``(N,)`` integer
-    class indices in ``[0, K)`` or ``(N, K)`` probabilities (rows summing to 1); returns a
-    float. ``dlogits = crit.backward(dloss=1.0)`` gives ``(N, K)``:
-    ``(softmax(logits) - onehot) / N``. Log-sum-exp with the row maximum subtracted
+    A layer without parameters: ``loss = crit(logits, target)`` with logits ``(N, K)`` and
+    target ``(N,)`` integer class indices in ``[0, K)`` or ``(N, K)`` probabilities (rows
+    summing to 1) returns a float; ``dlogits = crit.backward(dloss=1.0)`` gives ``(N, K)``:
+    ``dloss * (softmax(logits) - onehot) / N``. ``forward_pullback(logits, target)`` returns
+    ``(loss, pullback)`` with ``pullback(dloss) -> (dlogits, {})`` and leaves the cache
+    alone. Log-sum-exp with the row maximum subtracted
     (:func:`dynconv_np.ops.loss.softmax_cross_entropy`).
     """
 
-    def __init__(self) -> None:
-        self._cache = None
-
-    def __call__(self, logits: np.ndarray, target: np.ndarray) -> float:
-        return self.forward(logits, target)
-
     def forward(self, logits: np.ndarray, target: np.ndarray) -> float:
+        loss, pullback = self.forward_pullback(logits, target)
+        self._cache = pullback
+        return loss
+
+    def backward(self, dloss: float = 1.0) -> np.ndarray:
+        """``d (dloss * loss) / d logits``, shape ``(N, K)``, on the logits' device."""
+        return self.cache()(dloss)[0]
+
+    def forward_pullback(self, logits: np.ndarray, target: np.ndarray):
+        """``(loss (float), pullback)``; ``pullback(dloss) -> (dlogits (N, K), {})``."""
         dtype, device = _args.check_arrays({"logits": logits})
         _args.check_ndim("logits", logits, 2, "(N, K)")
         N, K = logits.shape
@@ -67,14 +79,8 @@ class SoftmaxCrossEntropy:
             raise TypeError(f"target must hold integer labels or float probabilities, got dtype {target.dtype}")
         if device == "cuda" and not xp.on_device(onehot):
             onehot = xp.to_device(onehot)                      # host targets copied over
-        loss, self._cache = softmax_cross_entropy.vjp(logits, onehot)
-        return float(loss)
-
-    def backward(self, dloss: float = 1.0) -> np.ndarray:
-        """``d (dloss * loss) / d logits``, shape ``(N, K)``, on the logits' device."""
-        if self._cache is None:
-            raise RuntimeError("SoftmaxCrossEntropy.backward called before forward")
-        return self._cache(dloss)[0]
+        loss, pb = softmax_cross_entropy.vjp(logits, onehot)
+        return float(loss), lambda dloss: (pb(dloss)[0], {})
 
 
 class _Optimizer:
@@ -110,6 +116,49 @@ class _Optimizer:
         for grad in self.grads.values():
             xp.fill(grad, 0)
 
+    # ------------------------------------------------------------------ state
+    #: the per-parameter state arrays, saved as ``"<name>.<param key>"``
+    _slots: tuple[str, ...] = ()
+
+    def _scalars(self) -> dict[str, np.ndarray]:
+        return {"lr": np.array(self.lr, dtype=np.float64)}
+
+    def _load_scalars(self, state: Mapping) -> None:
+        self.lr = _args.non_negative_float("lr", float(np.asarray(state["lr"])))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Host copies of the optimiser's state: ``"lr"`` and, per parameter key, the
+        :attr:`_slots` arrays as ``"<slot>.<key>"`` (only those that exist yet); Adam adds ``"t"``."""
+        out = self._scalars()
+        for key, st in self.state.items():
+            for slot in self._slots:
+                if st.get(slot) is not None:
+                    out[f"{slot}.{key}"] = np.array(xp.to_host(st[slot]), copy=True)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore a :meth:`state_dict` (checked against the parameters before anything is set);
+        the state arrays move to the parameters' device at the next step."""
+        params = self.params
+        new: dict[str, dict] = {}
+        for name, a in state.items():
+            if name in self._scalars():
+                continue
+            slot, _, key = name.partition(".")
+            if slot not in self._slots or key not in params:
+                raise KeyError(f"{type(self).__name__} state has no entry {name!r} (its parameters: "
+                               f"{', '.join(params)})")
+            a = np.asarray(xp.to_host(a) if xp.is_array(a) else a)
+            p = params[key]
+            if a.shape != tuple(p.shape):
+                raise ValueError(f"state[{name!r}] has shape {a.shape}, the parameter has {tuple(p.shape)}")
+            new.setdefault(key, {s: None for s in self._slots})[slot] = a.astype(p.dtype, copy=True)
+        missing = sorted(set(self._scalars()) - set(state))
+        if missing:
+            raise KeyError(f"{type(self).__name__} state lacks {missing}")
+        self._load_scalars(state)
+        self.state = new
+
 
 def _follow(a, p):
     """Optimiser state `a` on the device of its parameter `p` (moved after ``to_device`` /
@@ -131,6 +180,8 @@ class SGD(_Optimizer):
     nesterov : bool
     grads : Mapping[str, ndarray], optional
     """
+
+    _slots = ("buf",)
 
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False, grads=None):
@@ -162,6 +213,8 @@ class Adam(_Optimizer):
     grads : Mapping[str, ndarray], optional
     """
 
+    _slots = ("m", "v")
+
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, grads=None):
         super().__init__(params, grads, lr, weight_decay)
@@ -170,6 +223,16 @@ class Adam(_Optimizer):
         self.betas = (_args.below_one("betas[0]", betas[0]), _args.below_one("betas[1]", betas[1]))
         self.eps = _args.positive_float("eps", eps)
         self.t = 0
+
+    def _scalars(self) -> dict[str, np.ndarray]:
+        return {**super()._scalars(), "t": np.array(self.t, dtype=np.int64)}
+
+    def _load_scalars(self, state: Mapping) -> None:
+        super()._load_scalars(state)
+        t = np.asarray(state["t"])
+        if t.shape or t.dtype.kind not in "iu" or int(t) < 0:
+            raise ValueError(f"state['t'] must be a non-negative integer step count, got {t!r}")
+        self.t = int(t)
 
     def step(self) -> None:
         """Update every parameter in place."""

@@ -35,7 +35,7 @@ def sgd_update(p: np.ndarray, grad: np.ndarray, buf: np.ndarray | None = None, l
     grad : ndarray, p's shape
     buf : ndarray, p's shape, or None
         The momentum buffer of the previous step (None at the first).
-    lr : float
+    lr : float >= 0 (a schedule may reach 0)
     momentum : float in [0, 1)
     weight_decay : float >= 0
     nesterov : bool
@@ -46,7 +46,7 @@ def sgd_update(p: np.ndarray, grad: np.ndarray, buf: np.ndarray | None = None, l
         The new momentum buffer (None without momentum), on p's device.
     """
     device = _state(p, grad, buf=buf)
-    lr = _args.positive_float("lr", lr)
+    lr = _args.non_negative_float("lr", lr)
     momentum = _args.below_one("momentum", momentum)
     weight_decay = _args.non_negative_float("weight_decay", weight_decay)
     nesterov = _args.flag("nesterov", nesterov)
@@ -70,7 +70,7 @@ def adam_update(p: np.ndarray, grad: np.ndarray, m: np.ndarray | None, v: np.nda
         The moments of the previous step (both None at the first).
     step : int
         This step's number, from 1.
-    lr : float
+    lr : float >= 0 (a schedule may reach 0)
     betas : (float, float), each in [0, 1)
     eps : float
     weight_decay : float >= 0
@@ -84,7 +84,7 @@ def adam_update(p: np.ndarray, grad: np.ndarray, m: np.ndarray | None, v: np.nda
     if (m is None) != (v is None):
         raise ValueError("m and v must both be arrays or both be None (before the first step)")
     step = _args.positive_int("step", step)
-    lr = _args.positive_float("lr", lr)
+    lr = _args.non_negative_float("lr", lr)
     if len(betas) != 2:
         raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
     b1, b2 = _args.below_one("betas[0]", betas[0]), _args.below_one("betas[1]", betas[1])

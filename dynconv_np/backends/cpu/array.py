@@ -3,7 +3,9 @@ elementwise arithmetic) and the elementwise, per-row, per-channel, layout and op
 primitives of the kernel API (their contracts are in :mod:`dynconv_np.backends.interface`).
 
 Each function is the NumPy expression the ops and layers used before they were written
-against backend primitives, so host results are bitwise what they were. "Per channel"
+against backend primitives, so host results are bitwise what they were. Elementwise
+results are arrays at every shape: a 0-d input gives a 0-d array (``np.asarray``), never
+the NumPy scalar an operator on 0-d arrays returns. "Per channel"
 means axis 1 (``(N, C)`` or ``(N, C, H, W)`` arrays, or an ``(A, C, B)`` view).
 """
 
@@ -52,13 +54,14 @@ def add_into(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
 
 
 def contiguous(a: np.ndarray) -> np.ndarray:
-    """`a` as a C-contiguous array (a view when it already is one; `a` is never modified)."""
-    return np.ascontiguousarray(a)
+    """`a` as a C-contiguous array (a view when it already is one; `a` is never modified;
+    a 0-d array stays 0-d, unlike ``np.ascontiguousarray``)."""
+    return np.asarray(a, order="C")
 
 
 def to_device(a: np.ndarray) -> np.ndarray:
-    """The CPU backend's arrays are host arrays: `a` as a C-contiguous array."""
-    return np.ascontiguousarray(a)
+    """The CPU backend's arrays are host arrays: `a` as a C-contiguous array (0-d stays 0-d)."""
+    return np.asarray(a, order="C")
 
 
 def to_host(a: np.ndarray) -> np.ndarray:
@@ -69,27 +72,27 @@ def to_host(a: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- elementwise
 def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a + b`` (a new array)."""
-    return np.add(a, b)
+    return np.asarray(np.add(a, b))
 
 
 def sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a - b`` (a new array)."""
-    return a - b
+    return np.asarray(a - b)
 
 
 def mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a * b`` (a new array)."""
-    return a * b
+    return np.asarray(a * b)
 
 
 def scale(a: np.ndarray, s: float) -> np.ndarray:
     """``a * s``, `s` taken in a's dtype (a new array)."""
-    return a * a.dtype.type(s)
+    return np.asarray(a * a.dtype.type(s))
 
 
 def exp(a: np.ndarray) -> np.ndarray:
     """``exp(a)`` (a new array)."""
-    return np.exp(a)
+    return np.asarray(np.exp(a))
 
 
 def total(a: np.ndarray):
@@ -99,12 +102,12 @@ def total(a: np.ndarray):
 
 def relu(z: np.ndarray) -> np.ndarray:
     """``max(z, 0)``."""
-    return np.maximum(z, 0)
+    return np.asarray(np.maximum(z, 0))
 
 
 def relu_backward(z: np.ndarray, dy: np.ndarray) -> np.ndarray:
     """``dy`` where ``z > 0``, else 0."""
-    return np.where(z > 0, dy, 0).astype(z.dtype, copy=False)
+    return np.asarray(np.where(z > 0, dy, 0), dtype=z.dtype)
 
 
 def sigmoid(z: np.ndarray, tau: float) -> np.ndarray:
@@ -116,30 +119,30 @@ def sigmoid(z: np.ndarray, tau: float) -> np.ndarray:
 
 def sigmoid_backward(y: np.ndarray, dy: np.ndarray, tau: float) -> np.ndarray:
     """``dy * y * (1 - y) / tau`` from the forward's output `y`."""
-    return dy * (y * (1 - y)) / y.dtype.type(tau)
+    return np.asarray(dy * (y * (1 - y)) / y.dtype.type(tau))
 
 
 def hard_sigmoid(z: np.ndarray, scale: float) -> np.ndarray:
     """``relu6(z + 3) / scale``."""
     t = z.dtype.type
-    return np.clip(z + t(3), t(0), t(6)) / t(scale)
+    return np.asarray(np.clip(z + t(3), t(0), t(6)) / t(scale))
 
 
 def hard_sigmoid_backward(z: np.ndarray, dy: np.ndarray, scale: float) -> np.ndarray:
     """``dy / scale`` on the open interval ``-3 < z < 3``, else 0."""
     t = z.dtype.type
     inside = (z > -3) & (z < 3)
-    return np.where(inside, dy / t(scale), 0).astype(z.dtype, copy=False)
+    return np.asarray(np.where(inside, dy / t(scale), 0), dtype=z.dtype)
 
 
 def tanh(z: np.ndarray) -> np.ndarray:
     """``tanh(z)``."""
-    return np.tanh(z)
+    return np.asarray(np.tanh(z))
 
 
 def tanh_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
     """``dy * (1 - y**2)`` from the forward's output `y`."""
-    return dy * (1 - y * y)
+    return np.asarray(dy * (1 - y * y))
 
 
 # ----------------------------------------------------------------------------- rows
@@ -238,7 +241,7 @@ def batch_norm_backward(dy, xhat, gamma, inv, training: bool):
 def running_update(r: np.ndarray, batch: np.ndarray, momentum: float) -> np.ndarray:
     """``(1 - momentum) * r + momentum * batch`` (a new array)."""
     m = r.dtype.type(momentum)
-    return (1 - m) * r + m * batch
+    return np.asarray((1 - m) * r + m * batch)
 
 
 def channel_sum(a: np.ndarray) -> np.ndarray:

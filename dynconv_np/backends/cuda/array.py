@@ -76,7 +76,7 @@ def to_device(a):
     device arrays (any ``__cuda_array_interface__``) stay where they are."""
     if _is_cuda(a):
         return contiguous(a)
-    return cuda.to_device(np.ascontiguousarray(a))
+    return cuda.to_device(np.asarray(a, order="C"))                 # 0-d stays 0-d
 
 
 def to_host(a) -> np.ndarray:
