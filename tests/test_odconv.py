@@ -291,7 +291,7 @@ def test_temperature_schedule_and_state(rng, tmp_path):
         np.testing.assert_array_equal(other.state_dict()[k], v)
     layer.eval(), other.eval()
     np.testing.assert_array_equal(layer(x), other(x))
-    with pytest.raises(ValueError, match=r"ODConv2d\(4, 6, kernel_size=\(3, 3\), num_experts=4\) expects x with 4"):
+    with pytest.raises(ValueError, match=r"ODConv2d\(4, 6, 3, padding=1\) expects x with 4"):
         layer(np.ones((2, 3, 5, 5), F32))
     with pytest.raises(TypeError, match="reduction must be a positive number"):
         nn.ODConv2d(4, 6, 3, reduction="x")

@@ -146,7 +146,8 @@ def test_layer_attention_and_output(rng):
     layer = _layer(rng, stride=(2,), padding=1)
     assert set(layer.params) == {"weight", "bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
     assert layer.weight.shape == (3, 6, 2, 3) and layer.hidden_channels == 1
-    assert repr(layer) == "DynamicConv1d(4, 6, kernel_size=3, num_experts=3)"
+    assert repr(layer) == ("DynamicConv1d(4, 6, 3, stride=(2,), padding=1, groups=2, num_experts=3, "
+                          "temperature=2.0, dtype=np.float64)")
     x = rng.standard_normal((3, 4, 10))
     p = layer.params
     h = np.maximum(x.mean(axis=2) @ p["fc1.weight"].T + p["fc1.bias"], 0)
@@ -159,7 +160,7 @@ def test_layer_attention_and_output(rng):
     dc.gradcheck(nn.as_function(layer), (x, *layer.params.values()), mode="projection")
     with pytest.raises(ValueError, match=r"x must be 3-D \(N, C, L\)"):
         layer(x[:, :, None])
-    with pytest.raises(ValueError, match=r"DynamicConv1d\(4, 6, kernel_size=3, num_experts=3\) expects x with 4"):
+    with pytest.raises(ValueError, match=r"DynamicConv1d\(4, 6, 3, .*\) expects x with 4"):
         layer(x[:, :3])
     with pytest.raises(ValueError, match='padding="same" needs stride 1'):
         nn.DynamicConv1d(4, 6, 3, stride=2, padding="same")

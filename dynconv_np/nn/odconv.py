@@ -125,9 +125,6 @@ class ODConv2d(Temperature, ConvLayer):
         if bias:
             fc.params["bias"] = np.zeros(fan_out, dtype=self.weight.dtype)
 
-    def _extra_name(self) -> str:
-        return f", num_experts={self.num_experts}"
-
     def _attend(self, x: np.ndarray):
         """``((a_w, a_s, a_c, a_f), pullback)``; ``pullback(da_w, da_s, da_c, da_f) -> (dx, grads)``
         takes the attentions' gradients back through the heads and the trunk."""
@@ -173,6 +170,7 @@ class ODConv2d(Temperature, ConvLayer):
         """x ``(N, C, H, W)`` -> y ``(N, O, Ho, Wo)``."""
         self._check_x(x)
         atts, pb_att = self._attend(x)
+        self.keep_routing(**dict(zip(("a_w", "a_s", "a_c", "a_f"), atts)))
         y, pb = odconv2d.vjp(x, self.weight, *atts, groups=self.config.groups, **self.config.geo)
 
         def pullback(dy):

@@ -86,11 +86,6 @@ class DynamicConv1d(Temperature, ConvLayer):
         self.add_child("fc2", Linear(hidden, K, dtype=dt, rng=r))
         self._init_temperature(temperature)
 
-    def name(self) -> str:
-        cfg = self.config
-        return (f"DynamicConv1d({cfg.in_channels}, {cfg.out_channels}, kernel_size={cfg.kernel_size[1]}, "
-                f"num_experts={self.num_experts})")
-
     def _check_x(self, x: np.ndarray) -> None:
         _args.check_arrays({"x": x})
         _args.check_ndim("x", x, 3, "(N, C, L)")
@@ -111,6 +106,7 @@ class DynamicConv1d(Temperature, ConvLayer):
         """x ``(N, C, L)`` -> y ``(N, O, Lo)``."""
         self._check_x(x)
         pi, pb_route = self._route(x)
+        self.keep_routing(pi=pi)
         y, pb = dynamic_conv1d.vjp(x, self.weight, pi, self._params.get("bias"), groups=self.config.groups,
                                    **self.geo1d)
 

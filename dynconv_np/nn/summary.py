@@ -33,6 +33,8 @@ from .dynamic import CondConv2d, DynamicConv2d, MixtureConv2d
 from .function import _restore, _snapshot
 from .layers import BatchNorm1d, BatchNorm2d, Conv2d, ConvLayer, Linear
 from .module import Module, forward_hook
+from .odconv import ODConv2d
+from .oned import DynamicConv1d
 
 __all__ = ["summary", "num_params", "Summary", "mult_adds"]
 
@@ -78,11 +80,13 @@ def _atoms(layer: AtomConv2d, x: tuple, y: tuple) -> int:
     return generator + atoms + conv
 
 
-#: built-in formulas ``f(layer, x_shape, y_shape) -> int``, by class (the first match in order)
+#: built-in formulas ``f(layer, x_shape, y_shape) -> int``, by class (subclasses inherit them)
 FORMULAS: list[tuple[type, Callable]] = [
     (MixtureConv2d, lambda m, x, y: _conv(m, y) + m.num_experts * _kernel_size(m)),
     (CondConv2d, lambda m, x, y: _conv(m, y) + x[0] * m.num_experts * _kernel_size(m)),
     (DynamicConv2d, lambda m, x, y: _conv(m, y) + x[0] * m.num_experts * _kernel_size(m)),
+    (ODConv2d, lambda m, x, y: _conv(m, y) + x[0] * (m.num_experts + 3) * _kernel_size(m)),
+    (DynamicConv1d, lambda m, x, y: _prod(y[0], y[2]) * _kernel_size(m) + x[0] * m.num_experts * _kernel_size(m)),
     (DCDConv2d, _dcd),
     (AtomConv2d, _atoms),
     (Conv2d, lambda m, x, y: _conv(m, y)),
@@ -99,9 +103,10 @@ def mult_adds(layer: Module, x_shape: tuple, y_shape: tuple) -> int | None:
     own = getattr(layer, "mult_adds", None)
     if callable(own):
         return int(own(x_shape, y_shape))
-    for cls, f in FORMULAS:
-        if type(layer) is cls:
-            return f(layer, x_shape, y_shape)
+    formulas = dict(FORMULAS)
+    for cls in type(layer).__mro__:                            # the closest class with a formula
+        if cls in formulas:
+            return formulas[cls](layer, x_shape, y_shape)
     if not layer._params:
         return 0
     return None
