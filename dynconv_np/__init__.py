@@ -12,9 +12,12 @@ from .ops import (
     batch_norm,
     conv2d,
     dcd_conv2d,
+    ddf_conv2d,
     dynamic_conv2d,
     global_avg_pool,
     hard_sigmoid,
+    involution1d,
+    involution2d,
     linear,
     relu,
     sigmoid,
@@ -24,6 +27,6 @@ from .ops import (
 
 __version__ = "0.1.0"
 
-__all__ = ["conv2d", "dynamic_conv2d", "dcd_conv2d", "atom_conv2d",
+__all__ = ["conv2d", "dynamic_conv2d", "dcd_conv2d", "atom_conv2d", "involution2d", "ddf_conv2d", "involution1d",
            "global_avg_pool", "linear", "relu", "sigmoid", "softmax", "hard_sigmoid", "tanh", "batch_norm",
            "nn", "vjp", "gradcheck", "GradcheckError", "testing"]

@@ -15,6 +15,7 @@ the host. By topic:
 - :mod:`.products`: the tiled GEMM (``gemm``, ``gemm_nt_sum``);
 - :mod:`.conv`: the conv template and ``im2col`` / ``col2im``;
 - :mod:`.taps`: the per-pixel tap engine and the centre taps of DCD;
+- :mod:`.filters`: DDF's filter normalisation;
 - :mod:`.launch` and :mod:`.index`: launch shapes, per-dtype kernel factories, the shared
   index helpers compiled as device functions.
 
@@ -30,12 +31,12 @@ threads with smaller blocks).
 """
 
 from .._exports import export_interface
-from . import array, conv, elementwise, products, reduce, taps
+from . import array, conv, elementwise, filters, products, reduce, taps
 from .array import as_device_array, is_device_array
 from .launch import SIMULATOR, workspace
 
 set_workspace_bytes = workspace.set_workspace_bytes
 chunk_size = workspace.chunk_size
 
-__all__ = [*export_interface(globals(), (array, conv, elementwise, products, reduce, taps)),
+__all__ = [*export_interface(globals(), (array, conv, elementwise, filters, products, reduce, taps)),
            "workspace", "SIMULATOR", "as_device_array", "is_device_array"]
