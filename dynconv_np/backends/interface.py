@@ -145,8 +145,8 @@ class KernelAPI(ArrayAPI, Protocol):
 
             out[n, c*M + m, i, j] = sum_t filt[n, f(c, m), t, i, j] * scale[n, c, t] * xpad[...]
 
-        (``filt * scale`` is formed first; without `scale` the arithmetic is the plain
-        product's, bitwise). The same `scale` enters :meth:`taps_backward_input` and
+        Without `scale` the arithmetic is bitwise that of the plain engine (ACDA's calls
+        are unchanged). The same `scale` enters :meth:`taps_backward_input` and
         :meth:`taps_backward_filter`; its own gradient is :meth:`taps_backward_scale`.
 
         x (N, C, H, W) and filt (N, F, kh*kw, Ho, Wo), C-contiguous, of one dtype (the

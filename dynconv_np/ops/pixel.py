@@ -23,7 +23,7 @@ builds the unfolded input (``T`` times x) nor, for DDF, the per-pixel filter ``F
 
 Backward, with ``dY`` the cotangent (the engine's gathers, no atomics)::
 
-    dX_t = dY * F  scattered back to the taps      dkernel[n, g, t] = sum_{c in g} dY X_t
+    dX_t = dY * F  gathered back at the taps       dkernel[n, g, t] = sum_{c in g} dY X_t
     dspatial[n, t] = sum_c dY * channel[n, c, t] X_t  ("add": sum_c dY X_t)
     dchannel[n, c, t] = sum_{i,j} dY spatial[n, t] X_t  ("add": sum_{i,j} dY X_t)
 
