@@ -432,6 +432,8 @@ def sequence_geometry(x_shape, k: int, stride, padding, dilation, kernel_name: s
     s = positive_int("stride", stride)
     d = positive_int("dilation", dilation)
     if isinstance(padding, str):
+        if padding == "same" and s != 1:
+            raise ValueError(f'padding="same" needs stride 1, got stride={stride!r}')
         pad = padding
     else:
         if isinstance(padding, (bool, np.bool_)) or not isinstance(padding, numbers.Integral):

@@ -202,7 +202,7 @@ def test_centre_pool_is_rednet_pooling_and_identity(rng):
 # ----------------------------------------------------------------------------- general properties
 def _op_calls(rng, N=2, C=4, H=7, W=6):
     """(op, args, kwargs) for each op at stride 2, padding 1, dilation 1 (3x3 window)."""
-    Ho, Wo = 4, 3
+    Ho, Wo = (H - 1) // 2 + 1, (W - 1) // 2 + 1
     x = rng.standard_normal((N, C, H, W))
     return [
         (dc.involution2d, (x, rng.standard_normal((N, 2, 9, Ho, Wo)), 2), dict(stride=2, padding=1)),
@@ -210,7 +210,7 @@ def _op_calls(rng, N=2, C=4, H=7, W=6):
          dict(stride=2, padding=1)),
         (dc.ddf_conv2d, (x, rng.standard_normal((N, 9, Ho, Wo)), rng.standard_normal((N, C, 9))),
          dict(stride=2, padding=1, combine="add")),
-        (dc.involution1d, (x[:, :, 0], rng.standard_normal((N, 2, 3, 3)), 2), dict(stride=2, padding=1)),
+        (dc.involution1d, (x[:, :, 0], rng.standard_normal((N, 2, 3, Wo)), 2), dict(stride=2, padding=1)),
     ]
 
 
@@ -219,7 +219,7 @@ def _strided(a):
     return np.ascontiguousarray(a[..., ::-1])[..., ::-1] if a.ndim < 2 else np.asfortranarray(a)
 
 
-def test_noncontiguous_inputs_and_gradchecks(rng):
+def test_noncontiguous_inputs(rng):
     for f, args, kw in _op_calls(rng):
         arrays = [a for a in args if isinstance(a, np.ndarray)]
         strided = tuple(_strided(a) if isinstance(a, np.ndarray) else a for a in args)
@@ -230,6 +230,10 @@ def test_noncontiguous_inputs_and_gradchecks(rng):
         for a, b in zip(pb(np.asfortranarray(dy)), f.vjp(*args, **kw)[1](dy)):
             np.testing.assert_array_equal(a, b)
         assert len(arrays) == len(f.array_params)
+
+
+def test_full_jacobian_gradchecks(rng):
+    for f, args, kw in _op_calls(rng, N=1, C=2, H=5, W=4):
         dc.gradcheck(f, args, kw, mode="full")
 
 
@@ -253,6 +257,8 @@ BAD = [
     (dc.involution1d, lambda x, k, s, c: (x[:, :, 0], k[:, :, :3, 0], 2), dict(padding=1.5), TypeError,
      "padding must be a non-negative int"),
     (dc.involution1d, lambda x, k, s, c: (x, k[:, :, :3, 0], 2), {}, ValueError, "x must be 3-D"),
+    (dc.involution1d, lambda x, k, s, c: (x[:, :, 0], k[:, :, :3, 0], 2), dict(stride=2, padding="same"), ValueError,
+     r'padding="same" needs stride 1, got stride=2$'),
     (dc.involution1d, lambda x, k, s, c: (x[:, :, 0], k[:, :, :0, 0], 2), {}, ValueError, "kernel must have at least"),
     (filter_norm, lambda x, k, s, c: (c[:, :1], np.ones((1, 1))), {}, ValueError, "at least 2 taps"),
     (filter_norm, lambda x, k, s, c: (c, np.ones((3, 4))), {}, ValueError,
