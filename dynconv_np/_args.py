@@ -11,6 +11,7 @@ Geometry legend used across the package (Chainer's short physical names):
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -463,3 +464,62 @@ def conv1d_args(x, w, bias, groups, stride, padding, dilation, *, w_name: str, w
         raise ValueError(f"output length would be {Lo} (below 1): x has length {L}, kernel {k}, "
                          f"stride {s}, padding {padding!r}, dilation {d}")
     return groups, lift1d(s, p, d)
+# ----------------------------------------------------------------------------- per-pixel filters (DDF, Involution)
+def tap_scale(g: Geometry, scale) -> None:
+    """Check the tap engine's optional tap scale against ``(N, C, kh*kw)`` (guards the op authors)."""
+    if tuple(scale.shape) != (g.N, g.C, g.taps):
+        raise ValueError(f"tap engine: scale must be {(g.N, g.C, g.taps)}, got {tuple(scale.shape)}")
+
+
+def per_pixel_window(name: str, taps: int, kernel_size) -> tuple[int, int]:
+    """The window ``(kh, kw)`` of per-pixel filters with `taps` entries along their
+    ``kh*kw`` axis: `kernel_size` when given (its ``kh*kw`` must be `taps`), else the
+    square window ``k*k = taps``."""
+    if kernel_size is not None:
+        kh, kw = kernel_pair("kernel_size", kernel_size)
+        if kh * kw != taps:
+            raise ValueError(f"kernel_size={kernel_size!r} has {kh * kw} taps, but {name} has {taps} "
+                             f"along its kh*kw axis")
+        return kh, kw
+    k = math.isqrt(taps)
+    if taps < 1 or k * k != taps:
+        raise ValueError(f"{name} has {taps} entries along its kh*kw axis, which is not a square k*k "
+                         f"(give kernel_size=(kh, kw) for a rectangular window)")
+    return k, k
+
+
+def channel_groups(groups, C: int) -> int:
+    """A positive ``groups`` dividing x's ``C`` channels (per-pixel ops: no kernel to match)."""
+    g = positive_int("groups", groups)
+    if C % g:
+        raise ValueError(f"groups={g} does not divide x's {C} channels")
+    return g
+
+
+def combine_mode(v) -> str:
+    """DDF's filter combination, ``"mul"`` or ``"add"``."""
+    if not isinstance(v, str) or v not in ("mul", "add"):
+        raise ValueError(f'combine must be "mul" or "add", got {v!r}')
+    return v
+
+
+def sequence_geometry(x_shape, k: int, stride, padding, dilation, kernel_name: str = "kernel") -> Geometry:
+    """The geometry of a 1-D op on x ``(N, C, L)`` as a 2-D window ``(1, k)`` on ``(N, C, 1, L)``.
+
+    `stride` and `dilation` are positive ints, `padding` a non-negative int, ``"valid"``
+    or ``"same"`` (stride 1).
+    """
+    s = positive_int("stride", stride)
+    d = positive_int("dilation", dilation)
+    if isinstance(padding, str):
+        if padding == "same" and s != 1:
+            raise ValueError(f'padding="same" needs stride 1, got stride={stride!r}')
+        pad = padding
+    else:
+        if isinstance(padding, (bool, np.bool_)) or not isinstance(padding, numbers.Integral):
+            raise TypeError(f'padding must be a non-negative int, "valid" or "same", got {padding!r}')
+        if padding < 0:
+            raise ValueError(f"padding must be non-negative, got {padding!r}")
+        pad = (0, int(padding))
+    N, C, L = (int(v) for v in x_shape)
+    return geometry((N, C, 1, L), 1, k, (1, s), pad, (1, d), kernel_name=kernel_name)

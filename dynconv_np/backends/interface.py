@@ -120,7 +120,7 @@ class KernelAPI(ArrayAPI, Protocol):
         """``sum_n a[n] @ b[n]^T``: a (N, M, K), b (N, J, K) -> (M, J)."""
 
     # ------------------------------------------------------------------ tap engine
-    def taps_forward(self, x, filt, g, M, cdiv, out=None, channel_major=False):
+    def taps_forward(self, x, filt, g, M, cdiv, out=None, channel_major=False, scale=None):
         """Per-pixel filters applied tap by tap, without an unfolded input.
 
         Per-pixel dynamic convolutions (ACDA atoms, DDF, Involution) apply at every output
@@ -135,21 +135,55 @@ class KernelAPI(ArrayAPI, Protocol):
         ``c``); ``cdiv`` (a divisor of C) the number of input channels per filter group:
         channel ``c`` and slot ``m`` use filter ``f(c, m) = (c // cdiv)*M + m``, so there
         are ``F = (C // cdiv) * M`` filters. ACDA's atoms are ``filt (N, M, T, Ho, Wo)``
-        with ``cdiv = C``; DDF (depthwise) ``filt (N, C, T, Ho, Wo)``, ``M = cdiv = 1``;
-        Involution ``filt (N, G, T, Ho, Wo)``, ``M = 1``, ``cdiv = C // G``.
+        with ``cdiv = C``; Involution ``filt (N, G, T, Ho, Wo)``, ``M = 1``, ``cdiv = C // G``;
+        DDF's spatial filter ``filt (N, 1, T, Ho, Wo)``, ``M = 1``, ``cdiv = C``, with its
+        channel filter as `scale`.
+
+        `scale` (N, C, kh*kw), optional: a per-sample, per-channel tap scale that
+        multiplies every filter a channel uses, so that a filter decoupled as ``filt x
+        scale`` (DDF) is never built::
+
+            out[n, c*M + m, i, j] = sum_t filt[n, f(c, m), t, i, j] * scale[n, c, t] * xpad[...]
+
+        Without `scale` the arithmetic is bitwise that of the plain engine (ACDA's calls
+        are unchanged). The same `scale` enters :meth:`taps_backward_input` and
+        :meth:`taps_backward_filter`; its own gradient is :meth:`taps_backward_scale`.
 
         x (N, C, H, W) and filt (N, F, kh*kw, Ho, Wo), C-contiguous, of one dtype (the
         sums are in that dtype). Returns out (N, C*M, Ho, Wo), or (C*M, N, Ho, Wo) when
         `channel_major` (a following 1x1 GEMM over the channels is then one GEMM for the
         whole batch); `out`, when given, is overwritten. Samples are independent: a
         caller bounds its workspace by passing batch slices (with
-        ``dataclasses.replace(g, N=nb)``) and ``out=`` views of its result."""
+        ``dataclasses.replace(g, N=nb)``) and ``out=`` views of its result. The window
+        ``g`` may have a negative padding (a window that starts inside x)."""
 
-    def taps_backward_input(self, filt, dout, g, M, cdiv, out=None, channel_major=False):
-        """Gradient of :meth:`taps_forward` w.r.t. x: dx (N, C, H, W)."""
+    def taps_backward_input(self, filt, dout, g, M, cdiv, out=None, channel_major=False, scale=None):
+        """Gradient of :meth:`taps_forward` w.r.t. x: dx (N, C, H, W) (a gather)."""
 
-    def taps_backward_filter(self, x, dout, g, M, cdiv, out=None, channel_major=False):
+    def taps_backward_filter(self, x, dout, g, M, cdiv, out=None, channel_major=False, scale=None):
         """Gradient of :meth:`taps_forward` w.r.t. filt: (N, F, kh*kw, Ho, Wo)."""
+
+    def taps_backward_scale(self, x, filt, dout, g, M, cdiv, out=None, channel_major=False):
+        """Gradient of :meth:`taps_forward` w.r.t. its `scale`: dscale (N, C, kh*kw),
+        ``dscale[n, c, t] = sum_{m, i, j} dout[n, c*M + m, i, j] * filt[n, f(c, m), t, i, j]
+        * xpad[n, c, tap t of (i, j)]``; each ``(n, c)`` row is one owner's reduction in a
+        fixed order. `out` (N, C, kh*kw), when given, is overwritten."""
+
+    # ------------------------------------------------------------------ filter normalisation (DDF)
+    def filter_norm(self, z, gain, eps):
+        """DDF's filter normalisation: each filter standardised over its taps, then scaled.
+
+        z (A, T, B) holds ``A*B`` filters of ``T`` taps (axis 1); gain (G, T), G dividing
+        A, scales filter row ``a`` by ``gain[a % G]``::
+
+            y[a, :, b] = gain[a % G] * (z[a, :, b] - mean) / (std + eps)
+
+        with the mean and the unbiased standard deviation (divisor ``T - 1``, T >= 2) of
+        ``z[a, :, b]``. Returns y (A, T, B)."""
+
+    def filter_norm_backward(self, z, gain, dy, eps):
+        """Gradients of :meth:`filter_norm` for the cotangent dy (A, T, B): ``(dz (A, T, B),
+        dgain (G, T))``; the statistics are recomputed from z."""
 
     # ------------------------------------------------------------------ centre taps (DCD)
     def centre_taps(self, x, g):

@@ -17,6 +17,7 @@ from .loop import History, evaluate, fit, train_epoch
 from .module import Module, Sequential, default_generator, forward_hook, make_rng, manual_seed
 from .odconv import ODConv2d
 from .oned import DynamicConv1d
+from .pixel import DDFConv2d, Involution1d, Involution2d
 from .record import RoutingRecorder, attention_entropy, expert_usage, per_class_mean
 from .routing import TemperatureSchedule
 from .schedules import Constant, Cosine, LinearWarmup, LRSchedule, MultiStep, Schedule, Scheduler, StepDecay
@@ -27,7 +28,7 @@ __all__ = [
     "Module", "Sequential", "as_function", "make_rng", "manual_seed", "default_generator", "forward_hook",
     "Conv2d", "Linear", "ReLU", "BatchNorm1d", "BatchNorm2d", "GlobalAvgPool2d", "Flatten",
     "CondConv2d", "DynamicConv2d", "MixtureConv2d", "TemperatureSchedule", "CondConvBlock",
-    "DCDConv2d", "AtomConv2d", "ODConv2d", "DynamicConv1d",
+    "DCDConv2d", "AtomConv2d", "ODConv2d", "DynamicConv1d", "DDFConv2d", "Involution2d", "Involution1d",
     "SoftmaxCrossEntropy", "SGD", "Adam",
     "Batches", "train_epoch", "evaluate", "fit", "History", "save_checkpoint", "load_checkpoint",
     "Schedule", "Constant", "StepDecay", "MultiStep", "Cosine", "LinearWarmup", "Scheduler", "LRSchedule",

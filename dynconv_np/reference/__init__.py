@@ -9,6 +9,7 @@ Geometry arguments are normalised by the same ``_args.geometry`` as the ops (the
 validation is shared; the arithmetic is not).
 
 The package has one module per family (``conv``, ``odconv``, ``oned``, ``routing``, ``small``); every public
+The package has one module per family (``conv``, ``routing``, ``small``, ``pixel``); every public
 name is re-exported here, so ``reference.conv2d`` and ``reference.conv2d_backward`` are the
 twins of ``dc.conv2d``.
 """
@@ -16,5 +17,6 @@ twins of ``dc.conv2d``.
 from .conv import *  # noqa: F403
 from .odconv import *  # noqa: F403
 from .oned import *  # noqa: F403
+from .pixel import *  # noqa: F403
 from .routing import *  # noqa: F403
 from .small import *  # noqa: F403

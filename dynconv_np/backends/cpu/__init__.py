@@ -10,6 +10,7 @@ topic module that defines it:
 - :mod:`.conv`: the conv template (``conv_forward``, ``conv_backward``);
 - :mod:`.unfold`: ``im2col`` and ``col2im``;
 - :mod:`.taps`: the per-pixel tap engine;
+- :mod:`.filters`: DDF's filter normalisation;
 - :mod:`.centre`: the centre taps of dynamic convolution decomposition;
 - :mod:`.kernel_scale`: ODConv's kernel scaling (``scale_kernels`` and its backward);
 - :mod:`.index`: the shared index helpers, compiled for the CPU.
@@ -28,10 +29,11 @@ only the kernel's own file, so after editing a helper, delete the cache files
 
 from .._exports import export_interface
 from .._workspace import Workspace
-from . import array, centre, conv, kernel_scale, products, taps, unfold
+from . import array, centre, conv, filters, kernel_scale, products, taps, unfold
 
 workspace = Workspace(64 * 2**20)
 set_workspace_bytes = workspace.set_workspace_bytes
 chunk_size = workspace.chunk_size
 
-__all__ = [*export_interface(globals(), (array, centre, conv, kernel_scale, products, taps, unfold)), "workspace"]
+__all__ = [*export_interface(globals(), (array, centre, conv, filters, kernel_scale, products, taps, unfold)),
+           "workspace"]

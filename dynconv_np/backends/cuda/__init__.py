@@ -16,6 +16,7 @@ the host. By topic:
 - :mod:`.conv`: the conv template and ``im2col`` / ``col2im``;
 - :mod:`.taps`: the per-pixel tap engine and the centre taps of DCD;
 - :mod:`.kernel_scale`: ODConv's kernel scaling (``scale_kernels`` and its backward);
+- :mod:`.filters`: DDF's filter normalisation;
 - :mod:`.launch` and :mod:`.index`: launch shapes, per-dtype kernel factories, the shared
   index helpers compiled as device functions.
 
@@ -31,12 +32,12 @@ threads with smaller blocks).
 """
 
 from .._exports import export_interface
-from . import array, conv, elementwise, kernel_scale, products, reduce, taps
+from . import array, conv, elementwise, filters, kernel_scale, products, reduce, taps
 from .array import as_device_array, is_device_array
 from .launch import SIMULATOR, workspace
 
 set_workspace_bytes = workspace.set_workspace_bytes
 chunk_size = workspace.chunk_size
 
-__all__ = [*export_interface(globals(), (array, conv, elementwise, kernel_scale, products, reduce, taps)),
+__all__ = [*export_interface(globals(), (array, conv, elementwise, filters, kernel_scale, products, reduce, taps)),
            "workspace", "SIMULATOR", "as_device_array", "is_device_array"]
