@@ -415,9 +415,9 @@ def test_layer_arguments_are_checked():
     with pytest.raises(TypeError, match="stride must be a positive int"):
         nn.Involution1d(4, 3, stride=(1, 2))
     with pytest.raises(ValueError, match=r"x must have shape \(1, 4, 5\) \(N, C, L\): Involution1d\(4, "):
-        nn.Involution1d(4, 3, padding=1)(np.zeros((1, 3, 5)))
+        nn.Involution1d(4, 3, padding=1)(np.zeros((1, 3, 5), np.float32))
     with pytest.raises(ValueError, match="x must be 4-D"):
-        nn.DDFConv2d(4, 3)(np.zeros((1, 4, 5)))
+        nn.DDFConv2d(4, 3)(np.zeros((1, 4, 5), np.float32))
 
 
 @pytest.mark.parametrize("name", ["ddf_add_s2", "involution_s2", "involution1d_softmax"])

@@ -57,11 +57,6 @@ class _PixelLayer(ConvLayer):
         _args.check_odd_kernel("kernel_size", *cfg.kernel_size)
         return cfg
 
-    def name(self) -> str:
-        c = self.config
-        return (f"{type(self).__name__}({c.in_channels}, kernel_size={c.kernel_size}, stride={c.stride}"
-                f"{self._extra_name()})")
-
     def _at_pixels(self, x, size):
         """``(u, pullback)``: x at every output pixel's centre tap (the mean of a `size`
         block there), x itself when that is the identity; ``pullback(du) -> dx``."""
@@ -126,9 +121,6 @@ class DDFConv2d(_PixelLayer):
         self.add_param("channel_bias2", uniform_init(r, (C * T,), hid, dt))
         self.add_param("channel_std", (r.standard_normal((C, T)) * self.gain).astype(dt))
 
-    def _extra_name(self) -> str:
-        return f', combine="{self.combine}"'
-
     def forward_pullback(self, x: np.ndarray):
         """``(N, C, H, W) -> (N, C, Ho, Wo)``: both branches, then ``ddf_conv2d``."""
         self._check_x(x)
@@ -147,6 +139,7 @@ class DDFConv2d(_PixelLayer):
         h2, pb_r = relu.vjp(h1)
         zc, pb_l2 = linear.vjp(h2, self.channel_weight2, self.channel_bias2)       # (N, C*T)
         Ch, pb_nc = filter_norm.vjp(zc.reshape(N * C, T, 1), self.channel_std)
+        self.keep_routing(spatial=S.reshape(N, T, Ho, Wo), channel=Ch.reshape(N, C, T))
         y, pb = ddf_conv2d.vjp(x, S.reshape(N, T, Ho, Wo), Ch.reshape(N, C, T), combine=self.combine,
                                kernel_size=cfg.kernel_size, **cfg.geo)
 
@@ -207,9 +200,6 @@ class Involution2d(_PixelLayer):
         self.add_param("span_weight", uniform_init(r, (G * T, hid, 1, 1), hid, dt))
         self.add_param("span_bias", uniform_init(r, (G * T,), hid, dt))
 
-    def _extra_name(self) -> str:
-        return f", groups={self.groups}"
-
     def forward_pullback(self, x: np.ndarray):
         """``(N, C, H, W) -> (N, C, Ho, Wo)``: the kernel generator, then ``involution2d``."""
         self._check_x(x)
@@ -222,6 +212,7 @@ class Involution2d(_PixelLayer):
         hr, pb_r = relu.vjp(hn)
         K, pb_c2 = conv2d.vjp(hr, self.span_weight, self.span_bias)  # (N, G*T, Ho, Wo)
         Ho, Wo = K.shape[2:]
+        self.keep_routing(kernel=K.reshape(N, G, T, Ho, Wo))
         y, pb = involution2d.vjp(x, K.reshape(N, G, T, Ho, Wo), G, kernel_size=cfg.kernel_size, **cfg.geo)
 
         def pullback(dy):
@@ -280,10 +271,6 @@ class Involution1d(_PixelLayer):
         if _args.flag("bias", bias):
             self.add_param("bias", uniform_init(r, (G * k,), C, dt))
 
-    def name(self) -> str:
-        return (f"Involution1d({self.config.in_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"groups={self.groups}{', softmax=True' if self.softmax else ''})")
-
     def _check_x(self, x: np.ndarray) -> None:
         _args.check_arrays({"x": x})
         _args.check_ndim("x", x, 3, "(N, C, L)")
@@ -301,6 +288,7 @@ class Involution1d(_PixelLayer):
         Lo = z.shape[3]
         K, pb_sm = (softmax.vjp(z.reshape(N, G, k, Lo), axis=2) if self.softmax
                     else (z.reshape(N, G, k, Lo), lambda dK: (dK,)))
+        self.keep_routing(kernel=K)
         y, pb = involution1d.vjp(x, K, G, stride=self.stride, padding=self.padding, dilation=self.dilation)
 
         def pullback(dy):
