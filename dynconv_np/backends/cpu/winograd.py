@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange
+from numba.extending import overload
+from numba.np.linalg import _BLAS, get_blas_kind
 
 from .conv import SLOTS, _pixel_sums, _scratch
 from .index import ceil_div, split
@@ -50,8 +52,8 @@ from .winograd_transforms import (
     gradient_tiles,
     grid_tiles,
     input_tiles,
-    kernel_gradient_tile,
-    kernel_tile,
+    kernel_gradient_rows,
+    kernel_rows,
     matrices,
     output_tiles,
 )
@@ -69,23 +71,49 @@ TILE_SIZES = (2, 4)
 
 # ----------------------------------------------------------------------------- kernels
 @njit(parallel=True, cache=True)
-def _kernels(wt, U, Gm, flip):
+def _kernels(wt, U, G, flip, ws):
     # wt (K, O, Cg*9) -> U (K, alpha^2, O, Cg): U[k, :, o, c] = G g G^T, g = wt[k, o, c*9:].
     # flip: U (K, alpha^2, C, Og), U[k, :, gi*Cg + c, oo] = G rot180(g) G^T with
-    # g = wt[k, gi*Og + oo, c*9:], the kernels of the input gradient.
+    # g = wt[k, gi*Og + oo, c*9:], the kernels of the input gradient. A work item is a row
+    # (k, o) or (k, gi*Cg + c) of U, its kernels transformed side by side;
+    # ws (threads, 9*S + 3*alpha*S) scratch.
     K, O, F = wt.shape
     Cg = F // 9
     A2, R, S = U.shape[1], U.shape[2], U.shape[3]
-    alpha = Gm.shape[0]
     wf = wt.reshape(wt.size)
     Uf = U.reshape(U.size)
-    for ko in prange(K * O):
-        k, o = split(ko, O)
-        tmp = np.empty(3 * alpha, dtype=Gm.dtype)
-        gi, oo = split(o, S)
-        for c in range(Cg):
-            at = (k * A2 * R + (gi * Cg + c)) * S + oo if flip else (k * A2 * R + o) * S + c
-            kernel_tile(wf, (k * O + o) * F + c * 9, Gm, Uf, at, R * S, tmp, flip)
+    for kr in prange(K * R):
+        k, r = split(kr, R)
+        buf = ws[get_thread_id()]
+        gs, ts = buf[:9 * S], buf[9 * S:]
+        if flip:
+            gi, c = split(r, Cg)
+            w0, lstep = (k * O + gi * S) * F + c * 9, F
+        else:
+            w0, lstep = (k * O + r) * F, 9
+        kernel_rows(wf, w0, lstep, flip, S, G, Uf, (k * A2 * R + r) * S, R * S, gs, ts)
+
+
+def gemm_nt(a, b, c, a0, b0, c0, M, N, K, lda, ldb, ldc, beta):
+    """``C = A @ B^T + beta*C`` on row-major matrices inside flat arrays: A (M, K) from
+    ``a[a0]`` with row stride `lda`, B (N, K) from ``b[b0]`` (`ldb`), C (M, N) at ``c[c0]``
+    (`ldc`); one BLAS call (compiled code only)."""
+    raise TypeError("gemm_nt runs in compiled code only")
+
+
+@overload(gemm_nt)
+def _gemm_nt(a, b, c, a0, b0, c0, M, N, K, lda, ldb, ldc, beta):
+    xxgemm = _BLAS().numba_xxgemm(a.dtype)
+    kind = ord(get_blas_kind(a.dtype))
+
+    def impl(a, b, c, a0, b0, c0, M, N, K, lda, ldb, ldc, beta):
+        scal = np.empty(2, a.dtype)
+        scal[0] = 1
+        scal[1] = beta
+        # row-major C = A B^T is column-major C^T = B A^T
+        xxgemm(kind, ord("t"), ord("n"), N, M, K, scal[0:].ctypes, b[b0:].ctypes, ldb, a[a0:].ctypes, lda,
+               scal[1:].ctypes, c[c0:].ctypes, ldc)
+    return impl
 
 
 @njit(inline="always")
@@ -136,7 +164,7 @@ def _bias_sums(dy, dbt):
 
 
 @njit(parallel=True, cache=True)
-def _dw_blocks(x, dy, part, ws, pieces, blocks, slots, BT, A, Gm, h0, w0, cb, ob):
+def _dw_blocks(x, dy, part, ws, pieces, blocks, slots, BT, A, GT, h0, w0, cb, ob):
     # part[s] (O, Cg*9) = the kernel gradient of the tiles of slot s: blocks
     # slots[s, 0]..slots[s, 1]-1 (pieces and blocks as in _fwd_blocks), summed in order.
     # x (N, C, H, W); dy (N, O, Ho, Wo); ws (threads, workspace floats).
@@ -150,14 +178,12 @@ def _dw_blocks(x, dy, part, ws, pieces, blocks, slots, BT, A, Gm, h0, w0, cb, ob
     G = C // Cg
     Og = O // G
     pf = part.reshape(part.size)
-    nt = max(Og * Cg, 3 * alpha)
     for s in prange(slots.shape[0]):
         buf = ws[get_thread_id()]
-        dU = buf[:A2 * O * Cg].reshape(A2, O, Cg)
+        dUf = buf[:A2 * O * Cg]                               # dU (alpha^2, O, Cg)
         at = A2 * O * Cg
-        tf = buf[at:at + nt]
-        tmp = tf[:Og * Cg].reshape(Og, Cg)
-        at += nt
+        ts, gs = buf[at:at + 3 * alpha * Cg], buf[at + 3 * alpha * Cg:at + (3 * alpha + 9) * Cg]
+        at += (3 * alpha + 9) * Cg
         for b in range(slots[s, 0], slots[s, 1]):
             p0, p1 = blocks[b, 0], blocks[b, 1]
             nb = grid_tiles(pieces, p0, p1)
@@ -168,18 +194,14 @@ def _dw_blocks(x, dy, part, ws, pieces, blocks, slots, BT, A, Gm, h0, w0, cb, ob
                 input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, min(C, c0 + cb), s1, s2, s3)
             for o0 in range(0, O, ob):
                 gradient_tiles(dy, pieces, p0, p1, A, dM, o0, min(O, o0 + ob), s1, s2)
+            # dU[xi] (+)= dM[xi] V[xi]^T, group by group: the slot's first block sets
+            beta = 0.0 if b == slots[s, 0] else 1.0
             for xi in range(A2):
                 for g in range(G):
-                    d = dU[xi, g * Og:(g + 1) * Og]
-                    if b == slots[s, 0]:
-                        np.dot(dM[xi, g * Og:(g + 1) * Og], V[xi, g * Cg:(g + 1) * Cg].T, d)
-                    else:
-                        np.dot(dM[xi, g * Og:(g + 1) * Og], V[xi, g * Cg:(g + 1) * Cg].T, tmp)
-                        d += tmp
-        dUf = dU.reshape(dU.size)
+                    gemm_nt(buf, buf, dUf, at + A2 * C * nb + (xi * O + g * Og) * nb, at + (xi * C + g * Cg) * nb,
+                            (xi * O + g * Og) * Cg, Og, Cg, nb, nb, nb, Cg, beta)
         for o in range(O):
-            for c in range(Cg):
-                kernel_gradient_tile(dUf, o * Cg + c, O * Cg, Gm, pf, (s * O + o) * F + c * 9, tf)
+            kernel_gradient_rows(dUf, o * Cg, O * Cg, Cg, alpha, GT, pf, (s * O + o) * F, ts, gs)
 
 
 # ----------------------------------------------------------------------------- plans
@@ -289,7 +311,8 @@ def _transformed(wt, groups, m, flip, dtype):
     Cg = F // 9
     shape = (K, (m + 2) ** 2) + ((Cg * groups, O // groups) if flip else (O, Cg))
     U = np.empty(shape, dtype=dtype)
-    _kernels(np.ascontiguousarray(w3), U, matrices(m, dtype)[1], flip)
+    ws = _scratch(get_num_threads(), (9 + 3 * (m + 2)) * shape[3], dtype)
+    _kernels(np.ascontiguousarray(w3), U, matrices(m, dtype)[1], flip, ws)
     return U
 
 
@@ -301,7 +324,7 @@ def _correlate(x, U, b2, out, h0, w0, m):
     pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), U.shape[0] > 1, MIN_ITEMS)
     cb, ob, floats = _workspace(C, O, m, pieces, blocks)
     ws = _scratch(get_num_threads(), floats, x.dtype)
-    BT, _, AT, _ = matrices(m, x.dtype)
+    BT, _, _, AT, _ = matrices(m, x.dtype)
     with blas_single_thread():
         _fwd_blocks(x, U, b2, out, ws, pieces, blocks, BT, AT, h0, w0, cb, ob)
     return out
@@ -350,11 +373,11 @@ def _kernel_gradient(x, dy, g, groups, shared, m):
                       for a, b in zip(_cuts(per, k)[:-1], _cuts(per, k)[1:])], dtype=np.int64)
     cb, ob, floats = _workspace(C, O, m, pieces, blocks)
     alpha = m + 2
-    ws = _scratch(get_num_threads(), alpha * alpha * O * Cg + max(O // groups * Cg, 3 * alpha) + floats, x.dtype)
+    ws = _scratch(get_num_threads(), (alpha * alpha * O + 3 * alpha + 9) * Cg + floats, x.dtype)
     part = np.empty((len(slots), O, F), dtype=x.dtype)
-    BT, Gm, _, A = matrices(m, x.dtype)
+    BT, _, GT, _, A = matrices(m, x.dtype)
     with blas_single_thread():
-        _dw_blocks(x, dy, part, ws, pieces, blocks, slots, BT, A, Gm, -g.ph, -g.pw, cb, ob)
+        _dw_blocks(x, dy, part, ws, pieces, blocks, slots, BT, A, GT, -g.ph, -g.pw, cb, ob)
     if shared:
         return np.add.reduce(part, axis=0)
     if k == 1:

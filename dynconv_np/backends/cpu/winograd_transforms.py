@@ -81,21 +81,23 @@ def sparse(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def matrices(m: int, dtype) -> tuple:
-    """The transforms of F(m x m, 3 x 3) in `dtype`.
+    """The transforms of F(m x m, 3 x 3) in `dtype`, each as :func:`sparse` gives it.
 
     Returns
     -------
     BT : tuple
-        Input transform ``B^T`` (alpha, alpha), as :func:`sparse` gives it.
-    G : ndarray (alpha, 3)
-        Kernel transform.
+        Input transform ``B^T`` (alpha, alpha).
+    G : tuple
+        Kernel transform (alpha, 3).
+    GT : tuple
+        Its transpose (3, alpha) (the transform of a kernel gradient).
     AT : tuple
-        Output transform ``A^T`` (m, alpha), as :func:`sparse` gives it.
+        Output transform ``A^T`` (m, alpha).
     A : tuple
-        Its transpose (alpha, m) (the transform of an output gradient), likewise.
+        Its transpose (alpha, m) (the transform of an output gradient).
     """
     BT, G, AT = (np.array(a, dtype=np.float64).astype(dtype) for a in _MATRICES[m])
-    return sparse(BT), G, sparse(AT), sparse(np.ascontiguousarray(AT.T))
+    return tuple(sparse(np.ascontiguousarray(a)) for a in (BT, G, G.T, AT, AT.T))
 
 
 @njit(inline="always")
@@ -343,46 +345,27 @@ def gradient_tiles(dy, pieces, p0, p1, A, dM, o0, o1, ds, ss):
 
 
 @njit(inline="always")
-def kernel_tile(wf, w0, Gm, Uf, u0, ustep, tmp, flip):
-    # U[u0 + xi*ustep] = (G g G^T)[xi] for the 3x3 kernel g = wf[w0:w0+9] (rotated by
-    # 180 degrees with `flip`); tmp: 1-D scratch of 3*alpha floats.
-    alpha = Gm.shape[0]
-    for i in range(alpha):                                      # tmp[i, v] = sum_u G[i, u] g[u, v]
-        for v in range(3):
-            s = Gm[i, 0] * 0
-            for u in range(3):
-                a = Gm[i, u]
-                if a != 0:
-                    s += a * (wf[w0 + (2 - u) * 3 + 2 - v] if flip else wf[w0 + u * 3 + v])
-            tmp[i * 3 + v] = s
-    for i in range(alpha):
-        for j in range(alpha):
-            s = Gm[0, 0] * 0
-            for v in range(3):
-                a = Gm[j, v]
-                if a != 0:
-                    s += tmp[i * 3 + v] * a
-            Uf[u0 + (i * alpha + j) * ustep] = s
+def kernel_rows(wf, w0, lstep, flip, Lv, G, Uf, u0, ustep, gs, ts):
+    # Uf[u0 + xi*ustep + l] = (G g_l G^T)[xi] for l < Lv: the 3x3 kernels
+    # g_l = wf[w0 + l*lstep:][:9] (rotated by 180 degrees with `flip`), transformed side by
+    # side; gs, ts 1-D scratch of 9*Lv and 3*alpha*Lv floats.
+    alpha = G[0].shape[0]
+    for tap in range(9):                                        # gs[tap, l] = g_l[tap]
+        src = w0 + (8 - tap if flip else tap)
+        for l in range(Lv):
+            gs[np.uint64(tap * Lv + l)] = wf[np.uint64(src + l * lstep)]
+    combine(G, gs, 0, 3 * Lv, ts, 0, 3 * Lv, 3 * Lv)            # ts[i, v] = sum_u G[i, u] gs[u, v]
+    for i in range(alpha):                                      # U[i, j] = sum_v G[j, v] ts[i, v]
+        combine(G, ts, i * 3 * Lv, Lv, Uf, u0 + i * alpha * ustep, ustep, Lv)
 
 
 @njit(inline="always")
-def kernel_gradient_tile(dUf, u0, ustep, Gm, gf, g0, tmp):
-    # gf[g0:g0+9] = (G^T dU G) for the alpha x alpha gradient dU[xi] = dUf[u0 + xi*ustep]
-    # of a transformed kernel; tmp: 1-D scratch of 3*alpha floats.
-    alpha = Gm.shape[0]
-    for u in range(3):                                          # tmp[u, j] = sum_i G[i, u] dU[i, j]
-        for j in range(alpha):
-            s = Gm[0, 0] * 0
-            for i in range(alpha):
-                a = Gm[i, u]
-                if a != 0:
-                    s += a * dUf[u0 + (i * alpha + j) * ustep]
-            tmp[u * alpha + j] = s
-    for u in range(3):
-        for v in range(3):
-            s = Gm[0, 0] * 0
-            for j in range(alpha):
-                a = Gm[j, v]
-                if a != 0:
-                    s += tmp[u * alpha + j] * a
-            gf[g0 + u * 3 + v] = s
+def kernel_gradient_rows(dUf, u0, ustep, Lv, alpha, GT, gf, g0, ts, gs):
+    # gf[g0 + l*9 + tap] = (G^T dU_l G)[tap] for l < Lv: the gradients dU_l[xi] =
+    # dUf[u0 + xi*ustep + l] of transformed kernels, side by side; ts, gs 1-D scratch of
+    # 3*alpha*Lv and 9*Lv floats.
+    for j in range(alpha):                                      # ts[u, j] = sum_i G[i, u] dU[i, j]
+        combine(GT, dUf, u0 + j * ustep, alpha * ustep, ts, j * Lv, alpha * Lv, Lv)
+    for u in range(3):                                          # gs[u, v] = sum_j G[j, v] ts[u, j]
+        combine(GT, ts, u * alpha * Lv, Lv, gs, u * 3 * Lv, Lv, Lv)
+    interleave(gs, 0, Lv, 9, gf, g0, 0, Lv, gs[0] * 0)
