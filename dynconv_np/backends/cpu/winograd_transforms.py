@@ -109,8 +109,8 @@ def _term(s0, r, sstep, q, sskip):
     return np.uint64(s0 + r * sstep)
 
 
-@njit(inline="always")
-def combine(mat, src, s0, sstep, dst, d0, dstep, L, q=0, sskip=0):
+@njit(cache=True)
+def combine(mat, src, s0, sstep, dst, d0, dstep, L, q, sskip):
     # dst[d0 + i*dstep + l] = sum_r M[i, r] * src[term r + l] for l < L, each row i of
     # M = (idx, coef) (see sparse), over flat 1-D src and dst; term r starts as _term
     # says. The terms are taken two per pass, in ascending r: each loop reads at most
@@ -143,7 +143,7 @@ def combine(mat, src, s0, sstep, dst, d0, dstep, L, q=0, sskip=0):
                     dst[d + np.uint64(l)] += a * src[sa + np.uint64(l)] + b * src[sb + np.uint64(l)]
 
 
-@njit(inline="always")
+@njit(cache=True)
 def deinterleave(src, s, m, dst, d, dstep, lo, hi):
     # dst[d + j*dstep + t] = src[s + t*m + j] for j < m, lo <= t < hi. The tile sizes are
     # spelled as constants: LLVM then loads a whole interleaved group and shuffles.
@@ -171,7 +171,7 @@ def deinterleave(src, s, m, dst, d, dstep, lo, hi):
                 dst[np.uint64(d + j * dstep + t)] = src[np.uint64(s + t * m + j)]
 
 
-@njit(inline="always")
+@njit(cache=True)
 def interleave(src, s, sstep, m, dst, d, lo, hi, b):
     # dst[d + t*m + j] = src[s + j*sstep + t] + b for j < m, lo <= t < hi (the inverse
     # of deinterleave, plus b)
@@ -199,7 +199,7 @@ def interleave(src, s, sstep, m, dst, d, lo, hi, b):
                 dst[np.uint64(d + t * m + j)] = src[np.uint64(s + j * sstep + t)] + b
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _copy_row(src, s, lo, hi, dst, d, n):
     # dst[d + w] = src[s + w] for w in [lo, hi), zero for the other w in [0, n)
     a = max(0, min(lo, n))
@@ -230,7 +230,7 @@ def grid_tiles(pieces, p0, p1):
     return nb
 
 
-@njit(inline="always")
+@njit(cache=True)
 def input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, c1, xs, ys, zs):
     # V[:, c, :] <- B^T d B of the tiles of pieces p0..p1-1 of x[n, c], channels
     # c0 <= c < c1 (the pieces of a block have one K). The block's grid tile T (its
@@ -262,7 +262,7 @@ def input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, c1, xs, ys, zs):
                     else:
                         _copy_row(xf, 0, 0, 0, xs, d, Wp)
             at += R * Wp
-    combine(BT, xs, 0, m * L, ys, 0, m * L, m * L)                 # ys[i] = sum_r BT[i, r] xs[r]
+    combine(BT, xs, 0, m * L, ys, 0, m * L, m * L, 0, 0)           # ys[i] = sum_r BT[i, r] xs[r]
     for i in range(alpha):                                         # zs[i, j, c, T] = ys[i, ., m*T + j]
         deinterleave(ys, i * m * L, m, zs, i * m * L, L, 0, L)
     zs[np.uint64(alpha * m * L)] = 0                               # read past the end below
@@ -272,7 +272,7 @@ def input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, c1, xs, ys, zs):
         combine(BT, zs, i * m * L, L, Vf, (i * alpha * C + c0) * nb, C * nb, L, m, 1)
 
 
-@njit(inline="always")
+@njit(cache=True)
 def output_tiles(M, y, bt, pieces, p0, p1, AT, o0, o1, zs, ss):
     # y[n, o, ti*m + i, tj*m + j] = (A^T M A)[i, j] of the tiles of pieces p0..p1-1
     # (grids as in input_tiles, without the extra rows), plus the bias, for
@@ -288,9 +288,9 @@ def output_tiles(M, y, bt, pieces, p0, p1, AT, o0, o1, zs, ss):
     Mf = M.reshape(M.size)
     yf = y.reshape(y.size)
     for k in range(alpha):                                      # ss[i, k] = sum_r AT[i, r] M[r, k]
-        combine(AT, Mf, (k * O + o0) * nb, alpha * O * nb, ss, k * L, alpha * L, L)
+        combine(AT, Mf, (k * O + o0) * nb, alpha * O * nb, ss, k * L, alpha * L, L, 0, 0)
     for i in range(m):                                          # zs[i, j] = sum_k AT[j, k] ss[i, k]
-        combine(AT, ss, i * alpha * L, L, zs, i * m * L, L, L)
+        combine(AT, ss, i * alpha * L, L, zs, i * m * L, L, L, 0, 0)
     for i in range(m):                                          # ss[i, o, T*m + j] = zs[i, j, o, T]
         interleave(zs, i * m * L, L, m, ss, i * m * L, 0, L, zs[0] * 0)
     # rows of ss[i, o, piece, ii] into y, plus the bias
@@ -309,7 +309,7 @@ def output_tiles(M, y, bt, pieces, p0, p1, AT, o0, o1, zs, ss):
             at += R * Wp
 
 
-@njit(inline="always")
+@njit(cache=True)
 def gradient_tiles(dy, pieces, p0, p1, A, dM, o0, o1, ds, ss):
     # dM[:, o, :] <- A dY A^T for the output tiles of pieces p0..p1-1 of dy[n, o] (grids
     # as in output_tiles), o0 <= o < o1, zero outside dy and for gap tiles.
@@ -339,12 +339,12 @@ def gradient_tiles(dy, pieces, p0, p1, A, dM, o0, o1, ds, ss):
             at += R * Wp
     for i in range(m):                                          # ds[i, j, o, T] = ss[i, o, m*T + j]
         deinterleave(ss, i * m * L, m, ds, i * m * L, L, 0, L)
-    combine(A, ds, 0, m * L, ss, 0, m * L, m * L)               # ss[r, j] = sum_i A[r, i] ds[i, j]
+    combine(A, ds, 0, m * L, ss, 0, m * L, m * L, 0, 0)         # ss[r, j] = sum_i A[r, i] ds[i, j]
     for r in range(alpha):                                      # dM[r, k] = sum_j A[k, j] ss[r, j]
-        combine(A, ss, r * m * L, L, dMf, (r * alpha * O + o0) * nb, O * nb, L)
+        combine(A, ss, r * m * L, L, dMf, (r * alpha * O + o0) * nb, O * nb, L, 0, 0)
 
 
-@njit(inline="always")
+@njit(cache=True)
 def kernel_rows(wf, w0, lstep, flip, Lv, G, Uf, u0, ustep, gs, ts):
     # Uf[u0 + xi*ustep + l] = (G g_l G^T)[xi] for l < Lv: the 3x3 kernels
     # g_l = wf[w0 + l*lstep:][:9] (rotated by 180 degrees with `flip`), transformed side by
@@ -354,18 +354,18 @@ def kernel_rows(wf, w0, lstep, flip, Lv, G, Uf, u0, ustep, gs, ts):
         src = w0 + (8 - tap if flip else tap)
         for l in range(Lv):
             gs[np.uint64(tap * Lv + l)] = wf[np.uint64(src + l * lstep)]
-    combine(G, gs, 0, 3 * Lv, ts, 0, 3 * Lv, 3 * Lv)            # ts[i, v] = sum_u G[i, u] gs[u, v]
+    combine(G, gs, 0, 3 * Lv, ts, 0, 3 * Lv, 3 * Lv, 0, 0)      # ts[i, v] = sum_u G[i, u] gs[u, v]
     for i in range(alpha):                                      # U[i, j] = sum_v G[j, v] ts[i, v]
-        combine(G, ts, i * 3 * Lv, Lv, Uf, u0 + i * alpha * ustep, ustep, Lv)
+        combine(G, ts, i * 3 * Lv, Lv, Uf, u0 + i * alpha * ustep, ustep, Lv, 0, 0)
 
 
-@njit(inline="always")
+@njit(cache=True)
 def kernel_gradient_rows(dUf, u0, ustep, Lv, alpha, GT, gf, g0, ts, gs):
     # gf[g0 + l*9 + tap] = (G^T dU_l G)[tap] for l < Lv: the gradients dU_l[xi] =
     # dUf[u0 + xi*ustep + l] of transformed kernels, side by side; ts, gs 1-D scratch of
     # 3*alpha*Lv and 9*Lv floats.
     for j in range(alpha):                                      # ts[u, j] = sum_i G[i, u] dU[i, j]
-        combine(GT, dUf, u0 + j * ustep, alpha * ustep, ts, j * Lv, alpha * Lv, Lv)
+        combine(GT, dUf, u0 + j * ustep, alpha * ustep, ts, j * Lv, alpha * Lv, Lv, 0, 0)
     for u in range(3):                                          # gs[u, v] = sum_j G[j, v] ts[u, j]
-        combine(GT, ts, u * alpha * Lv, Lv, gs, u * 3 * Lv, Lv, Lv)
+        combine(GT, ts, u * alpha * Lv, Lv, gs, u * 3 * Lv, Lv, Lv, 0, 0)
     interleave(gs, 0, Lv, 9, gf, g0, 0, Lv, gs[0] * 0)
