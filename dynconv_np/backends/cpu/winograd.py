@@ -70,28 +70,38 @@ TILE_SIZES = (2, 4)
 
 
 # ----------------------------------------------------------------------------- kernels
+@njit(cache=True)
+def _kernel_row(wt, U, G, flip, buf, kr):
+    # Row kr of U, its kernels transformed side by side (see _kernels); buf: scratch of
+    # (9 + 3*alpha)*S floats.
+    K, O, F = wt.shape
+    Cg = F // 9
+    A2, R, S = U.shape[1], U.shape[2], U.shape[3]
+    k, r = split(kr, R)
+    if flip:
+        gi, c = split(r, Cg)
+        w0, lstep = (k * O + gi * S) * F + c * 9, F
+    else:
+        w0, lstep = (k * O + r) * F, 9
+    kernel_rows(wt.reshape(wt.size), w0, lstep, flip, S, G, U.reshape(U.size), (k * A2 * R + r) * S, R * S,
+                buf[:9 * S], buf[9 * S:])
+
+
 @njit(parallel=True, cache=True)
 def _kernels(wt, U, G, flip, ws):
     # wt (K, O, Cg*9) -> U (K, alpha^2, O, Cg): U[k, :, o, c] = G g G^T, g = wt[k, o, c*9:].
     # flip: U (K, alpha^2, C, Og), U[k, :, gi*Cg + c, oo] = G rot180(g) G^T with
     # g = wt[k, gi*Og + oo, c*9:], the kernels of the input gradient. A work item is a row
-    # (k, o) or (k, gi*Cg + c) of U, its kernels transformed side by side;
-    # ws (threads, 9*S + 3*alpha*S) scratch.
-    K, O, F = wt.shape
-    Cg = F // 9
-    A2, R, S = U.shape[1], U.shape[2], U.shape[3]
-    wf = wt.reshape(wt.size)
-    Uf = U.reshape(U.size)
-    for kr in prange(K * R):
-        k, r = split(kr, R)
-        buf = ws[get_thread_id()]
-        gs, ts = buf[:9 * S], buf[9 * S:]
-        if flip:
-            gi, c = split(r, Cg)
-            w0, lstep = (k * O + gi * S) * F + c * 9, F
-        else:
-            w0, lstep = (k * O + r) * F, 9
-        kernel_rows(wf, w0, lstep, flip, S, G, Uf, (k * A2 * R + r) * S, R * S, gs, ts)
+    # (k, o) or (k, gi*Cg + c) of U; ws (threads, (9 + 3*alpha)*S) scratch.
+    for kr in prange(U.shape[0] * U.shape[2]):
+        _kernel_row(wt, U, G, flip, ws[get_thread_id()], kr)
+
+
+@njit(cache=True)
+def _kernels_serial(wt, U, G, flip, ws):
+    # _kernels on the calling thread (a shared kernel's transform is too small to share)
+    for kr in range(U.shape[0] * U.shape[2]):
+        _kernel_row(wt, U, G, flip, ws[0], kr)
 
 
 def gemm_nt(a, b, c, a0, b0, c0, M, N, K, lda, ldb, ldc, beta):
@@ -164,9 +174,10 @@ def _bias_sums(dy, dbt):
 
 
 @njit(parallel=True, cache=True)
-def _dw_blocks(x, dy, part, ws, pieces, blocks, slots, BT, A, GT, h0, w0, cb, ob):
+def _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, h0, w0, cb, ob):
     # part[s] (O, Cg*9) = the kernel gradient of the tiles of slot s: blocks
-    # slots[s, 0]..slots[s, 1]-1 (pieces and blocks as in _fwd_blocks), summed in order.
+    # slots[s, 0]..slots[s, 1]-1 (pieces and blocks as in _fwd_blocks), summed in order;
+    # dbt (N, O) = dy summed over pixels, slot s summing samples n with n*S // N == s.
     # x (N, C, H, W); dy (N, O, Ho, Wo); ws (threads, workspace floats).
     alpha = A[0].shape[0]
     m = alpha - 2
@@ -178,7 +189,11 @@ def _dw_blocks(x, dy, part, ws, pieces, blocks, slots, BT, A, GT, h0, w0, cb, ob
     G = C // Cg
     Og = O // G
     pf = part.reshape(part.size)
-    for s in prange(slots.shape[0]):
+    N, S = x.shape[0], slots.shape[0]
+    dy3 = dy.reshape(N, O, dy.shape[2] * dy.shape[3])
+    for s in prange(S):
+        for n in range(ceil_div(s * N, S), ceil_div((s + 1) * N, S)):
+            _pixel_sums(dy3, dbt, n)
         buf = ws[get_thread_id()]
         dUf = buf[:A2 * O * Cg]                               # dU (alpha^2, O, Cg)
         at = A2 * O * Cg
@@ -312,7 +327,9 @@ def _transformed(wt, groups, m, flip, dtype):
     shape = (K, (m + 2) ** 2) + ((Cg * groups, O // groups) if flip else (O, Cg))
     U = np.empty(shape, dtype=dtype)
     ws = _scratch(get_num_threads(), (9 + 3 * (m + 2)) * shape[3], dtype)
-    _kernels(np.ascontiguousarray(w3), U, matrices(m, dtype)[1], flip, ws)
+    # every parallel region costs a wake-up of the threads; a shared kernel is transformed
+    # on this one
+    (_kernels if K > 1 else _kernels_serial)(np.ascontiguousarray(w3), U, matrices(m, dtype)[1], flip, ws)
     return U
 
 
@@ -358,8 +375,9 @@ def forward(x, wt, bt, g, groups, m=2):
     return _correlate(x, U, b2, y, -g.ph, -g.pw, m)
 
 
-def _kernel_gradient(x, dy, g, groups, shared, m):
-    # gw (O, F) shared or (N, O, F): the slots' partials summed in slot order
+def _kernel_gradient(x, dy, dbt, g, groups, shared, m):
+    # gw (O, F) shared or (N, O, F): the slots' partials summed in slot order; dbt (N, O)
+    # the pixel sums of dy
     N, C = x.shape[:2]
     O = dy.shape[1]
     Cg = C // groups
@@ -377,7 +395,7 @@ def _kernel_gradient(x, dy, g, groups, shared, m):
     part = np.empty((len(slots), O, F), dtype=x.dtype)
     BT, _, GT, _, A = matrices(m, x.dtype)
     with blas_single_thread():
-        _dw_blocks(x, dy, part, ws, pieces, blocks, slots, BT, A, GT, -g.ph, -g.pw, cb, ob)
+        _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, -g.ph, -g.pw, cb, ob)
     if shared:
         return np.add.reduce(part, axis=0)
     if k == 1:
@@ -417,7 +435,10 @@ def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2):
     if need_dx:
         U = _transformed(wt, groups, m, True, x.dtype)
         _correlate(dy, U, np.zeros((0, g.C), x.dtype), dx, g.ph - 2, g.pw - 2, m)
-    gw = _kernel_gradient(x, dy, g, groups, shared, m) if need_dw else None
     dbt = np.empty((g.N, O), dtype=x.dtype)
-    _bias_sums(dy.reshape(g.N, O, g.P), dbt)
+    if need_dw:
+        gw = _kernel_gradient(x, dy, dbt, g, groups, shared, m)
+    else:
+        gw = None
+        _bias_sums(dy.reshape(g.N, O, g.P), dbt)
     return dx, gw, np.add.reduce(dbt, axis=0) if shared else dbt
