@@ -40,6 +40,8 @@ than F(2x2, 3x3) to the large interpolation points (tests/test_winograd.py).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange
 from numba.extending import overload
@@ -254,6 +256,7 @@ def _cuts(total: int, parts: int) -> list[int]:
     return [p * total // parts for p in range(parts + 1)]
 
 
+@functools.lru_cache(maxsize=64)
 def _blocks(N: int, tH: int, tW: int, tb: int, per_sample: bool, min_blocks: int):
     """Blocks of tiles of about `tb` grid tiles (at least `min_blocks` where there are
     units enough; for per-sample kernels ``ceil(min_blocks / N)`` a sample, none across
@@ -266,6 +269,8 @@ def _blocks(N: int, tH: int, tW: int, tb: int, per_sample: bool, min_blocks: int
         ``(n, ti0, ti1, tj0, tj1)``: tile rows ti0..ti1-1, columns tj0..tj1-1 of sample n.
     blocks : ndarray (B, 2) int64
         Ranges ``[p0, p1)`` of pieces, in order.
+
+    Plans are kept (they depend on the shapes alone) and never written to.
     """
     parts = 1 if tW + 1 <= tb else ceil_div(tW, tb - 1)
     cols = _cuts(tW, parts)

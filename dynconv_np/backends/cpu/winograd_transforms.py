@@ -24,6 +24,8 @@ a fixed order.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit
 
@@ -80,6 +82,7 @@ def sparse(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return idx, coef
 
 
+@functools.lru_cache(maxsize=8)
 def matrices(m: int, dtype) -> tuple:
     """The transforms of F(m x m, 3 x 3) in `dtype`, each as :func:`sparse` gives it.
 
@@ -95,6 +98,9 @@ def matrices(m: int, dtype) -> tuple:
         Output transform ``A^T`` (m, alpha).
     A : tuple
         Its transpose (alpha, m) (the transform of an output gradient).
+
+    The matrices are kept (`dtype` must be hashable, a ``numpy.dtype``) and never
+    written to.
     """
     BT, G, AT = (np.array(a, dtype=np.float64).astype(dtype) for a in _MATRICES[m])
     return tuple(sparse(np.ascontiguousarray(a)) for a in (BT, G, G.T, AT, AT.T))
