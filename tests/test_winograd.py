@@ -43,7 +43,8 @@ def _check(cfg, m, dtype, need_dx=True, need_dw=True):
     dy = rng.standard_normal((N, O, g.Ho, g.Wo))
     y_ref, dx_ref, dw_ref, db_ref = _reference(x, w, b, dy, padding, groups)
 
-    args = [a if a is None else np.ascontiguousarray(a.astype(dtype)) for a in (x, w.reshape(w.shape[:-3] + (-1,)), b, dy)]
+    wt = w.reshape(w.shape[:-3] + (-1,))                    # (O, F) or (N, O, F)
+    args = [a if a is None else np.ascontiguousarray(a.astype(dtype)) for a in (x, wt, b, dy)]
     xs, wt, bt, dys = args
     before = [a.copy() for a in args if a is not None]
     y = winograd.forward(xs, wt, bt, g, groups, m=m)
@@ -91,6 +92,7 @@ def test_split_rows_and_channels(monkeypatch, cfg, budget):
     # small budgets: rows cut into single tiles or parts of a few, blocks of a few rows or
     # of several samples, tiles transformed a channel or a few at a time
     monkeypatch.setattr(winograd, "BLOCK_BYTES", budget)
+    monkeypatch.setattr(winograd, "MIN_TILES", 2)
     monkeypatch.setattr(winograd, "CHUNK", 1 + budget // 1000)
     for m in winograd.TILE_SIZES:
         _check(cfg, m, np.float64)

@@ -65,6 +65,8 @@ BLOCK_BYTES = 512 * 2**10
 #: Floats per run of the tile transforms' loops: ``ceil(CHUNK / tiles)`` channels of a
 #: block are transformed together, so that the loops are long enough to vectorise.
 CHUNK = 512
+#: Grid tiles a block holds at least, however many the channels: the GEMMs' short side.
+MIN_TILES = 32
 #: The forward splits a small problem into at least this many blocks.
 MIN_ITEMS = 4
 #: Output tile sizes implemented.
@@ -247,8 +249,8 @@ def _tiles(Ho: int, Wo: int, m: int) -> tuple[int, int]:
 
 def _budget(C: int, O: int, m: int, itemsize: int) -> int:
     # Grid tiles a block: its V (alpha^2, C, tiles) and M (alpha^2, O, tiles) within
-    # BLOCK_BYTES.
-    return max(2, BLOCK_BYTES // ((m + 2) ** 2 * (C + O) * itemsize))
+    # BLOCK_BYTES, but at least MIN_TILES.
+    return max(MIN_TILES, BLOCK_BYTES // ((m + 2) ** 2 * (C + O) * itemsize))
 
 
 def _cuts(total: int, parts: int) -> list[int]:
