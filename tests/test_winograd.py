@@ -158,14 +158,11 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _digest(threads: int) -> str:
-    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout.strip().splitlines()[-1]
-
-
 @pytest.mark.slow
 def test_bitwise_identical_across_thread_counts():
-    digests = {t: _digest(t) for t in (1, 2, 8)}
+    runs = {t: subprocess.run([sys.executable, "-c", SCRIPT], env=dict(os.environ, NUMBA_NUM_THREADS=str(t)),
+                              capture_output=True, text=True, timeout=900) for t in (1, 2, 8)}
+    for r in runs.values():
+        assert r.returncode == 0, r.stderr[-3000:]
+    digests = {t: r.stdout.split()[-1] for t, r in runs.items()}
     assert len(set(digests.values())) == 1, digests

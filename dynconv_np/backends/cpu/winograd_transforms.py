@@ -237,6 +237,31 @@ def grid_tiles(pieces, p0, p1):
 
 
 @njit(cache=True)
+def stage_rows(img, c, c0, pieces, p0, p1, h0, w0, m, rows, gap_zero, dst, L, nb):
+    # dst[r, c - c0, T // K, w] = img[n, c, h0 + ti*m + r, w0 + tj0*m + w] for r < rows:
+    # the rows of channel c's tiles of pieces p0..p1-1 (the block's grid tile T, K a row;
+    # the pieces have one K), Wp = m*K wide, zero outside img and, with `gap_zero`, in
+    # the gap tiles' columns. img (N, C, H, W); dst 1-D, rows r L*m apart, channels nb*m.
+    C, H, W = img.shape[1], img.shape[2], img.shape[3]
+    imgf = img.reshape(img.size)
+    Wp = m * (pieces[p0, 4] - pieces[p0, 3] + 1)
+    at = (c - c0) * m * nb
+    for p in range(p0, p1):
+        n, ti0, R, tj0, nt = _piece(pieces, p)
+        wx = w0 + tj0 * m
+        hi = min(W - wx, nt * m) if gap_zero else W - wx
+        for ii in range(R):
+            for r in range(rows):
+                h = h0 + (ti0 + ii) * m + r
+                d = r * m * L + at + ii * Wp
+                if 0 <= h < H:
+                    _copy_row(imgf, ((n * C + c) * H + h) * W + wx, -wx, hi, dst, d, Wp)
+                else:
+                    _copy_row(imgf, 0, 0, 0, dst, d, Wp)
+        at += R * Wp
+
+
+@njit(cache=True)
 def input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, c1, xs, ys, zs):
     # V[:, c, :] <- B^T d B of the tiles of pieces p0..p1-1 of x[n, c], channels
     # c0 <= c < c1 (the pieces of a block have one K). The block's grid tile T (its
@@ -244,30 +269,15 @@ def input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, c1, xs, ys, zs):
     # (zero outside x); a gap tile gets finite garbage.
     # V (alpha^2, C, nb) C-contiguous; xs, ys, zs 1-D scratch of alpha*m*(c1-c0)*nb + 1
     # floats each.
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    C = x.shape[1]
     alpha = m + 2
     nb = V.shape[2]
-    K = pieces[p0, 4] - pieces[p0, 3] + 1
-    Wp = m * K
-    L = (c1 - c0) * nb                                    # grid tiles of the chunk
-    xf = x.reshape(x.size)
+    L = (c1 - c0) * nb                                             # grid tiles of the chunk
     Vf = V.reshape(V.size)
     # xs[r, c, T // K, w] = x[n, c, h0 + ti*m + r, w0 + tj0*m + w]: the input rows r of
     # each tile row, Wp = m*K wide, so that tile T's input at (r, j) is xs[r, ., m*T + j]
     for c in range(c0, c1):
-        at = (c - c0) * m * nb
-        for p in range(p0, p1):
-            n, ti0, R, tj0, nt = _piece(pieces, p)
-            wx = w0 + tj0 * m
-            for ii in range(R):
-                for r in range(alpha):
-                    h = h0 + (ti0 + ii) * m + r
-                    d = r * m * L + at + ii * Wp
-                    if 0 <= h < H:
-                        _copy_row(xf, ((n * C + c) * H + h) * W + wx, -wx, W - wx, xs, d, Wp)
-                    else:
-                        _copy_row(xf, 0, 0, 0, xs, d, Wp)
-            at += R * Wp
+        stage_rows(x, c, c0, pieces, p0, p1, h0, w0, m, alpha, False, xs, L, nb)
     combine(BT, xs, 0, m * L, ys, 0, m * L, m * L, 0, 0)           # ys[i] = sum_r BT[i, r] xs[r]
     for i in range(alpha):                                         # zs[i, j, c, T] = ys[i, ., m*T + j]
         deinterleave(ys, i * m * L, m, zs, i * m * L, L, 0, L)
@@ -288,8 +298,7 @@ def output_tiles(M, y, bt, pieces, p0, p1, AT, o0, o1, zs, ss):
     alpha = m + 2
     O, nb = M.shape[1], M.shape[2]
     Ho, Wo = y.shape[2], y.shape[3]
-    K = pieces[p0, 4] - pieces[p0, 3] + 1
-    Wp = m * K
+    Wp = m * (pieces[p0, 4] - pieces[p0, 3] + 1)
     L = (o1 - o0) * nb
     Mf = M.reshape(M.size)
     yf = y.reshape(y.size)
@@ -323,26 +332,14 @@ def gradient_tiles(dy, pieces, p0, p1, A, dM, o0, o1, ds, ss):
     # m*alpha*(o1-o0)*nb floats each.
     alpha = A[0].shape[0]
     m = alpha - 2
-    O, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    O = dy.shape[1]
     nb = dM.shape[2]
-    K = pieces[p0, 4] - pieces[p0, 3] + 1
-    Wp = m * K
     L = (o1 - o0) * nb
-    dyf = dy.reshape(dy.size)
     dMf = dM.reshape(dM.size)
-    # ss[i, o, piece, ii, w] = dy[n, o, (ti0 + ii)*m + i, tj0*m + w], zero outside the
-    # piece's tiles and dy
+    # ss[i, o, T // K, w] = dy[n, o, ti*m + i, tj0*m + w], zero outside dy and the
+    # piece's tiles (a gap tile's dM is zero)
     for o in range(o0, o1):
-        at = (o - o0) * m * nb
-        for p in range(p0, p1):
-            n, ti0, R, tj0, nt = _piece(pieces, p)
-            cols = min(nt * m, Wo - tj0 * m)
-            for i in range(m):
-                for ii in range(R):
-                    h = (ti0 + ii) * m + i
-                    src = ((n * O + o) * Ho + h) * Wo + tj0 * m
-                    _copy_row(dyf, src, 0, cols if h < Ho else 0, ss, i * m * L + at + ii * Wp, Wp)
-            at += R * Wp
+        stage_rows(dy, o, o0, pieces, p0, p1, 0, 0, m, m, True, ss, L, nb)
     for i in range(m):                                          # ds[i, j, o, T] = ss[i, o, m*T + j]
         deinterleave(ss, i * m * L, m, ds, i * m * L, L, 0, L)
     combine(A, ds, 0, m * L, ss, 0, m * L, m * L, 0, 0)         # ss[r, j] = sum_i A[r, i] ds[i, j]
