@@ -1,5 +1,5 @@
-"""Winograd minimal filtering F(m x m, 3 x 3): the transform matrices and the tile
-transforms the Winograd conv kernels (:mod:`.winograd`) inline.
+"""Winograd minimal filtering F(m x m, 3 x 3): the transform matrices and the tile and
+kernel transforms of the Winograd conv kernels (:mod:`.winograd`).
 
 One output tile ``Y`` (m x m) of a 3x3 correlation is computed from the input tile ``d``
 (alpha x alpha, ``alpha = m + 2``) and the kernel ``g`` (3 x 3) as (Lavin and Gray 2016)::
@@ -10,16 +10,20 @@ with ``.`` the elementwise product: alpha^2 multiplications per channel pair ins
 ``9 m^2``. ``m = 2`` interpolates at 0, 1, -1 and infinity, ``m = 4`` at 0, 1, -1, 2, -2
 and infinity (the matrices of Lavin and Gray's paper).
 
-Layouts (flat, row-major; ``t`` a tile of the work item, ``xi = i*alpha + k``):
-``V (alpha^2, C, tb)`` the transformed input tiles; ``M (alpha^2, O, tb)`` their
-products with the transformed kernels; ``U (alpha^2, O, Cg)`` the transformed kernels.
+Layouts (flat, row-major): ``V (alpha^2, C, nb)`` the transformed input tiles of a block,
+``M (alpha^2, O, nb)`` their products with the transformed kernels ``U (alpha^2, O, Cg)``;
+``xi = i*alpha + k``. A block is a few rectangles of tiles ("pieces", of one width: K - 1
+tiles a row); its grid has K tiles a row, the last a gap tile whose result is discarded,
+numbered row by row: grid tile T of a piece is tile (T // K, T % K).
 
-A row of tiles is transformed a channel at a time through two small buffers: the input
-rows are first copied de-interleaved by column phase (``xs[r, p, q] = x[r, q*m + p]``,
-zero outside the image), so that every later pass is a linear combination of contiguous
-runs (:func:`combine`), the loops LLVM vectorises; the output goes the other way, its
-one strided pass the final store. Coefficients are applied in the input dtype, terms in
-a fixed order.
+Why the gap tile: tile rows are short (a few dozen tiles), and loops that short barely
+vectorise. A block's input rows are copied whole into rows ``m*K`` wide, one after the
+other, so that across the whole block (every row of every piece, several channels) tile
+T's input column j sits at ``m*T + j``: one stride-m de-interleave then gives contiguous
+runs, and every transform is a linear combination of contiguous runs the length of the
+block (:func:`combine`), the loops LLVM vectorises. Column j >= m of tile T is column
+j - m of tile T + 1, which for the last real tile of a row is the gap tile. The output
+goes the other way. Coefficients are applied in the input dtype, terms in a fixed order.
 """
 
 from __future__ import annotations
