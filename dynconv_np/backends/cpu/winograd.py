@@ -1,0 +1,467 @@
+"""CPU Winograd conv for 3x3, stride-1 windows: F(2x2, 3x3) and F(4x4, 3x3).
+
+The same contract as the conv template (:func:`~dynconv_np.backends.cpu.conv.conv_forward`,
+:func:`~dynconv_np.backends.cpu.conv.conv_backward`) with fewer multiplications: an m x m
+output tile of one channel pair costs ``(m+2)^2`` products instead of ``9 m^2`` (16
+against 36 for m = 2, 36 against 144 for m = 4). Over the channels the elementwise
+products of the transformed tiles are ``alpha^2 = (m+2)^2`` independent GEMMs,
+``M_xi (O, tiles) = U_xi (O, C) @ V_xi (C, tiles)`` per group. The tile transforms are
+in :mod:`.winograd_transforms`.
+
+* forward (``_fwd_blocks``): work items are blocks of output tiles (``_blocks``): whole
+  tile rows (parts of one where a row is wider than a block), sized so that the block's
+  transformed input ``V`` and products ``M`` take about :data:`BLOCK_BYTES`. Each tile row
+  carries one gap tile, so that the transforms run over the whole block at a stride the
+  compiler vectorises (see :mod:`.winograd_transforms`). An item transforms its input
+  tiles into its thread's buffer, runs the alpha^2 GEMMs with single-threaded BLAS and
+  transforms the products into its tiles of ``y``. A shared kernel's blocks may span
+  samples; a per-sample kernel's never do. The kernels are transformed first
+  (``_kernels``), once per sample for per-sample kernels.
+* input gradient: the forward on ``dy`` with the kernels rotated by 180 degrees and their
+  input and output channels swapped, top/left padding ``2 - p``.
+* kernel gradient (``_dw_blocks``): in the transformed domain, ``dU_xi = sum_tiles dM_xi
+  V_xi^T`` with ``dM = A dY A^T`` (zero for a gap tile), then ``dg = G^T dU G``. Work
+  items are fixed slots of blocks, each summing its blocks in order into its own ``dU``
+  (BLAS accumulating in place, :func:`gemm_nt`) and transforming the sum into its own
+  partial kernel gradient: one slot per sample for per-sample kernels in batches of
+  :data:`~dynconv_np.backends.cpu.conv.SLOTS` or more (more, in order, for smaller
+  batches); :data:`~dynconv_np.backends.cpu.conv.SLOTS` slots over the whole batch for a
+  shared kernel. Partials are summed in slot order. The slots also sum ``dy`` for the
+  bias gradient, as the conv template does (bitwise the same ``dbt``).
+
+BLAS holds at one thread meanwhile, as in the conv template
+(:func:`~dynconv_np.backends.cpu.products.blas_single_thread`), and the buffers are the
+template's per-thread scratch (:func:`~dynconv_np.backends.cpu.conv._scratch`). Each
+parallel region wakes the threads (milliseconds where the cores are busy with other
+work), so there are few: the forward has one (two for per-sample kernels, whose
+transform is shared out too), the backward two or three.
+
+Determinism: every work item owns what it writes (a block its tiles of ``y``, a slot its
+partial gradient and its samples' ``dbt``), sums in an order fixed by the shapes, and its
+thread's buffer is only workspace; block and slot sizes depend on the shapes and budgets,
+never on the thread count, so results are bitwise identical whatever
+``NUMBA_NUM_THREADS`` is (tests/test_winograd.py).
+
+Accuracy: the transforms run in the input dtype. In float32, F(2x2, 3x3) is as accurate
+as the conv template; F(4x4, 3x3) loses about a decimal digit to its larger
+interpolation points (max error about 5e-6 of max|y| at 64 channels, 1e-5 at 256, with
+unit-variance inputs and Kaiming-scaled weights).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import get_num_threads, get_thread_id, njit, prange
+from numba.extending import overload
+from numba.np.linalg import _BLAS, get_blas_kind
+
+from .conv import SLOTS, _pixel_sums, _scratch
+from .index import ceil_div, split
+from .products import blas_single_thread
+from .winograd_transforms import (
+    gradient_tiles,
+    grid_tiles,
+    input_tiles,
+    kernel_gradient_rows,
+    kernel_rows,
+    matrices,
+    output_tiles,
+)
+
+#: Budget, in bytes, of one block's transformed input and products (``V`` and ``M``).
+BLOCK_BYTES = 2**20
+#: Floats per run of the tile transforms' loops: ``ceil(CHUNK / tiles)`` channels of a
+#: block are transformed together, so that the loops are long enough to vectorise.
+CHUNK = 512
+#: Grid tiles a block holds at least, however many the channels: the GEMMs' short side.
+MIN_TILES = 32
+#: The forward splits a small problem into at least this many blocks.
+MIN_ITEMS = 4
+#: Output tile sizes implemented.
+TILE_SIZES = (2, 4)
+
+
+# ----------------------------------------------------------------------------- kernels
+@njit(cache=True)
+def _kernel_row(wt, U, G, flip, buf, kr):
+    # Row kr of U, its kernels transformed side by side (see _kernels); buf: scratch of
+    # (9 + 3*alpha)*S floats.
+    K, O, F = wt.shape
+    Cg = F // 9
+    A2, R, S = U.shape[1], U.shape[2], U.shape[3]
+    k, r = split(kr, R)
+    if flip:
+        gi, c = split(r, Cg)
+        w0, lstep = (k * O + gi * S) * F + c * 9, F
+    else:
+        w0, lstep = (k * O + r) * F, 9
+    kernel_rows(wt.reshape(wt.size), w0, lstep, flip, S, G, U.reshape(U.size), (k * A2 * R + r) * S, R * S,
+                buf[:9 * S], buf[9 * S:])
+
+
+@njit(parallel=True, cache=True)
+def _kernels(wt, U, G, flip, ws):
+    # wt (K, O, Cg*9) -> U (K, alpha^2, O, Cg): U[k, :, o, c] = G g G^T, g = wt[k, o, c*9:].
+    # flip: U (K, alpha^2, C, Og), U[k, :, gi*Cg + c, oo] = G rot180(g) G^T with
+    # g = wt[k, gi*Og + oo, c*9:], the kernels of the input gradient. A work item is a row
+    # (k, o) or (k, gi*Cg + c) of U; ws (threads, (9 + 3*alpha)*S) scratch.
+    for kr in prange(U.shape[0] * U.shape[2]):
+        _kernel_row(wt, U, G, flip, ws[get_thread_id()], kr)
+
+
+@njit(cache=True)
+def _kernels_serial(wt, U, G, flip, ws):
+    # _kernels on the calling thread (a shared kernel's transform is too small to share)
+    for kr in range(U.shape[0] * U.shape[2]):
+        _kernel_row(wt, U, G, flip, ws[0], kr)
+
+
+def gemm_nt(a, b, c, a0, b0, c0, M, N, K, lda, ldb, ldc, beta):
+    """``C = A @ B^T + beta*C`` on row-major matrices inside flat arrays: A (M, K) from
+    ``a[a0]`` with row stride `lda`, B (N, K) from ``b[b0]`` (`ldb`), C (M, N) at ``c[c0]``
+    (`ldc`); one BLAS call, in compiled code only.
+
+    ``np.dot`` cannot accumulate: the kernel gradient's sums over blocks would take a
+    product into a temporary and an extra pass over ``dU`` each (measured a fifth of the
+    kernel gradient on cifar8). This calls the BLAS ``gemm`` that Numba's own ``np.dot``
+    calls (``numba.np.linalg._BLAS``, Numba's wrapper around SciPy's BLAS).
+    """
+    raise TypeError("gemm_nt runs in compiled code only")
+
+
+@overload(gemm_nt)
+def _gemm_nt(a, b, c, a0, b0, c0, M, N, K, lda, ldb, ldc, beta):
+    xxgemm = _BLAS().numba_xxgemm(a.dtype)
+    kind = ord(get_blas_kind(a.dtype))
+
+    def impl(a, b, c, a0, b0, c0, M, N, K, lda, ldb, ldc, beta):
+        scal = np.empty(2, a.dtype)
+        scal[0] = 1
+        scal[1] = beta
+        # row-major C = A B^T is column-major C^T = B A^T
+        xxgemm(kind, ord("t"), ord("n"), N, M, K, scal[0:].ctypes, b[b0:].ctypes, ldb, a[a0:].ctypes, lda,
+               scal[1:].ctypes, c[c0:].ctypes, ldc)
+    return impl
+
+
+@njit(inline="always")
+def _buffers(buf, at, m, cb, nb, ob):
+    # three transform buffers from buf[at:], each of _buffer_size floats
+    sz = _buffer_size(m, cb, nb, ob)
+    return buf[at:at + sz], buf[at + sz:at + 2 * sz], buf[at + 2 * sz:at + 3 * sz]
+
+
+@njit(parallel=True, cache=True)
+def _fwd_blocks(x, U, bt, y, ws, pieces, blocks, BT, AT, h0, w0, cb, ob):
+    # y = the 3x3 correlation of x with the transformed kernels U, plus bt.
+    # x (N, C, H, W); U (N or 1, alpha^2, O, Cg); bt (N or 1, O), or (0, O) for no bias;
+    # y (N, O, Ho, Wo); ws (threads, workspace floats); pieces (P, 5) rectangles of tiles
+    # (n, ti0, ti1, tj0, tj1); blocks (B, 2) ranges of pieces. Tile (ti, tj) reads x from
+    # row h0 + ti*m, column w0 + tj*m; the tiles are transformed cb input / ob output
+    # channels at a time.
+    m = AT[0].shape[0]
+    alpha = m + 2
+    A2 = alpha * alpha
+    C = x.shape[1]
+    O = y.shape[1]
+    Cg = U.shape[3]
+    G = C // Cg
+    Og = O // G
+    for it in prange(blocks.shape[0]):
+        buf = ws[get_thread_id()]
+        p0, p1 = blocks[it, 0], blocks[it, 1]
+        nb = grid_tiles(pieces, p0, p1)
+        V = buf[:A2 * C * nb].reshape(A2, C, nb)
+        M = buf[A2 * C * nb:A2 * (C + O) * nb].reshape(A2, O, nb)
+        s1, s2, s3 = _buffers(buf, A2 * (C + O) * nb, m, cb, nb, ob)
+        for c0 in range(0, C, cb):
+            input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, min(C, c0 + cb), s1, s2, s3)
+        u = U[pieces[p0, 0] if U.shape[0] > 1 else 0]
+        for xi in range(A2):
+            for g in range(G):
+                np.dot(u[xi, g * Og:(g + 1) * Og], V[xi, g * Cg:(g + 1) * Cg], M[xi, g * Og:(g + 1) * Og])
+        for o0 in range(0, O, ob):
+            output_tiles(M, y, bt, pieces, p0, p1, AT, o0, min(O, o0 + ob), s1, s2)
+
+
+@njit(parallel=True, cache=True)
+def _bias_sums(dy, dbt):
+    # dbt (N, O) = dy (N, O, P) summed over pixels, as the conv template sums it
+    for n in prange(dy.shape[0]):
+        _pixel_sums(dy, dbt, n)
+
+
+@njit(parallel=True, cache=True)
+def _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, h0, w0, cb, ob):
+    # part[s] (O, Cg*9) = the kernel gradient of the tiles of slot s: blocks
+    # slots[s, 0]..slots[s, 1]-1 (pieces and blocks as in _fwd_blocks), summed in order;
+    # dbt (N, O) = dy summed over pixels, slot s summing samples n with n*S // N == s.
+    # x (N, C, H, W); dy (N, O, Ho, Wo); ws (threads, workspace floats).
+    alpha = A[0].shape[0]
+    m = alpha - 2
+    A2 = alpha * alpha
+    C = x.shape[1]
+    O = dy.shape[1]
+    F = part.shape[2]
+    Cg = F // 9
+    G = C // Cg
+    Og = O // G
+    pf = part.reshape(part.size)
+    N, S = x.shape[0], slots.shape[0]
+    dy3 = dy.reshape(N, O, dy.shape[2] * dy.shape[3])
+    for s in prange(S):
+        for n in range(ceil_div(s * N, S), ceil_div((s + 1) * N, S)):
+            _pixel_sums(dy3, dbt, n)
+        buf = ws[get_thread_id()]
+        dUf = buf[:A2 * O * Cg]                               # dU (alpha^2, O, Cg)
+        at = A2 * O * Cg
+        ts, gs = buf[at:at + 3 * alpha * Cg], buf[at + 3 * alpha * Cg:at + (3 * alpha + 9) * Cg]
+        at += (3 * alpha + 9) * Cg
+        for b in range(slots[s, 0], slots[s, 1]):
+            p0, p1 = blocks[b, 0], blocks[b, 1]
+            nb = grid_tiles(pieces, p0, p1)
+            V = buf[at:at + A2 * C * nb].reshape(A2, C, nb)
+            dM = buf[at + A2 * C * nb:at + A2 * (C + O) * nb].reshape(A2, O, nb)
+            s1, s2, s3 = _buffers(buf, at + A2 * (C + O) * nb, m, cb, nb, ob)
+            for c0 in range(0, C, cb):
+                input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, min(C, c0 + cb), s1, s2, s3)
+            for o0 in range(0, O, ob):
+                gradient_tiles(dy, pieces, p0, p1, A, dM, o0, min(O, o0 + ob), s1, s2)
+            # dU[xi] (+)= dM[xi] V[xi]^T, group by group: the slot's first block sets
+            beta = 0.0 if b == slots[s, 0] else 1.0
+            for xi in range(A2):
+                for g in range(G):
+                    gemm_nt(buf, buf, dUf, at + A2 * C * nb + (xi * O + g * Og) * nb, at + (xi * C + g * Cg) * nb,
+                            (xi * O + g * Og) * Cg, Og, Cg, nb, nb, nb, Cg, beta)
+        for o in range(O):
+            kernel_gradient_rows(dUf, o * Cg, O * Cg, Cg, alpha, GT, pf, (s * O + o) * F, ts, gs)
+
+
+# ----------------------------------------------------------------------------- plans
+def supports(g, groups) -> bool:
+    """True for the windows this module computes: 3x3, stride 1, dilation 1 (any padding
+    and groups).
+
+    Parameters
+    ----------
+    g : Geometry
+    groups : int
+    """
+    return (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1)
+
+
+def _check_m(m: int) -> int:
+    if m not in TILE_SIZES:
+        raise ValueError(f"m must be one of {TILE_SIZES} (the output tile size), got {m!r}")
+    return m
+
+
+def _tiles(Ho: int, Wo: int, m: int) -> tuple[int, int]:
+    # (tile rows, tiles a row)
+    return ceil_div(Ho, m), ceil_div(Wo, m)
+
+
+def _budget(C: int, O: int, m: int, itemsize: int) -> int:
+    # Grid tiles a block: its V (alpha^2, C, tiles) and M (alpha^2, O, tiles) within
+    # BLOCK_BYTES, but at least MIN_TILES.
+    return max(MIN_TILES, BLOCK_BYTES // ((m + 2) ** 2 * (C + O) * itemsize))
+
+
+def _cuts(total: int, parts: int) -> list[int]:
+    # 0 = c_0 <= c_1 <= ... <= c_parts = total, about equal steps
+    return [p * total // parts for p in range(parts + 1)]
+
+
+@functools.lru_cache(maxsize=64)
+def _blocks(N: int, tH: int, tW: int, tb: int, per_sample: bool, min_blocks: int):
+    """Blocks of tiles of about `tb` grid tiles (at least `min_blocks` where there are
+    units enough; for per-sample kernels ``ceil(min_blocks / N)`` a sample, none across
+    samples). The units cut into blocks are tile rows (or equal parts of one where a row
+    is wider than a block); a block's consecutive whole rows of one sample form one piece.
+
+    Returns
+    -------
+    pieces : ndarray (P, 5) int64
+        ``(n, ti0, ti1, tj0, tj1)``: tile rows ti0..ti1-1, columns tj0..tj1-1 of sample n.
+    blocks : ndarray (B, 2) int64
+        Ranges ``[p0, p1)`` of pieces, in order.
+
+    Plans are kept (they depend on the shapes alone) and never written to.
+    """
+    parts = 1 if tW + 1 <= tb else ceil_div(tW, tb - 1)
+    cols = _cuts(tW, parts)
+    units = [(ti, cols[k], cols[k + 1]) for ti in range(tH) for k in range(parts)]
+    size = (ceil_div(tW, parts) + 1) * len(units)                # grid tiles of one sample
+    if parts > 1:
+        # parts of rows: one a block (the pieces of a block have one width)
+        groups = [(n, n + 1, len(units)) for n in range(N)]
+    elif per_sample:
+        groups = [(n, n + 1, max(ceil_div(size, tb), ceil_div(min_blocks, N))) for n in range(N)]
+    else:
+        groups = [(0, N, max(ceil_div(N * size, tb), min_blocks))]
+    pieces, blocks = [], []
+    for n0, n1, nblocks in groups:
+        seq = [(n,) + u for n in range(n0, n1) for u in units]
+        cuts = _cuts(len(seq), min(nblocks, len(seq)))
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            p0 = len(pieces)
+            for n, ti, tj0, tj1 in seq[a:b]:
+                last = pieces[-1] if len(pieces) > p0 else None
+                if last is not None and last[0] == n and last[2] == ti and (last[3], last[4]) == (tj0, tj1) == (0, tW):
+                    last[2] = ti + 1
+                else:
+                    pieces.append([n, ti, ti + 1, tj0, tj1])
+            blocks.append((p0, len(pieces)))
+    return np.array(pieces, dtype=np.int64), np.array(blocks, dtype=np.int64)
+
+
+def _largest_block(pieces: np.ndarray, blocks: np.ndarray) -> int:
+    # the largest block's grid tiles
+    per_piece = (pieces[:, 2] - pieces[:, 1]) * (pieces[:, 4] - pieces[:, 3] + 1)
+    return max(int(per_piece[p0:p1].sum()) for p0, p1 in blocks)
+
+
+def _chunk(C: int, nb: int) -> int:
+    # Channels transformed together: runs of about CHUNK floats per transform loop.
+    return max(1, min(C, ceil_div(CHUNK, nb)))
+
+
+@njit(inline="always")
+def _buffer_size(m, cb, nb, ob):
+    # floats of each transform buffer: the input transform's of cb channels of nb grid
+    # tiles, the output transform's of ob channels
+    return (m + 2) * m * max(cb, ob) * nb + 1
+
+
+def _workspace(C: int, O: int, m: int, pieces: np.ndarray, blocks: np.ndarray) -> tuple[int, int, int]:
+    # (cb, ob, floats of a block's V, M and transform buffers)
+    nb = _largest_block(pieces, blocks)
+    cb, ob = _chunk(C, nb), _chunk(O, nb)
+    return cb, ob, (m + 2) ** 2 * (C + O) * nb + 3 * _buffer_size(m, cb, nb, ob)
+
+
+def _transformed(wt, groups, m, flip, dtype):
+    # wt (O, F) or (N, O, F) -> U (1 or N, alpha^2, O, Cg), or with flip (.., C, Og)
+    w3 = wt.reshape((1,) + wt.shape) if wt.ndim == 2 else wt
+    K, O, F = w3.shape
+    Cg = F // 9
+    shape = (K, (m + 2) ** 2) + ((Cg * groups, O // groups) if flip else (O, Cg))
+    U = np.empty(shape, dtype=dtype)
+    ws = _scratch(get_num_threads(), (9 + 3 * (m + 2)) * shape[3], dtype)
+    # every parallel region costs a wake-up of the threads; a shared kernel is transformed
+    # on this one
+    (_kernels if K > 1 else _kernels_serial)(np.ascontiguousarray(w3), U, matrices(m, dtype)[1], flip, ws)
+    return U
+
+
+def _correlate(x, U, b2, out, h0, w0, m):
+    # out (N, O, Ho, Wo) = x correlated with the transformed kernels U, plus b2
+    N, C = x.shape[:2]
+    O, Ho, Wo = out.shape[1:]
+    tH, tW = _tiles(Ho, Wo, m)
+    pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), U.shape[0] > 1, MIN_ITEMS)
+    cb, ob, floats = _workspace(C, O, m, pieces, blocks)
+    ws = _scratch(get_num_threads(), floats, x.dtype)
+    BT, _, _, AT, _ = matrices(m, x.dtype)
+    with blas_single_thread():
+        _fwd_blocks(x, U, b2, out, ws, pieces, blocks, BT, AT, h0, w0, cb, ob)
+    return out
+
+
+def forward(x, wt, bt, g, groups, m=2):
+    """``y = conv(x, w) + b`` for a 3x3, stride-1 window by Winograd's F(m x m, 3 x 3).
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W), C-contiguous
+    wt : ndarray (O, C//groups*9) shared, or (N, O, C//groups*9) per sample
+    bt : ndarray (O,) or (N, O) or None
+    g : Geometry
+        With ``supports(g, groups)``.
+    groups : int
+    m : int
+        Output tile size, 2 or 4.
+
+    Returns
+    -------
+    y : ndarray (N, O, Ho, Wo)
+    """
+    m = _check_m(m)
+    O = wt.shape[-2]
+    y = np.empty((g.N, O, g.Ho, g.Wo), dtype=x.dtype)
+    if g.N == 0:
+        return y
+    U = _transformed(wt, groups, m, False, x.dtype)
+    b2 = np.zeros((0, O), x.dtype) if bt is None else np.ascontiguousarray(bt.reshape(-1, O))
+    return _correlate(x, U, b2, y, -g.ph, -g.pw, m)
+
+
+def _kernel_gradient(x, dy, dbt, g, groups, shared, m):
+    # gw (O, F) shared or (N, O, F): the slots' partials summed in slot order; dbt (N, O)
+    # the pixel sums of dy
+    N, C = x.shape[:2]
+    O = dy.shape[1]
+    Cg = C // groups
+    F = Cg * 9
+    tH, tW = _tiles(g.Ho, g.Wo, m)
+    pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), not shared, SLOTS)
+    # slots: ranges of blocks, SLOTS over the batch or ceil(SLOTS / N) a sample
+    per = len(blocks) if shared else len(blocks) // N
+    k = min(per, SLOTS if shared else ceil_div(SLOTS, N))
+    slots = np.array([(s * per + a, s * per + b) for s in range(len(blocks) // per)
+                      for a, b in zip(_cuts(per, k)[:-1], _cuts(per, k)[1:])], dtype=np.int64)
+    cb, ob, floats = _workspace(C, O, m, pieces, blocks)
+    alpha = m + 2
+    ws = _scratch(get_num_threads(), (alpha * alpha * O + 3 * alpha + 9) * Cg + floats, x.dtype)
+    part = np.empty((len(slots), O, F), dtype=x.dtype)
+    BT, _, GT, _, A = matrices(m, x.dtype)
+    with blas_single_thread():
+        _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, -g.ph, -g.pw, cb, ob)
+    if shared:
+        return np.add.reduce(part, axis=0)
+    if k == 1:
+        return part
+    return np.add.reduce(part.reshape(N, k, O, F), axis=1)
+
+
+def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2):
+    """Backward of :func:`forward`.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W), C-contiguous
+    wt : ndarray (O, F) shared or (N, O, F) per sample, ``F = C//groups*9``
+    dy : ndarray (N, O, Ho, Wo), C-contiguous
+    g : Geometry
+    groups : int
+    need_dx, need_dw : bool
+        Whether to compute the input and the kernel gradient.
+    m : int
+        Output tile size, 2 or 4.
+
+    Returns
+    -------
+    dx : ndarray (N, C, H, W) or None
+    gw : ndarray (O, F) for shared kernels (``sum_n dY_n X_n^T``), (N, O, F) per sample,
+        or None
+    dbt : ndarray (O,) shared or (N, O) per sample: ``dY`` summed over pixels
+    """
+    m = _check_m(m)
+    O, F = wt.shape[-2], wt.shape[-1]
+    shared = wt.ndim == 2
+    dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None
+    if g.N == 0:
+        gw = np.zeros(wt.shape if shared else (0, O, F), dtype=x.dtype) if need_dw else None
+        return dx, gw, np.zeros((O,) if shared else (0, O), dtype=x.dtype)
+    if need_dx:
+        U = _transformed(wt, groups, m, True, x.dtype)
+        _correlate(dy, U, np.zeros((0, g.C), x.dtype), dx, g.ph - 2, g.pw - 2, m)
+    dbt = np.empty((g.N, O), dtype=x.dtype)
+    if need_dw:
+        gw = _kernel_gradient(x, dy, dbt, g, groups, shared, m)
+    else:
+        gw = None
+        _bias_sums(dy.reshape(g.N, O, g.P), dbt)
+    return dx, gw, np.add.reduce(dbt, axis=0) if shared else dbt

@@ -1,0 +1,378 @@
+"""Winograd minimal filtering F(m x m, 3 x 3): the transform matrices and the tile and
+kernel transforms of the Winograd conv kernels (:mod:`.winograd`).
+
+One output tile ``Y`` (m x m) of a 3x3 correlation is computed from the input tile ``d``
+(alpha x alpha, ``alpha = m + 2``) and the kernel ``g`` (3 x 3) as (Lavin and Gray 2016)::
+
+    Y = A^T [(G g G^T) . (B^T d B)] A
+
+with ``.`` the elementwise product: alpha^2 multiplications per channel pair instead of
+``9 m^2``. ``m = 2`` interpolates at 0, 1, -1 and infinity, ``m = 4`` at 0, 1, -1, 2, -2
+and infinity (the matrices of Lavin and Gray's paper).
+
+Layouts (flat, row-major): ``V (alpha^2, C, nb)`` the transformed input tiles of a block,
+``M (alpha^2, O, nb)`` their products with the transformed kernels ``U (alpha^2, O, Cg)``;
+``xi = i*alpha + k``. A block is a few rectangles of tiles ("pieces", of one width: K - 1
+tiles a row); its grid has K tiles a row, the last a gap tile whose result is discarded,
+numbered row by row: grid tile T of a piece is tile (T // K, T % K).
+
+Why the gap tile: tile rows are short (a few dozen tiles), and loops that short barely
+vectorise. A block's input rows are copied whole into rows ``m*K`` wide, one after the
+other, so that across the whole block (every row of every piece, several channels) tile
+T's input column j sits at ``m*T + j``: one stride-m de-interleave then gives contiguous
+runs, and every transform is a linear combination of contiguous runs the length of the
+block (:func:`combine`), the loops LLVM vectorises. Column j >= m of tile T is column
+j - m of tile T + 1, which for the last real tile of a row is the gap tile. The output
+goes the other way. Coefficients are applied in the input dtype, terms in a fixed order.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit
+
+_BT2 = [[1, 0, -1, 0],
+        [0, 1, 1, 0],
+        [0, -1, 1, 0],
+        [0, 1, 0, -1]]
+_G2 = [[1, 0, 0],
+       [1 / 2, 1 / 2, 1 / 2],
+       [1 / 2, -1 / 2, 1 / 2],
+       [0, 0, 1]]
+_AT2 = [[1, 1, 1, 0],
+        [0, 1, -1, -1]]
+
+_BT4 = [[4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1]]
+_G4 = [[1 / 4, 0, 0],
+       [-1 / 6, -1 / 6, -1 / 6],
+       [-1 / 6, 1 / 6, -1 / 6],
+       [1 / 24, 1 / 12, 1 / 6],
+       [1 / 24, -1 / 12, 1 / 6],
+       [0, 0, 1]]
+_AT4 = [[1, 1, 1, 1, 1, 0],
+        [0, 1, -1, 2, -2, 0],
+        [0, 1, 1, 4, 4, 0],
+        [0, 1, -1, 8, -8, 1]]
+
+_MATRICES = {2: (_BT2, _G2, _AT2), 4: (_BT4, _G4, _AT4)}
+
+
+def sparse(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of `mat` (R, K) as their nonzero terms, for :func:`combine`.
+
+    Returns
+    -------
+    idx : ndarray (R, 1 + T) int64
+        ``idx[i, 0]`` the number of nonzero terms of row i (at least 1), ``idx[i, 1:]``
+        their columns in ascending order.
+    coef : ndarray (R, T)
+        Their coefficients.
+    """
+    T = max(1, max(int(np.count_nonzero(row)) for row in mat))
+    idx = np.zeros((mat.shape[0], 1 + T), dtype=np.int64)
+    coef = np.zeros((mat.shape[0], T), dtype=mat.dtype)
+    for i, row in enumerate(mat):
+        nz = np.flatnonzero(row)
+        idx[i, 0] = len(nz)
+        idx[i, 1:1 + len(nz)] = nz
+        coef[i, :len(nz)] = row[nz]
+    return idx, coef
+
+
+@functools.lru_cache(maxsize=8)
+def matrices(m: int, dtype) -> tuple:
+    """The transforms of F(m x m, 3 x 3) in `dtype`, each as :func:`sparse` gives it.
+
+    Returns
+    -------
+    BT : tuple
+        Input transform ``B^T`` (alpha, alpha).
+    G : tuple
+        Kernel transform (alpha, 3).
+    GT : tuple
+        Its transpose (3, alpha) (the transform of a kernel gradient).
+    AT : tuple
+        Output transform ``A^T`` (m, alpha).
+    A : tuple
+        Its transpose (alpha, m) (the transform of an output gradient).
+
+    The matrices are kept (`dtype` must be hashable, a ``numpy.dtype``) and never
+    written to.
+    """
+    BT, G, AT = (np.array(a, dtype=np.float64).astype(dtype) for a in _MATRICES[m])
+    return tuple(sparse(np.ascontiguousarray(a)) for a in (BT, G, G.T, AT, AT.T))
+
+
+@njit(inline="always")
+def _term(s0, r, sstep, q, sskip):
+    # where term r of a combination starts: s0 + r*sstep, or s0 + (r % q)*sstep +
+    # (r // q)*sskip for q > 0
+    if q > 0:
+        return np.uint64(s0 + (r % q) * sstep + (r // q) * sskip)
+    return np.uint64(s0 + r * sstep)
+
+
+@njit(cache=True)
+def combine(mat, src, s0, sstep, dst, d0, dstep, L, q, sskip):
+    # dst[d0 + i*dstep + l] = sum_r M[i, r] * src[term r + l] for l < L, each row i of
+    # M = (idx, coef) (see sparse), over flat 1-D src and dst; term r starts as _term
+    # says. The terms are taken two per pass, in ascending r: each loop reads at most
+    # three runs and writes one, so that LLVM's alias checks stay few and the loop
+    # vectorises.
+    idx, coef = mat
+    for i in range(idx.shape[0]):
+        d = np.uint64(d0 + i * dstep)
+        nz = idx[i, 0]
+        a = coef[i, 0]
+        sa = _term(s0, idx[i, 1], sstep, q, sskip)
+        if nz == 1:
+            for l in range(L):
+                dst[d + np.uint64(l)] = a * src[sa + np.uint64(l)]
+            continue
+        b = coef[i, 1]
+        sb = _term(s0, idx[i, 2], sstep, q, sskip)
+        for l in range(L):
+            dst[d + np.uint64(l)] = a * src[sa + np.uint64(l)] + b * src[sb + np.uint64(l)]
+        for t in range(2, nz, 2):
+            a = coef[i, t]
+            sa = _term(s0, idx[i, t + 1], sstep, q, sskip)
+            if t + 1 == nz:
+                for l in range(L):
+                    dst[d + np.uint64(l)] += a * src[sa + np.uint64(l)]
+            else:
+                b = coef[i, t + 1]
+                sb = _term(s0, idx[i, t + 2], sstep, q, sskip)
+                for l in range(L):
+                    dst[d + np.uint64(l)] += a * src[sa + np.uint64(l)] + b * src[sb + np.uint64(l)]
+
+
+@njit(cache=True)
+def deinterleave(src, s, m, dst, d, dstep, lo, hi):
+    # dst[d + j*dstep + t] = src[s + t*m + j] for j < m, lo <= t < hi. The tile sizes are
+    # spelled as constants: LLVM then loads a whole interleaved group and shuffles.
+    if m == 2:
+        for t in range(lo, hi):
+            q = np.uint64(s + 2 * t)
+            a0 = src[q]
+            a1 = src[q + np.uint64(1)]
+            dst[np.uint64(d + t)] = a0
+            dst[np.uint64(d + dstep + t)] = a1
+    elif m == 4:
+        for t in range(lo, hi):
+            q = np.uint64(s + 4 * t)
+            a0 = src[q]
+            a1 = src[q + np.uint64(1)]
+            a2 = src[q + np.uint64(2)]
+            a3 = src[q + np.uint64(3)]
+            dst[np.uint64(d + t)] = a0
+            dst[np.uint64(d + dstep + t)] = a1
+            dst[np.uint64(d + 2 * dstep + t)] = a2
+            dst[np.uint64(d + 3 * dstep + t)] = a3
+    else:
+        for t in range(lo, hi):
+            for j in range(m):
+                dst[np.uint64(d + j * dstep + t)] = src[np.uint64(s + t * m + j)]
+
+
+@njit(cache=True)
+def interleave(src, s, sstep, m, dst, d, lo, hi, b):
+    # dst[d + t*m + j] = src[s + j*sstep + t] + b for j < m, lo <= t < hi (the inverse
+    # of deinterleave, plus b)
+    if m == 2:
+        for t in range(lo, hi):
+            q = np.uint64(d + 2 * t)
+            a0 = src[np.uint64(s + t)] + b
+            a1 = src[np.uint64(s + sstep + t)] + b
+            dst[q] = a0
+            dst[q + np.uint64(1)] = a1
+    elif m == 4:
+        for t in range(lo, hi):
+            q = np.uint64(d + 4 * t)
+            a0 = src[np.uint64(s + t)] + b
+            a1 = src[np.uint64(s + sstep + t)] + b
+            a2 = src[np.uint64(s + 2 * sstep + t)] + b
+            a3 = src[np.uint64(s + 3 * sstep + t)] + b
+            dst[q] = a0
+            dst[q + np.uint64(1)] = a1
+            dst[q + np.uint64(2)] = a2
+            dst[q + np.uint64(3)] = a3
+    else:
+        for t in range(lo, hi):
+            for j in range(m):
+                dst[np.uint64(d + t * m + j)] = src[np.uint64(s + j * sstep + t)] + b
+
+
+@njit(cache=True)
+def _copy_row(src, s, lo, hi, dst, d, n):
+    # dst[d + w] = src[s + w] for w in [lo, hi), zero for the other w in [0, n)
+    a = max(0, min(lo, n))
+    e = max(a, min(hi, n))
+    for w in range(a):
+        dst[np.uint64(d + w)] = 0
+    for w in range(a, e):
+        dst[np.uint64(d + w)] = src[np.uint64(s + w)]
+    for w in range(e, n):
+        dst[np.uint64(d + w)] = 0
+
+
+@njit(inline="always")
+def _piece(pieces, p):
+    # piece p: sample n, tile rows ti0..ti0+R-1, tile columns tj0..tj0+nt-1; its grid
+    # has K = nt + 1 tiles a row (the last one a gap), Wp = m*K columns
+    n, ti0, ti1, tj0, tj1 = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3], pieces[p, 4]
+    return n, ti0, ti1 - ti0, tj0, tj1 - tj0
+
+
+@njit(inline="always")
+def grid_tiles(pieces, p0, p1):
+    # tiles of the block's grid: sum over its pieces of R rows of K tiles
+    nb = 0
+    for p in range(p0, p1):
+        n, ti0, R, tj0, nt = _piece(pieces, p)
+        nb += R * (nt + 1)
+    return nb
+
+
+@njit(cache=True)
+def stage_rows(img, c, c0, pieces, p0, p1, h0, w0, m, rows, gap_zero, dst, L, nb):
+    # dst[r, c - c0, T // K, w] = img[n, c, h0 + ti*m + r, w0 + tj0*m + w] for r < rows:
+    # the rows of channel c's tiles of pieces p0..p1-1 (the block's grid tile T, K a row;
+    # the pieces have one K), Wp = m*K wide, zero outside img and, with `gap_zero`, in
+    # the gap tiles' columns. img (N, C, H, W); dst 1-D, rows r L*m apart, channels nb*m.
+    C, H, W = img.shape[1], img.shape[2], img.shape[3]
+    imgf = img.reshape(img.size)
+    Wp = m * (pieces[p0, 4] - pieces[p0, 3] + 1)
+    at = (c - c0) * m * nb
+    for p in range(p0, p1):
+        n, ti0, R, tj0, nt = _piece(pieces, p)
+        wx = w0 + tj0 * m
+        hi = min(W - wx, nt * m) if gap_zero else W - wx
+        for ii in range(R):
+            for r in range(rows):
+                h = h0 + (ti0 + ii) * m + r
+                d = r * m * L + at + ii * Wp
+                if 0 <= h < H:
+                    _copy_row(imgf, ((n * C + c) * H + h) * W + wx, -wx, hi, dst, d, Wp)
+                else:
+                    _copy_row(imgf, 0, 0, 0, dst, d, Wp)
+        at += R * Wp
+
+
+@njit(cache=True)
+def input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, c1, xs, ys, zs):
+    # V[:, c, :] <- B^T d B of the tiles of pieces p0..p1-1 of x[n, c], channels
+    # c0 <= c < c1 (the pieces of a block have one K). The block's grid tile T (its
+    # pieces' tiles row by row, K a row) reads x from row h0 + ti*m, column w0 + tj*m
+    # (zero outside x); a gap tile gets finite garbage.
+    # V (alpha^2, C, nb) C-contiguous; xs, ys, zs 1-D scratch of alpha*m*(c1-c0)*nb + 1
+    # floats each.
+    C = x.shape[1]
+    alpha = m + 2
+    nb = V.shape[2]
+    L = (c1 - c0) * nb                                             # grid tiles of the chunk
+    Vf = V.reshape(V.size)
+    # xs[r, c, T // K, w] = x[n, c, h0 + ti*m + r, w0 + tj0*m + w]: the input rows r of
+    # each tile row, Wp = m*K wide, so that tile T's input at (r, j) is xs[r, ., m*T + j]
+    for c in range(c0, c1):
+        stage_rows(x, c, c0, pieces, p0, p1, h0, w0, m, alpha, False, xs, L, nb)
+    combine(BT, xs, 0, m * L, ys, 0, m * L, m * L, 0, 0)           # ys[i] = sum_r BT[i, r] xs[r]
+    for i in range(alpha):                                         # zs[i, j, c, T] = ys[i, ., m*T + j]
+        deinterleave(ys, i * m * L, m, zs, i * m * L, L, 0, L)
+    zs[np.uint64(alpha * m * L)] = 0                               # read past the end below
+    # V[i*alpha + k, c, T] = sum_j BT[k, j] zs[i, j, c, T], where column j >= m of tile T
+    # is column j - m of tile T + 1 (for a gap tile: the next row's, garbage)
+    for i in range(alpha):
+        combine(BT, zs, i * m * L, L, Vf, (i * alpha * C + c0) * nb, C * nb, L, m, 1)
+
+
+@njit(cache=True)
+def output_tiles(M, y, bt, pieces, p0, p1, AT, o0, o1, zs, ss):
+    # y[n, o, ti*m + i, tj*m + j] = (A^T M A)[i, j] of the tiles of pieces p0..p1-1
+    # (grids as in input_tiles, without the extra rows), plus the bias, for
+    # o0 <= o < o1, inside y. M (alpha^2, O, nb); y (N, O, Ho, Wo); bt (N or 1 or 0, O);
+    # zs, ss 1-D scratch of m*alpha*(o1-o0)*nb floats each.
+    m = AT[0].shape[0]
+    alpha = m + 2
+    O, nb = M.shape[1], M.shape[2]
+    Ho, Wo = y.shape[2], y.shape[3]
+    Wp = m * (pieces[p0, 4] - pieces[p0, 3] + 1)
+    L = (o1 - o0) * nb
+    Mf = M.reshape(M.size)
+    yf = y.reshape(y.size)
+    for k in range(alpha):                                      # ss[i, k] = sum_r AT[i, r] M[r, k]
+        combine(AT, Mf, (k * O + o0) * nb, alpha * O * nb, ss, k * L, alpha * L, L, 0, 0)
+    for i in range(m):                                          # zs[i, j] = sum_k AT[j, k] ss[i, k]
+        combine(AT, ss, i * alpha * L, L, zs, i * m * L, L, L, 0, 0)
+    for i in range(m):                                          # ss[i, o, T*m + j] = zs[i, j, o, T]
+        interleave(zs, i * m * L, L, m, ss, i * m * L, 0, L, zs[0] * 0)
+    # rows of ss[i, o, piece, ii] into y, plus the bias
+    for o in range(o0, o1):
+        at = (o - o0) * m * nb
+        for p in range(p0, p1):
+            n, ti0, R, tj0, nt = _piece(pieces, p)
+            b = bt[n if bt.shape[0] > 1 else 0, o] if bt.shape[0] > 0 else zs[0] * 0
+            cols = min(nt * m, Wo - tj0 * m)
+            for ii in range(R):
+                for i in range(min(m, Ho - (ti0 + ii) * m)):
+                    src = np.uint64(i * m * L + at + ii * Wp)
+                    dst = np.uint64(((n * O + o) * Ho + (ti0 + ii) * m + i) * Wo + tj0 * m)
+                    for w in range(cols):
+                        yf[dst + np.uint64(w)] = ss[src + np.uint64(w)] + b
+            at += R * Wp
+
+
+@njit(cache=True)
+def gradient_tiles(dy, pieces, p0, p1, A, dM, o0, o1, ds, ss):
+    # dM[:, o, :] <- A dY A^T for the output tiles of pieces p0..p1-1 of dy[n, o] (grids
+    # as in output_tiles), o0 <= o < o1, zero outside dy and for gap tiles.
+    # dy (N, O, Ho, Wo); A (alpha, m); dM (alpha^2, O, nb); ds, ss 1-D scratch of
+    # m*alpha*(o1-o0)*nb floats each.
+    alpha = A[0].shape[0]
+    m = alpha - 2
+    O = dy.shape[1]
+    nb = dM.shape[2]
+    L = (o1 - o0) * nb
+    dMf = dM.reshape(dM.size)
+    # ss[i, o, T // K, w] = dy[n, o, ti*m + i, tj0*m + w], zero outside dy and the
+    # piece's tiles (a gap tile's dM is zero)
+    for o in range(o0, o1):
+        stage_rows(dy, o, o0, pieces, p0, p1, 0, 0, m, m, True, ss, L, nb)
+    for i in range(m):                                          # ds[i, j, o, T] = ss[i, o, m*T + j]
+        deinterleave(ss, i * m * L, m, ds, i * m * L, L, 0, L)
+    combine(A, ds, 0, m * L, ss, 0, m * L, m * L, 0, 0)         # ss[r, j] = sum_i A[r, i] ds[i, j]
+    for r in range(alpha):                                      # dM[r, k] = sum_j A[k, j] ss[r, j]
+        combine(A, ss, r * m * L, L, dMf, (r * alpha * O + o0) * nb, O * nb, L, 0, 0)
+
+
+@njit(cache=True)
+def kernel_rows(wf, w0, lstep, flip, Lv, G, Uf, u0, ustep, gs, ts):
+    # Uf[u0 + xi*ustep + l] = (G g_l G^T)[xi] for l < Lv: the 3x3 kernels
+    # g_l = wf[w0 + l*lstep:][:9] (rotated by 180 degrees with `flip`), transformed side by
+    # side; gs, ts 1-D scratch of 9*Lv and 3*alpha*Lv floats.
+    alpha = G[0].shape[0]
+    for tap in range(9):                                        # gs[tap, l] = g_l[tap]
+        src = w0 + (8 - tap if flip else tap)
+        for l in range(Lv):
+            gs[np.uint64(tap * Lv + l)] = wf[np.uint64(src + l * lstep)]
+    combine(G, gs, 0, 3 * Lv, ts, 0, 3 * Lv, 3 * Lv, 0, 0)      # ts[i, v] = sum_u G[i, u] gs[u, v]
+    for i in range(alpha):                                      # U[i, j] = sum_v G[j, v] ts[i, v]
+        combine(G, ts, i * 3 * Lv, Lv, Uf, u0 + i * alpha * ustep, ustep, Lv, 0, 0)
+
+
+@njit(cache=True)
+def kernel_gradient_rows(dUf, u0, ustep, Lv, alpha, GT, gf, g0, ts, gs):
+    # gf[g0 + l*9 + tap] = (G^T dU_l G)[tap] for l < Lv: the gradients dU_l[xi] =
+    # dUf[u0 + xi*ustep + l] of transformed kernels, side by side; ts, gs 1-D scratch of
+    # 3*alpha*Lv and 9*Lv floats.
+    for j in range(alpha):                                      # ts[u, j] = sum_i G[i, u] dU[i, j]
+        combine(GT, dUf, u0 + j * ustep, alpha * ustep, ts, j * Lv, alpha * Lv, Lv, 0, 0)
+    for u in range(3):                                          # gs[u, v] = sum_j G[j, v] ts[u, j]
+        combine(GT, ts, u * alpha * Lv, Lv, gs, u * 3 * Lv, Lv, Lv, 0, 0)
+    interleave(gs, 0, Lv, 9, gf, g0, 0, Lv, gs[0] * 0)

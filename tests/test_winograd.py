@@ -1,0 +1,168 @@
+"""The CPU Winograd conv (backends/cpu/winograd.py) against the float64 reference: forward,
+input, kernel and bias gradients for both tile sizes, shared and per-sample kernels, on
+grids that cross tile edges, with block and channel-chunk budgets small enough to split
+rows; inputs unchanged; bitwise identical results across NUMBA_NUM_THREADS."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import DTYPES, assert_close
+
+from dynconv_np import _args, reference
+from dynconv_np.backends.cpu import winograd
+
+
+def _reference(x, w, b, dy, padding, groups):
+    """y, dx, dw, db in float64; w (O, Cg, 3, 3) shared or (N, O, Cg, 3, 3) per sample, b
+    (O,) or (N, O) or None; dw and db per sample for per-sample kernels."""
+    if w.ndim == 4:
+        y = reference.conv2d(x, w, None, 1, padding, 1, groups)
+        y += 0 if b is None else np.broadcast_to(b, (len(x), len(b.T)))[:, :, None, None]
+        dx, dw, _ = reference.conv2d_backward(dy, x, w, None, 1, padding, 1, groups)
+        return y, dx, dw, dy.sum(axis=(0, 2, 3))
+    bs = [b if b is None or b.ndim == 1 else b[n] for n in range(len(x))]
+    y = np.concatenate([reference.conv2d(x[n:n + 1], w[n], bs[n], 1, padding, 1, groups) for n in range(len(x))])
+    grads = [reference.conv2d_backward(dy[n:n + 1], x[n:n + 1], w[n], None, 1, padding, 1, groups)
+             for n in range(len(x))]
+    return (y, np.concatenate([d[0] for d in grads]), np.stack([d[1] for d in grads]),
+            dy.sum(axis=(2, 3)))
+
+
+def _check(cfg, m, dtype, need_dx=True, need_dw=True):
+    N, C, O, H, W, padding, groups, per_sample, bias = cfg
+    rng = np.random.default_rng(hash(cfg) % 2**32)
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal(((N,) if per_sample else ()) + (O, C // groups, 3, 3))
+    b = None if bias is None else rng.standard_normal((N, O) if bias == "sample" else (O,))
+    g = _args.geometry(x.shape, 3, 3, 1, padding, 1)
+    assert winograd.supports(g, groups)
+    dy = rng.standard_normal((N, O, g.Ho, g.Wo))
+    y_ref, dx_ref, dw_ref, db_ref = _reference(x, w, b, dy, padding, groups)
+
+    wt = w.reshape(w.shape[:-3] + (-1,))                    # (O, F) or (N, O, F)
+    args = [a if a is None else np.ascontiguousarray(a.astype(dtype)) for a in (x, wt, b, dy)]
+    xs, wt, bt, dys = args
+    before = [a.copy() for a in args if a is not None]
+    y = winograd.forward(xs, wt, bt, g, groups, m=m)
+    dx, gw, dbt = winograd.backward(xs, wt, dys, g, groups, need_dx, need_dw, m=m)
+    for a, a0 in zip([a for a in args if a is not None], before):
+        np.testing.assert_array_equal(a, a0)
+
+    assert y.dtype == dbt.dtype == np.dtype(dtype)
+    assert_close(y, y_ref, dtype, "y")
+    assert_close(dbt, db_ref, dtype, "dbt")
+    if need_dx:
+        assert_close(dx, dx_ref, dtype, "dx")
+    else:
+        assert dx is None
+    if need_dw:
+        assert_close(gw, dw_ref.reshape(gw.shape), dtype, "gw")
+        assert gw.shape == wt.shape
+    else:
+        assert gw is None
+    return y, dx, gw, dbt
+
+
+# (N, C, O, H, W, padding, groups, per-sample kernels, bias: None, "shared" or "sample")
+CONFIGS = [
+    (2, 3, 4, 7, 6, 1, 1, False, "shared"),     # odd and even output sides
+    (3, 4, 6, 5, 9, 0, 2, True, "sample"),      # grouped per-sample kernels, no padding
+    (1, 2, 3, 3, 4, 0, 1, False, None),         # batch 1, a 1x2 output: less than a tile
+    (10, 4, 4, 8, 8, 2, 1, True, None),         # more samples than slots, padding 2
+    (9, 6, 4, 11, 13, 1, 2, False, "sample"),   # shared kernel, per-sample bias, blocks across samples
+    (2, 3, 5, 4, 1, 3, 1, False, "shared"),     # padding 3: the input gradient crops; W = 1
+    (2, 2, 2, 1, 7, 1, 1, True, "sample"),      # H = 1
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_against_reference(cfg, m, dtype):
+    _check(cfg, m, dtype)
+
+
+@pytest.mark.parametrize("budget", [1, 6000, 20000, 150000])
+@pytest.mark.parametrize("cfg", [(3, 5, 6, 13, 11, 1, 1, True, "sample"), (5, 4, 6, 9, 14, 2, 2, False, None)])
+def test_split_rows_and_channels(monkeypatch, cfg, budget):
+    # small budgets: rows cut into single tiles or parts of a few, blocks of a few rows or
+    # of several samples, tiles transformed a channel or a few at a time
+    monkeypatch.setattr(winograd, "BLOCK_BYTES", budget)
+    monkeypatch.setattr(winograd, "MIN_TILES", 2)
+    monkeypatch.setattr(winograd, "CHUNK", 1 + budget // 1000)
+    for m in winograd.TILE_SIZES:
+        _check(cfg, m, np.float64)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_gradients_on_request(per_sample):
+    cfg = (3, 4, 4, 6, 7, 1, 2, per_sample, "shared")
+    full = _check(cfg, 2, np.float64)
+    for need_dx, need_dw in [(False, True), (True, False), (False, False)]:
+        y, dx, gw, dbt = _check(cfg, 2, np.float64, need_dx, need_dw)
+        np.testing.assert_array_equal(dbt, full[3])
+        if need_dx:
+            np.testing.assert_array_equal(dx, full[1])
+        if need_dw:
+            np.testing.assert_array_equal(gw, full[2])
+
+
+def test_supports_and_arguments():
+    g = _args.geometry((1, 2, 5, 5), 3, 3, 1, 1, 1)
+    assert winograd.supports(g, 1)
+    assert winograd.supports(_args.geometry((1, 2, 5, 5), 3, 3, 1, 4, 1), 2)
+    assert not winograd.supports(_args.geometry((1, 2, 5, 5), 3, 3, 2, 1, 1), 1)
+    assert not winograd.supports(_args.geometry((1, 2, 5, 5), 3, 3, 1, 1, 2), 1)
+    assert not winograd.supports(_args.geometry((1, 2, 5, 5), 3, 2, 1, 1, 1), 1)
+    x, wt = np.zeros((1, 2, 5, 5)), np.zeros((3, 18))
+    with pytest.raises(ValueError, match="m must be one of"):
+        winograd.forward(x, wt, None, g, 1, m=3)
+    with pytest.raises(ValueError, match="m must be one of"):
+        winograd.backward(x, wt, np.zeros((1, 3, 5, 5)), g, 1, m=6)
+
+
+def test_empty_batch():
+    g = _args.geometry((0, 2, 5, 5), 3, 3, 1, 1, 1)
+    x, wt, dy = np.zeros((0, 2, 5, 5)), np.ones((3, 18)), np.zeros((0, 3, 5, 5))
+    assert winograd.forward(x, wt, None, g, 1).shape == (0, 3, 5, 5)
+    dx, gw, dbt = winograd.backward(x, wt, dy, g, 1)
+    assert dx.shape == (0, 2, 5, 5) and not gw.any() and gw.shape == (3, 18) and dbt.shape == (3,)
+
+
+SCRIPT = textwrap.dedent("""
+    import hashlib
+    import numpy as np
+    from dynconv_np import _args
+    from dynconv_np.backends.cpu import winograd
+
+    h = hashlib.sha256()
+    r = np.random.default_rng(5)
+    # (N, C, O, H, W, padding, groups, per-sample): slots of whole samples, several slots
+    # a sample, blocks across samples
+    for N, C, O, H, W, p, G, ps in [(11, 8, 6, 13, 10, 1, 2, False), (3, 6, 8, 12, 9, 1, 1, True),
+                                    (9, 4, 4, 23, 19, 2, 1, True)]:
+        x = r.standard_normal((N, C, H, W)).astype(np.float32)
+        wt = r.standard_normal(((N,) if ps else ()) + (O, C // G * 9)).astype(np.float32)
+        b = r.standard_normal((O,)).astype(np.float32)
+        g = _args.geometry(x.shape, 3, 3, 1, p, 1)
+        for m in winograd.TILE_SIZES:
+            y = winograd.forward(x, wt, b, g, G, m=m)
+            dy = r.standard_normal(y.shape).astype(np.float32)
+            for a in (y,) + winograd.backward(x, wt, dy, g, G, m=m):
+                h.update(np.ascontiguousarray(a).tobytes())
+    print(h.hexdigest())
+""")
+
+
+@pytest.mark.slow
+def test_bitwise_identical_across_thread_counts():
+    runs = {t: subprocess.run([sys.executable, "-c", SCRIPT], env=dict(os.environ, NUMBA_NUM_THREADS=str(t)),
+                              capture_output=True, text=True, timeout=900) for t in (1, 2, 8)}
+    for r in runs.values():
+        assert r.returncode == 0, r.stderr[-3000:]
+    digests = {t: r.stdout.split()[-1] for t, r in runs.items()}
+    assert len(set(digests.values())) == 1, digests
