@@ -4,7 +4,7 @@ Every op ``f`` has ``f(...)`` and ``f.vjp(...) -> (y, pullback)``. The public co
 ``docs/api.md`` in the repository, the math of every variant ``docs/math.md``.
 """
 
-from . import nn, testing
+from . import nn, strategy, testing
 from ._op import vjp
 from .gradcheck import GradcheckError, gradcheck
 from .ops import (
@@ -21,9 +21,10 @@ from .ops import (
     softmax,
     tanh,
 )
+from .strategy import explain
 
 __version__ = "0.1.0"
 
 __all__ = ["conv2d", "dynamic_conv2d", "dcd_conv2d", "atom_conv2d",
            "global_avg_pool", "linear", "relu", "sigmoid", "softmax", "hard_sigmoid", "tanh", "batch_norm",
-           "nn", "vjp", "gradcheck", "GradcheckError", "testing"]
+           "nn", "vjp", "gradcheck", "GradcheckError", "testing", "strategy", "explain"]

@@ -3,7 +3,8 @@
 Column layout (Chainer's, flattened): ``cols[n, (c*kh + u)*kw + v, i*Wo + j] =
 xpad[n, c, i*sh + u*dh, j*sw + v*dw]``. A column tile holds the output rows ``i0..i1-1``
 of channels ``c0..c1-1``: its row ``r = ((c - c0)*kh + u)*kw + v`` has ``(i1 - i0)*Wo``
-entries.
+entries. A tile of several samples' columns side by side (:func:`im2col_part`) holds
+sample b's at the column offset ``b*(i1 - i0)*Wo`` of every row.
 
 Determinism: in :func:`col2im` the thread of plane ``(n, c)`` is the only writer of
 ``dx[n, c]`` and sums its taps in ascending order. Inner loops index flat arrays with
@@ -61,18 +62,19 @@ def _fold_run(imgf, at, sw, cf, d, jlo, jhi, Wo):
 
 
 @njit(inline="always")
-def _walk(img, n, cols, i0, i1, c0, window, run):
-    # Every row of the column tile cols (rows, (i1-i0)*Wo) of sample n's output rows
-    # i0..i1-1 and channels c0..: run(..) unfolds it from img or folds it into img (an
-    # output row whose tap reads padding has no columns inside), taps in ascending order.
+def _walk(img, n, cf, rows, ld, off, i0, i1, c0, window, run):
+    # Every row of a column tile of sample n's output rows i0..i1-1 and channels c0..:
+    # row r's (i1-i0)*Wo columns at cf[r*ld + off:] (cf flat; ld = (i1-i0)*Wo and off = 0
+    # for a tile of its own, wider for several samples' columns side by side). run(..)
+    # unfolds it from img or folds it into img (an output row whose tap reads padding has
+    # no columns inside), taps in ascending order.
     sh, sw, Wo = window[2], window[3], window[9]
     step = sh * img.shape[3]
     imgf = img.reshape(img.size)
-    cf = cols.reshape(cols.size)
-    for r in range(cols.shape[0]):
+    for r in range(rows):
         ilo, ihi, jlo, jhi, base = _tap_row(img, n, r, c0, i1, window)
         for i in range(i0, i1):
-            d = r * cols.shape[1] + (i - i0) * Wo
+            d = r * ld + off + (i - i0) * Wo
             if ilo <= i < ihi:
                 run(imgf, base + i * step, sw, cf, d, jlo, jhi, Wo)
             else:
@@ -82,13 +84,26 @@ def _walk(img, n, cols, i0, i1, c0, window, run):
 @njit(inline="always")
 def im2col_rows(x, n, cols, i0, i1, c0, window):
     """cols (rows, (i1-i0)*Wo) <- the output rows i0..i1-1 of sample n, channels c0..c0 + rows/(kh*kw) - 1."""
-    _walk(x, n, cols, i0, i1, c0, window, _unfold_run)
+    _walk(x, n, cols.reshape(cols.size), cols.shape[0], cols.shape[1], 0, i0, i1, c0, window, _unfold_run)
 
 
 @njit(inline="always")
 def col2im_rows(cols, dx, n, i0, i1, c0, window):
     """dx[n, c0:...] += the fold of cols (rows, (i1-i0)*Wo), the output rows i0..i1-1."""
-    _walk(dx, n, cols, i0, i1, c0, window, _fold_run)
+    _walk(dx, n, cols.reshape(cols.size), cols.shape[0], cols.shape[1], 0, i0, i1, c0, window, _fold_run)
+
+
+@njit(inline="always")
+def im2col_part(x, n, cols, off, i0, i1, window):
+    """Sample n's part of a tile of several samples' columns: cols (C*kh*kw, L), the
+    columns ``off .. off + (i1-i0)*Wo - 1`` of every row <- the output rows i0..i1-1."""
+    _walk(x, n, cols.reshape(cols.size), cols.shape[0], cols.shape[1], off, i0, i1, 0, window, _unfold_run)
+
+
+@njit(inline="always")
+def col2im_part(cols, dx, n, off, i0, i1, window):
+    """dx[n] += the fold of sample n's part of cols (C*kh*kw, L) (see :func:`im2col_part`)."""
+    _walk(dx, n, cols.reshape(cols.size), cols.shape[0], cols.shape[1], off, i0, i1, 0, window, _fold_run)
 
 
 @njit(inline="always")
