@@ -1,53 +1,57 @@
-"""asv benchmarks: time and peak memory of every op, forward and forward+backward.
+"""asv benchmarks: time and peak memory of every op, forward and forward+backward, and of
+a small network's training step, on the CPU and (with a GPU) on CUDA.
 
-One class per op, all built on :class:`OpBenchmark`: a subclass names the op and says how
-to build its arguments from a shape preset; the base class gives it ``time_`` and
-``peakmem_`` benchmarks of the forward and of forward+backward, with the shape presets
-of ``compare.SHAPES`` (float32) and the thread count as parameters. ``setup`` runs the
-op once on the exact arguments (so Numba's compilation or cache load is never timed)
-and checks what it returns. An op that this version of the package lacks is skipped
-by raising ``NotImplementedError`` in ``setup``, asv's documented way to skip.
+Every benchmark class derives from one base, :class:`_Benchmark`, whose parameters end
+with ``threads`` (CPU thread count: Numba and BLAS) and ``device`` (``"cpu"``,
+``"cuda"``). The CUDA cases are skipped, by raising ``NotImplementedError`` in ``setup``
+(asv's documented way to skip), where numba-cuda is missing, under the CUDA simulator
+(``NUMBA_ENABLE_CUDASIM=1``: timings would mean nothing) or without a GPU, and for every
+thread count but the last (threads are the CPU's business); run them with
+``--launch-method=spawn`` (CUDA does not survive a fork). An op that this version of the
+package lacks is skipped the same way.
+
+``setup`` builds the arguments (float32 presets of ``compare.SHAPES``), copies them to
+the device, and warms up by running the public op once, forward and backward, on the
+exact benchmark arguments: Numba's compilation or cache load is never timed, and the
+results are checked (dtype, shapes, finite values). Base classes are named with a
+leading underscore, so asv never lists them.
+
+The smoke run of the whole suite (``asv run -E existing:same --quick --dry-run``) takes
+a few minutes on 2 cores: every (benchmark, parameters) case runs in its own process,
+so the suite keeps its cases few (peak memory of forward+backward only; routing ops at
+one thread count and four shapes; ACDA and DCD on the four original shapes).
 """
 
 from __future__ import annotations
 
-import abc
+import importlib.util
+import os
 
 import numpy as np
 
 import dynconv_np as dc
 
 from .compare import SHAPES, make_inputs
+from .train_step import ours_net
 
 THREADS = [1, 2]
+DEVICES = ["cpu", "cuda"]
+#: The presets every convolution op runs on: the eight of docs/performance.md.
+CONV_SHAPES = list(SHAPES)
+#: A smaller set for the ops whose cost is not the convolution (routing, ACDA, DCD).
+FEW_SHAPES = ["resnet3x3", "mbv2_1x1", "stride2", "batch1"]
 
 
-def _preload_kernels():
-    """Load the convolution kernels' float32 code from Numba's cache, without running them.
+def _require_gpu():
+    if importlib.util.find_spec("numba_cuda") is None:
+        raise NotImplementedError("numba-cuda is not installed")
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        raise NotImplementedError("CUDA simulator: GPU timings need a real GPU")
+    from numba import cuda
 
-    asv forks every benchmark run from a server that imported this module: what is loaded
-    here is inherited, which saves each run the imports and the cache loads. Nothing is
-    executed (no thread pool is started before the fork, which OpenMP would not survive).
-    """
-    import numba
-
-    from dynconv_np.backends.cpu import conv
-
-    f4, f3, f2 = (np.zeros((1,) * d, np.float32) for d in (4, 3, 2))
-    window = (1,) * 10
-    typeof = numba.typeof
-    try:
-        conv._fwd_items.compile(tuple(typeof(a) for a in (f4, f3, f2, f3, f2, 1, 1, True, window)))
-        conv._bwd_samples.compile(tuple(typeof(a) for a in (f4, f3, f3, f4, f3, f2, f2, 1, 1, 1, True, True, True,
-                                                            window)))
-        i2 = np.zeros((1, 1), np.int64)
-        conv._bwd_blocks.compile(tuple(typeof(a) for a in (f4, f3, f3, f4, f3, f2, f2, i2, 1, True, True, True,
-                                                           window)))
-    except Exception:  # an optimisation only: the first real call loads what it needs
-        pass
-
-
-_preload_kernels()
+    if not cuda.is_available():
+        raise NotImplementedError("no CUDA GPU is available")
+    return cuda
 
 
 def _conv_geometry(name):
@@ -56,72 +60,105 @@ def _conv_geometry(name):
     return N, C, O, H, k, s, p, K, Ho
 
 
-class OpBenchmark(abc.ABC):
-    """Base: subclasses set ``op`` (an attribute of ``dynconv_np``) and ``arguments``.
+class _Benchmark:
+    """Base of every benchmark: the ``threads`` and ``device`` parameters (the last two),
+    their set-up (:meth:`use_device`), and :meth:`sync` after each timed call."""
 
-    Abstract, so that asv collects only the concrete subclasses.
-    """
-
-    op: str = ""
-    params = [list(SHAPES), THREADS]
-    param_names = ["shape", "threads"]
+    params = [THREADS, DEVICES]
+    param_names = ["threads", "device"]
     timeout = 600
+    cuda = None
+    _limits = None
 
-    @abc.abstractmethod
-    def arguments(self, shape: str, rng: np.random.Generator) -> tuple[tuple, dict]:
-        """``(args, kwargs)`` of one call of the op on the float32 preset ``shape``."""
-
-    def check(self, y, args, kwargs) -> None:
-        """Op-specific check of the forward result (the generic checks always run)."""
-        return None
-
-    def setup(self, shape, threads):
+    def use_device(self, threads: int, device: str) -> None:
+        """CPU: run Numba and BLAS on `threads` threads. CUDA: skip unless a GPU is here
+        (and `threads` is the last thread count, so that each CUDA case runs once)."""
+        if device == "cuda":
+            self.cuda = _require_gpu()
+            if threads != THREADS[-1]:
+                raise NotImplementedError("the thread count applies to the CPU only")
+            return
         import numba
 
-        self.fn = getattr(dc, self.op, None)
-        if self.fn is None:
-            raise NotImplementedError(f"dynconv_np.{self.op} does not exist in this version")
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         try:
             from threadpoolctl import threadpool_limits
         except ImportError:
-            self._limits = None
-        else:
-            self._limits = threadpool_limits(limits=threads, user_api="blas")
-        self.args, self.kwargs = self.arguments(shape, np.random.default_rng(0))
-        y, pullback = self.fn.vjp(*self.args, **self.kwargs)
-        rng = np.random.default_rng(1)
-        self.dy = rng.standard_normal(y.shape, dtype=np.float32)
-        grads = pullback(self.dy)
-        y2 = self.fn(*self.args, **self.kwargs)
-        assert y.dtype == np.float32 and np.isfinite(y).all(), f"{self.op}: bad forward"
-        assert np.array_equal(y, y2), f"{self.op}: two calls differ"
-        for a, g in zip(self.args, grads):
-            if isinstance(a, np.ndarray) and g is not None:
-                assert g.shape == a.shape and np.isfinite(g).all(), f"{self.op}: bad gradient"
-        self.check(y, self.args, self.kwargs)
+            return
+        self._limits = threadpool_limits(limits=threads, user_api="blas")
 
-    def teardown(self, shape, threads):
-        if getattr(self, "_limits", None) is not None:
+    def put(self, a):
+        """A host array (or None) on the benchmark's device."""
+        if a is None or self.cuda is None:
+            return a
+        return self.cuda.to_device(np.ascontiguousarray(a))
+
+    def host(self, a):
+        return a if self.cuda is None else a.copy_to_host()
+
+    def sync(self) -> None:
+        if self.cuda is not None:
+            self.cuda.synchronize()
+
+    def teardown(self, *params):
+        if self._limits is not None:
             self._limits.restore_original_limits()
 
-    def time_forward(self, shape, threads):
-        self.fn(*self.args, **self.kwargs)
 
-    def time_forward_backward(self, shape, threads):
+class _OpBenchmark(_Benchmark):
+    """An op's forward and forward+backward: subclasses set ``op`` (an attribute of
+    ``dynconv_np``) and :meth:`arguments`."""
+
+    op: str = ""
+    params = [CONV_SHAPES, THREADS, DEVICES]
+    param_names = ["shape", "threads", "device"]
+
+    def arguments(self, shape: str, rng: np.random.Generator) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` of one call of the op on the float32 preset ``shape`` (host)."""
+        raise NotImplementedError
+
+    def check(self, y, args, kwargs) -> None:
+        """Op-specific check of the forward result (host arrays; the generic checks always run)."""
+        return None
+
+    def setup(self, shape, threads, device):
+        self.fn = getattr(dc, self.op, None)
+        if self.fn is None:
+            raise NotImplementedError(f"dynconv_np.{self.op} does not exist in this version")
+        self.use_device(threads, device)
+        host_args, self.kwargs = self.arguments(shape, np.random.default_rng(0))
+        self.args = [self.put(a) if isinstance(a, np.ndarray) else a for a in host_args]
+        y, pullback = self.fn.vjp(*self.args, **self.kwargs)       # the warm-up, checked
+        dy = np.random.default_rng(1).standard_normal(tuple(y.shape), dtype=np.float32)
+        self.dy = self.put(dy)
+        grads = pullback(self.dy)
+        self.sync()
+        y_host = self.host(y)
+        assert y_host.dtype == np.float32 and np.isfinite(y_host).all(), f"{self.op}: bad forward"
+        for a, g in zip(host_args, grads):
+            if isinstance(a, np.ndarray) and g is not None:
+                assert tuple(g.shape) == a.shape and np.isfinite(self.host(g)).all(), f"{self.op}: bad gradient"
+        self.check(y_host, host_args, self.kwargs)
+
+    def time_forward(self, *params):
+        self.fn(*self.args, **self.kwargs)
+        self.sync()
+
+    def time_forward_backward(self, *params):
         _, pullback = self.fn.vjp(*self.args, **self.kwargs)
         pullback(self.dy)
+        self.sync()
 
-    def peakmem_forward(self, shape, threads):
-        self.fn(*self.args, **self.kwargs)
-
-    def peakmem_forward_backward(self, shape, threads):
+    def peakmem_forward_backward(self, *params):
         _, pullback = self.fn.vjp(*self.args, **self.kwargs)
         pullback(self.dy)
+        self.sync()
 
 
 # ----------------------------------------------------------------------------- convolutions
-class Conv2d(OpBenchmark):
+class Conv2d(_OpBenchmark):
+    """Static conv2d (``W[0]``, ``bias[0]`` of the preset): what torch.nn.functional.conv2d does."""
+
     op = "conv2d"
 
     def arguments(self, shape, rng):
@@ -129,7 +166,9 @@ class Conv2d(OpBenchmark):
         return (x, W[0], bias[0]), {"stride": s, "padding": p}
 
 
-class DynamicConv2d(OpBenchmark):
+class DynamicConv2d(_OpBenchmark):
+    """dynamic_conv2d with per-sample mixing weights pi (N, K) and expert biases (DY-CNN)."""
+
     op = "dynamic_conv2d"
 
     def arguments(self, shape, rng):
@@ -144,8 +183,9 @@ class DynamicConv2d(OpBenchmark):
         assert np.abs(ref - y[:1]).max() <= 1e-4 * scale, "dynamic_conv2d: sample 0 differs from conv2d"
 
 
-class DcdConv2d(OpBenchmark):
+class DcdConv2d(_OpBenchmark):
     op = "dcd_conv2d"
+    params = [FEW_SHAPES, THREADS, DEVICES]
 
     def arguments(self, shape, rng):
         x, W, pi, bias, dy, s, p = make_inputs(shape)
@@ -158,8 +198,9 @@ class DcdConv2d(OpBenchmark):
         return (x, W[0], lam, phi, P, Q), {"stride": s, "padding": p}
 
 
-class AtomConv2d(OpBenchmark):
+class AtomConv2d(_OpBenchmark):
     op = "atom_conv2d"
+    params = [FEW_SHAPES, THREADS, DEVICES]
     M = 6
 
     def arguments(self, shape, rng):
@@ -172,20 +213,20 @@ class AtomConv2d(OpBenchmark):
 
 
 # ----------------------------------------------------------------------------- routing
-class RoutingBenchmark(OpBenchmark):
-    """Routing ops are light, elementwise or reductions: one thread count keeps the suite short."""
+class _RoutingBenchmark(_OpBenchmark):
+    """Routing ops are light, elementwise or reductions: one thread count, four shapes."""
 
-    params = [list(SHAPES), THREADS[-1:]]
+    params = [FEW_SHAPES, THREADS[-1:], DEVICES]
 
 
-class GlobalAvgPool(RoutingBenchmark):
+class GlobalAvgPool(_RoutingBenchmark):
     op = "global_avg_pool"
 
     def arguments(self, shape, rng):
         return (make_inputs(shape)[0],), {}
 
 
-class Linear(RoutingBenchmark):
+class Linear(_RoutingBenchmark):
     """The routing FC of DY-CNN: pooled features ``(N, C)`` to ``K`` logits."""
 
     op = "linear"
@@ -197,7 +238,7 @@ class Linear(RoutingBenchmark):
         return (a, w, rng.standard_normal(K).astype(np.float32)), {}
 
 
-class _Elementwise(RoutingBenchmark):
+class _Elementwise(_RoutingBenchmark):
     """An elementwise routing op applied to the preset's input ``x``."""
 
     kwargs: dict = {}
@@ -228,7 +269,7 @@ class Tanh(_Elementwise):
     op = "tanh"
 
 
-class BatchNorm(RoutingBenchmark):
+class BatchNorm(_RoutingBenchmark):
     op = "batch_norm"
 
     def arguments(self, shape, rng):
@@ -237,3 +278,26 @@ class BatchNorm(RoutingBenchmark):
         gamma = rng.uniform(0.5, 1.5, C).astype(np.float32)
         beta = rng.standard_normal(C).astype(np.float32)
         return (x, gamma, beta), {}
+
+
+# ----------------------------------------------------------------------------- training
+class TrainStep(_Benchmark):
+    """One SGD training step of benchmarks/train_step.py's small CNN (batch 64, 16x16),
+    static convolutions or DynamicConv2d."""
+
+    params = [["static", "dynamic"], THREADS, DEVICES]
+    param_names = ["net", "threads", "device"]
+
+    def setup(self, net, threads, device):
+        self.use_device(threads, device)
+        self.step = ours_net(net, device)
+        loss = self.step()                      # the warm-up, checked
+        assert np.isfinite(loss), "training step: loss is not finite"
+
+    def time_step(self, *params):
+        self.step()
+        self.sync()
+
+    def peakmem_step(self, *params):
+        self.step()
+        self.sync()

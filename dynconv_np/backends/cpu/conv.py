@@ -1,42 +1,55 @@
 """CPU conv template: ``Y_n = Wt_n @ X_n + bt_n`` and its backward, Numba-parallel data
-movement around single-threaded BLAS GEMMs.
+movement around single-threaded BLAS GEMMs, each pass by the strategy the planner picks
+(:mod:`.plan`: a cost model over the shapes, or what ``dynconv_np.strategy`` forces).
 
 Every GEMM runs as a single-threaded BLAS call inside one Numba region per pass, with
 BLAS held at one thread meanwhile (:func:`~dynconv_np.backends.cpu.products.blas_single_thread`),
-so Numba's and BLAS's threads never compete. Unfolding is the row-tile code of
-:mod:`~dynconv_np.backends.cpu.unfold`.
+so Numba's and BLAS's threads never compete. Unfolding is the code of
+:mod:`~dynconv_np.backends.cpu.unfold`: runs of output rows, or, for whole samples of
+narrow outputs (``Wo <= GATHER_MAX_WO``), a gather through zero-padded channel planes
+(the same columns, bitwise, without a run's set-up per output row).
 
-* forward (``_fwd_items``): work items are (sample, tile of output rows) pairs, spread
-  over all threads. An item unfolds its tile into its thread's cache-sized buffer
-  (:data:`TILE_BYTES`, so the columns are written and read back from L2, never from
-  memory) and multiplies it by the sample's kernel. Small batches are cut into more,
-  smaller tiles.
-* backward, batches of :data:`MIN_BATCH` samples or more (``_bwd_samples``): a sample is
+Strategies ``tiles`` and ``batched`` are one pair of kernels with two layouts:
+
+* forward (``_fwd_items``): work items are (block of B samples, tile of R output rows)
+  pairs, spread over all threads. ``tiles``: B = 1, a sample's tile in its thread's
+  cache-sized buffer (:data:`TILE_BYTES`, so the columns are written and read back from
+  L2, never from memory), multiplied by the sample's kernel; small batches are cut into
+  more, smaller tiles. ``batched`` (a shared kernel only): R = Ho and B samples' columns
+  side by side (:data:`BATCH_BYTES`), one GEMM per block.
+* backward, batches of :data:`MIN_BATCH` samples or more (``_bwd_samples``): an item is
   done whole, tile by tile: the kernel gradient, the input gradient (col2im of each tile
-  into the sample's ``dx``) and the bias gradient with one unfold per tile. Per-sample
+  into the samples' ``dx``) and the bias gradient with one unfold per tile. Per-sample
   kernels spread the samples over all threads; a shared kernel's gradient is summed
-  over :data:`SLOTS` fixed slots of samples.
-* backward, smaller batches (``_bwd_blocks``): work items are blocks of input channels.
-  An item unfolds its block over the whole image and owns its columns of the kernel
-  gradient and its planes of ``dx``.
+  over :data:`SLOTS` fixed slots of items (samples, or ``batched``'s blocks, whose
+  gradient is one GEMM over the block's columns).
+* backward of ``tiles``, smaller batches (``_bwd_blocks``): work items are blocks of
+  input channels. An item unfolds its block over the whole image and owns its columns
+  of the kernel gradient and its planes of ``dx``.
 
-The template's buffers are per thread (a column tile each, :data:`TILE_BYTES`), so the
-batch is never chunked here: the workspace bound of ``set_workspace_bytes`` does not
-apply. Pointwise windows (1x1, stride 1, no padding) skip the unfold: the columns are x.
+``winograd2`` / ``winograd4`` call the Winograd module (``winograd.forward`` and
+``winograd.backward``, same contract as :func:`conv_forward` and :func:`conv_backward`)
+where the build has it; it is imported on first use.
 
-Determinism: every work item owns what it writes (a tile its outputs, a sample its
-gradients, a channel block its gradient columns and ``dx`` planes), so which thread takes
-it changes nothing, and a thread's scratch buffer is only workspace; a shared kernel's
-gradient is summed per slot in sample order and then over slots in slot order; tile,
-block and slot counts depend on the shapes and budgets, never on the thread count.
-Results are bitwise identical whatever ``NUMBA_NUM_THREADS`` is
-(tests/test_cpu_backend.py).
+The template's buffers are per thread (a column tile or block each), so the batch is
+never chunked here: the workspace bound of ``set_workspace_bytes`` does not apply.
+Pointwise windows (1x1, stride 1, no padding) skip the unfold of a single sample: the
+columns are x.
+
+Determinism: every work item owns what it writes (a tile its outputs, a sample or block
+its gradients, a channel block its gradient columns and ``dx`` planes), so which thread
+takes it changes nothing, and a thread's scratch buffer is only workspace; a shared
+kernel's gradient is summed per slot in item order and then over slots in slot order;
+tile, block and slot counts, and the strategy, depend on the shapes and budgets, never
+on the thread count. Results are bitwise identical whatever ``NUMBA_NUM_THREADS`` is
+(tests/test_cpu_backend.py, tests/test_strategy.py).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import math
 import threading
 
 import numpy as np
@@ -45,7 +58,7 @@ from numba import get_num_threads, get_thread_id, njit, prange
 from . import plan
 from .index import ceil_div, split
 from .products import blas_single_thread
-from .unfold import col2im_part, col2im_rows, im2col_part, im2col_rows
+from .unfold import col2im_part, col2im_planes, col2im_rows, im2col_part, im2col_planes, im2col_rows, plane_shape
 
 
 # ----------------------------------------------------------------------------- batch kernels
@@ -117,23 +130,49 @@ def _pixel_sums(dy, dbt, n):
 
 
 @njit(inline="always")
-def _unfold_item(x, cols, n0, nb, Pt, i0, i1, window):
-    # cols (C*kh*kw, nb*Pt) <- the output rows i0..i1-1 of samples n0..n0+nb-1, side by side
-    if nb == 1:
+def _plane(buf, x, idx, window):
+    # The padded-plane work space at the end of a thread's buffer (empty without idx).
+    Hp, Wp = plane_shape(x, window)
+    size = Hp * Wp if idx.shape[0] > 0 else 0
+    return buf[buf.shape[0] - size:]
+
+
+@njit(inline="always")
+def _unfold_item(x, cols, n0, nb, Pt, i0, i1, window, plane, idx):
+    # cols (C*kh*kw, nb*Pt) <- the output rows i0..i1-1 of samples n0..n0+nb-1, side by
+    # side; with idx (whole samples only), gathered through padded planes.
+    if idx.shape[0] > 0:
+        for b in range(nb):
+            im2col_planes(x, n0 + b, cols, b * Pt, plane, idx, window)
+    elif nb == 1:
         im2col_rows(x, n0, cols, i0, i1, 0, window)
     else:
         for b in range(nb):
             im2col_part(x, n0 + b, cols, b * Pt, i0, i1, window)
 
 
+@njit(inline="always")
+def _fold_item(dcols, dx, n0, nb, Pt, i0, i1, window, plane, idx):
+    # dx[n0..n0+nb-1] += the fold of their columns in dcols (the adjoint of _unfold_item)
+    if idx.shape[0] > 0:
+        for b in range(nb):
+            col2im_planes(dcols, dx, n0 + b, b * Pt, plane, idx, window)
+    elif nb == 1:
+        col2im_rows(dcols, dx, n0, i0, i1, 0, window)
+    else:
+        for b in range(nb):
+            col2im_part(dcols, dx, n0 + b, b * Pt, i0, i1, window)
+
+
 @njit(parallel=True, cache=True)
-def _fwd_items(x, wt, bt, y, ws, R, B, G, pointwise, window):
+def _fwd_items(x, wt, bt, y, ws, R, B, G, pointwise, window, idx):
     # x (N, C, H, W); wt (N or 1, O, Fg); bt (N or 1, O), or (0, O) for no bias;
     # y (N, O, Ho*Wo); ws (threads, workspace floats). Work items are (block of B
     # samples, row tile) pairs, item t = block * tiles + tile, each owning its part of y:
     # which thread takes which item does not change any result, so each thread works in
     # its own buffer. B = 1: a sample's tile of R rows (tiles); B > 1 (a shared kernel,
     # R = Ho): the block's columns side by side, one GEMM for the block (batched).
+    # idx (P,) or (0,): whole-sample items unfold through padded planes (see unfold.py).
     kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = window
     N, C = x.shape[0], x.shape[1]
     O, Fg = wt.shape[1], wt.shape[2]
@@ -143,6 +182,7 @@ def _fwd_items(x, wt, bt, y, ws, R, B, G, pointwise, window):
     tiles = ceil_div(Ho, R)
     for t in prange(ceil_div(N, B) * tiles):
         buf = ws[get_thread_id()]
+        plane = _plane(buf, x, idx, window)
         blk, tile = split(t, tiles)
         n0 = blk * B
         nb = min(N, n0 + B) - n0
@@ -156,7 +196,7 @@ def _fwd_items(x, wt, bt, y, ws, R, B, G, pointwise, window):
             cols = x[n0].reshape(C, P)
         else:
             cols = buf[:CT * L].reshape(CT, L)
-            _unfold_item(x, cols, n0, nb, Pt, i0, i1, window)
+            _unfold_item(x, cols, n0, nb, Pt, i0, i1, window, plane, idx)
         at = 0 if pointwise and nb == 1 else CT * L
         out = y[n0] if inplace else buf[at:at + O * L].reshape(O, L)
         for g in range(G):
@@ -166,7 +206,7 @@ def _fwd_items(x, wt, bt, y, ws, R, B, G, pointwise, window):
 
 
 @njit(inline="always")
-def _bwd_item(x, w_n, dy, dx, g_n, dbt, buf, n0, nb, first, R, G, pointwise, need_dx, need_dw, window):
+def _bwd_item(x, w_n, dy, dx, g_n, dbt, buf, n0, nb, first, R, G, pointwise, need_dx, need_dw, window, idx):
     # Samples n0..n0+nb-1 of the backward (nb = 1: one sample, tile by tile; nb > 1: the
     # block's columns side by side, R = Ho): one unfold per tile, g_n (O, Fg) =
     # (first: set, else: add) dY X^T, the tile's dX folded into dx, the bias sums.
@@ -177,6 +217,7 @@ def _bwd_item(x, w_n, dy, dx, g_n, dbt, buf, n0, nb, first, R, G, pointwise, nee
     CT = C * kh * kw
     P = Ho * Wo
     direct_x = pointwise and nb == 1          # the columns are x[n0], dX is dx[n0]
+    plane = _plane(buf, x, idx, window)
     for b in range(nb):
         _pixel_sums(dy, dbt, n0 + b)
         if need_dx and not direct_x:
@@ -198,7 +239,7 @@ def _bwd_item(x, w_n, dy, dx, g_n, dbt, buf, n0, nb, first, R, G, pointwise, nee
                 cols = x[n0].reshape(C, P)
             else:
                 cols = buf[:CT * L].reshape(CT, L)
-                _unfold_item(x, cols, n0, nb, Pt, i0, i1, window)
+                _unfold_item(x, cols, n0, nb, Pt, i0, i1, window, plane, idx)
             direct = first and i0 == 0
             tmp = g_n if direct else buf[at:at + O * Fg].reshape(O, Fg)
             for g in range(G):
@@ -211,15 +252,12 @@ def _bwd_item(x, w_n, dy, dx, g_n, dbt, buf, n0, nb, first, R, G, pointwise, nee
             for g in range(G):
                 np.dot(w_n[g * Og:(g + 1) * Og].T, dyt[g * Og:(g + 1) * Og],
                        dcols[g * Fg:(g + 1) * Fg])
-            if nb == 1 and not pointwise:
-                col2im_rows(dcols, dx, n0, i0, i1, 0, window)
-            elif nb > 1:
-                for b in range(nb):
-                    col2im_part(dcols, dx, n0 + b, b * Pt, i0, i1, window)
+            if not direct_x:
+                _fold_item(dcols, dx, n0, nb, Pt, i0, i1, window, plane, idx)
 
 
 @njit(parallel=True, cache=True)
-def _bwd_samples(x, wt, dy, dx, gw, dbt, ws, S, R, B, G, pointwise, need_dx, need_dw, window):
+def _bwd_samples(x, wt, dy, dx, gw, dbt, ws, S, R, B, G, pointwise, need_dx, need_dw, window, idx):
     # x (N, C, H, W); wt (N or 1, O, Fg); dy (N, O, Ho*Wo); dx (N, C, H, W);
     # gw (N, O, Fg) per sample, or (S, O, Fg) slot partials for a shared kernel;
     # dbt (N, O), the pixel sums of dy, accumulated in float64 in a fixed order.
@@ -234,13 +272,13 @@ def _bwd_samples(x, wt, dy, dx, gw, dbt, ws, S, R, B, G, pointwise, need_dx, nee
             for blk in range(s, ceil_div(N, B), S):
                 n0 = blk * B
                 _bwd_item(x, wt[0], dy, dx, gw[s], dbt, ws[s], n0, min(N, n0 + B) - n0, False, R, G,
-                          pointwise, need_dx, need_dw, window)
+                          pointwise, need_dx, need_dw, window, idx)
     else:
         # Per-sample kernels: a sample owns all it writes, so any thread may take it,
         # working in its own buffer. ws (threads, workspace floats).
         for n in prange(N):
             _bwd_item(x, wt[n], dy, dx, gw[n], dbt, ws[get_thread_id()], n, 1, True, R, G,
-                      pointwise, need_dx, need_dw, window)
+                      pointwise, need_dx, need_dw, window, idx)
 
 
 @njit(parallel=True, cache=True)
@@ -304,7 +342,10 @@ SLOTS = 8
 TILE_BYTES = 1 * 2**20
 #: Budget, in bytes, of a batched block's columns (its samples' side by side); a block
 #: holds two samples at least.
-BATCH_BYTES = 1 * 2**20
+BATCH_BYTES = 512 * 2**10
+#: Outputs this narrow or narrower unfold whole samples through padded planes (one
+#: gather per column row) instead of runs of Wo (see ``unfold.im2col_planes``).
+GATHER_MAX_WO = 16
 #: Smallest batch whose backward is split over samples; smaller ones are split over
 #: channel blocks instead (``_bwd_blocks``).
 MIN_BATCH = 4
@@ -364,11 +405,27 @@ def _scratch(rows: int, cols: int, dtype) -> np.ndarray:
     return buf[:rows * cols].reshape(rows, cols)
 
 
-def _item_workspace(g, R, B, dtype, rows, extra):
-    # (rows, columns of an item + extra): one row per slot or thread; `extra` floats each
-    # for GEMM outputs. A pointwise sample alone needs no columns (they are x).
+def _padded_plane(g) -> tuple[int, int]:
+    # (Hp, Wp): as unfold.plane_shape
+    return (max(g.H + g.ph, (g.Ho - 1) * g.sh + (g.kh - 1) * g.dh + 1),
+            max(g.W + g.pw, (g.Wo - 1) * g.sw + (g.kw - 1) * g.dw + 1))
+
+
+def _plane_index(g, R: int) -> np.ndarray:
+    """idx (P,) for whole-sample items of narrow outputs (the padded-plane unfold:
+    ``i*sh*Wp + j*sw``), else (0,) (the row runs)."""
+    if R < g.Ho or g.Wo > GATHER_MAX_WO:
+        return np.zeros(0, np.int64)
+    Wp = _padded_plane(g)[1]
+    return (np.arange(g.Ho)[:, None] * (g.sh * Wp) + np.arange(g.Wo)[None, :] * g.sw).ravel()
+
+
+def _item_workspace(g, R, B, idx, dtype, rows, extra):
+    # (rows, columns of an item + extra + padded plane): one row per slot or thread;
+    # `extra` floats each for GEMM outputs. A pointwise sample alone needs no columns.
     cols = 0 if g.pointwise and B == 1 else g.C * g.taps * B * R * g.Wo
-    return _scratch(rows, cols + extra, dtype)
+    plane = math.prod(_padded_plane(g)) if len(idx) else 0
+    return _scratch(rows, cols + extra + plane, dtype)
 
 
 def _channel_blocks(g, G: int, itemsize: int) -> np.ndarray:
@@ -399,15 +456,22 @@ def _winograd():
 
 
 def _call(g, groups: int, O: int, shared: bool, itemsize: int) -> plan.ConvCall:
-    # What the planner needs of a call: its shapes and this template's layouts for them.
-    wino = _winograd()
+    """What the planner needs of a call: its shapes and this template's layouts for them
+    (cached: the layouts' budgets and the Winograd module are part of the key)."""
+    return _described(g, groups, O, shared, itemsize, TILE_BYTES, BATCH_BYTES, MIN_BATCH, MIN_ITEMS, GATHER_MAX_WO,
+                      _winograd())
+
+
+@functools.lru_cache(maxsize=1024)
+def _described(g, groups, O, shared, itemsize, *budgets_and_winograd) -> plan.ConvCall:
+    wino = budgets_and_winograd[-1]
     blocks = _channel_blocks(g, groups, itemsize) if _use_blocks(g) else np.zeros((0, 3), np.int64)
     return plan.ConvCall(
         N=g.N, C=g.C, O=O, H=g.H, W=g.W, Ho=g.Ho, Wo=g.Wo, kh=g.kh, kw=g.kw, stride=(g.sh, g.sw),
         dilation=(g.dh, g.dw), groups=groups, shared=shared, itemsize=itemsize, pointwise=g.pointwise,
         tile_rows=_rows_per_tile(g, itemsize), channel_blocks=len(blocks),
         block_rows=int((blocks[:, 2] - blocks[:, 1]).max(initial=0)) * g.taps,
-        block_samples=_samples_per_block(g, itemsize),
+        block_samples=_samples_per_block(g, itemsize), narrow=g.Wo <= GATHER_MAX_WO,
         winograd=wino is not None and bool(wino.supports(g, groups)))
 
 
@@ -451,12 +515,13 @@ def conv_forward(x, wt, bt, g, groups):
     if strategy.startswith("winograd"):
         return _winograd().forward(x, wt, bt, g, groups, m=int(strategy[-1]))
     R, B = _layout(strategy, g, x.dtype.itemsize)
-    ws = _item_workspace(g, R, B, x.dtype, get_num_threads(), O * B * R * g.Wo)
+    idx = _plane_index(g, R)
+    ws = _item_workspace(g, R, B, idx, x.dtype, get_num_threads(), O * B * R * g.Wo)
     w3 = wt.reshape(1, O, F) if wt.ndim == 2 else wt
     b2 = np.zeros((0, O), x.dtype) if bt is None else bt.reshape(-1, O)
     with blas_single_thread():
         _fwd_items(x, w3, np.ascontiguousarray(b2), y.reshape(g.N, O, g.P), ws, R, B, groups,
-                   g.pointwise, g.window)
+                   g.pointwise, g.window, idx)
     return y
 
 
@@ -503,11 +568,12 @@ def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
         gw = gw[0] if shared else gw
     else:
         R, B = _layout(strategy, g, itemsize)
+        idx = _plane_index(g, R)
         S = min(ceil_div(g.N, B), SLOTS)
-        ws = _item_workspace(g, R, B, x.dtype, S if shared else get_num_threads(), O * B * R * g.Wo + O * F)
+        ws = _item_workspace(g, R, B, idx, x.dtype, S if shared else get_num_threads(), O * B * R * g.Wo + O * F)
         gw = np.empty((S if shared else g.N, O, F), dtype=x.dtype)
         with blas_single_thread():
-            _bwd_samples(x, w3, dyr, dx_, gw, dbt, ws, S, R, B, G, pointwise, need_dx, need_dw, g.window)
+            _bwd_samples(x, w3, dyr, dx_, gw, dbt, ws, S, R, B, G, pointwise, need_dx, need_dw, g.window, idx)
         if shared:
             # Slot partials summed in slot order: a fixed order, whatever the threads.
             gw = np.add.reduce(gw, axis=0)

@@ -59,32 +59,54 @@ PASSES = ("forward", "backward")
 log = logging.getLogger("dynconv_np.strategy")
 
 # ----------------------------------------------------------------------------- cost constants
-# Calibrated on the 2-core machine of docs/performance.md with
-# ``python benchmarks/calibrate.py --fit`` (which prints these lines).
+# Fitted to measurements on the 2-core machine of docs/performance.md by
+# ``python benchmarks/calibrate.py --fit`` (which prints these lines), timed as CPU time
+# over 2 threads on a loaded machine (``--cpu-time``); GEMM_CALL, ITEM, the GEMM's N
+# half-width, the Winograd constants and MARGIN are set by hand.
 #: Cores of the nominal machine: work items are spread over this many threads.
 THREADS = 2
 #: Single-thread GEMM rate (flop/s) of large float32 products; float64 runs at half.
-GEMM_PEAK = 1.2e11
+GEMM_PEAK = 6.94e10
 #: GEMM dimensions at which the rate is half the peak, per dimension (M, K, N of
 #: ``(M, K) @ (K, N)``): rate = peak * prod(d / (d + half)).
-GEMM_HALF = (6.0, 10.0, 12.0)
+GEMM_HALF = (1.48, 19.6, 3.0)
 #: Seconds of one GEMM call beyond its flops (dispatch, packing of small operands).
 GEMM_CALL = 1.5e-6
-#: Seconds per element copied within L2 (unfold, fold, tile loads and stores).
-COPY_L2 = 4.0e-10
-#: Seconds per element copied when the buffer exceeds :data:`L2_BYTES`.
-COPY_MEM = 1.2e-9
+#: Seconds per element moved within a work buffer (tile loads and stores, plane copies).
+COPY = 7.15e-11
+#: Seconds per run of the row unfold (one output row of one column row: its set-up
+#: and edges), beyond its elements.
+RUN = 1.1e-10
+#: Seconds per element of the padded-plane unfold (a gather).
+GATHER = 7.32e-12
+#: Factor on every copy when a work item's buffer exceeds :data:`L2_BYTES`.
+MEM_FACTOR = 4.46
 #: Cache size per core below which a work item's buffer stays resident.
 L2_BYTES = 2 * 2**20
 #: Seconds per work item (scheduling, views, the bias and pixel-sum loops' set-up).
-ITEM = 2.0e-6
+ITEM = 2.0e-7
 #: Seconds per multiply-add of the mixing products (``pi @ W``, ``pi^T G``, ``G W^T``,
 #: and output mixing's per-sample sums), which stream memory.
-STREAM = 6.0e-10
+STREAM = 2.06e-10
 #: Winograd tile transforms: seconds per transformed element, F(2x2) and F(4x4).
 WINO_TRANSFORM = {2: 1.0e-9, 4: 2.0e-9}
 #: Winograd's block budget (bytes of transformed input and products per work item).
 WINO_BLOCK_BYTES = 512 * 2**10
+#: Another strategy than the first candidate (``tiles``; ``kernel_mixing``) is picked
+#: only when its estimate is below this fraction of the first's: the estimates are
+#: within some 20 % of the measurements, and the first is the better-tried path.
+MARGIN = 0.85
+#: The constants :func:`calibrate` may set (``benchmarks/calibrate.py --fit``).
+FITTED = ("GEMM_PEAK", "GEMM_HALF", "GEMM_CALL", "COPY", "RUN", "GATHER", "MEM_FACTOR", "ITEM", "STREAM")
+
+
+def calibrate(**constants) -> None:
+    """Set cost constants (names of :data:`FITTED`) and forget cached estimates."""
+    for name, value in constants.items():
+        if name not in FITTED:
+            raise ValueError(f"unknown cost constant {name!r}; expected one of {', '.join(FITTED)}")
+        globals()[name] = value
+    estimates.cache_clear()
 
 
 # ----------------------------------------------------------------------------- a call
@@ -95,8 +117,9 @@ class ConvCall:
 
     ``tile_rows``: output rows per tile of ``tiles``; ``channel_blocks`` / ``block_rows``:
     the small-batch backward's channel blocks (0 when the batch is not small);
-    ``block_samples``: samples per block of ``batched``; ``winograd``: the Winograd module
-    is present and supports the window.
+    ``block_samples``: samples per block of ``batched``; ``narrow``: whole samples unfold
+    through padded planes; ``winograd``: the Winograd module is present and supports the
+    window.
     """
 
     N: int
@@ -118,6 +141,7 @@ class ConvCall:
     channel_blocks: int
     block_rows: int
     block_samples: int
+    narrow: bool
     winograd: bool
 
     @property
@@ -172,9 +196,20 @@ def gemm_seconds(M: float, K: float, N: float, itemsize: int) -> float:
     return 2.0 * M * K * N / rate + GEMM_CALL
 
 
-def copy_seconds(elements: float, buffer_bytes: float) -> float:
-    """Estimated seconds to copy `elements` within a work buffer of `buffer_bytes`."""
-    return elements * (COPY_L2 if buffer_bytes <= L2_BYTES else COPY_MEM)
+def _mem(buffer_elements: float, itemsize: int) -> float:
+    # the copy cost factor of a work item's buffer: in L2 or not
+    return 1.0 if buffer_elements * itemsize <= L2_BYTES else MEM_FACTOR
+
+
+def _unfold(c: ConvCall, elements: float, whole: bool) -> float:
+    # Seconds to unfold (or fold, at twice this) `elements` column entries: pointwise
+    # columns are a copy; whole samples of narrow outputs gather through padded planes
+    # (plus the plane copies); else runs of Wo.
+    if c.pointwise:
+        return elements * COPY
+    if whole and c.narrow:
+        return elements * GATHER + elements / (c.kh * c.kw) * COPY
+    return elements * COPY + elements / c.Wo * RUN
 
 
 def _spread(items: int, seconds_per_item: float) -> float:
@@ -182,52 +217,57 @@ def _spread(items: int, seconds_per_item: float) -> float:
     return math.ceil(items / THREADS) * (seconds_per_item + ITEM)
 
 
+def _sums(c: ConvCall) -> float:
+    # the bias gradient's pixel sums
+    return c.N * c.O * c.P * COPY / THREADS
+
+
 def _tiles_forward(c: ConvCall) -> float:
     G, Og, Fg, CT = c.groups, c.O // c.groups, c.F, c.C * c.kh * c.kw
     tiles = math.ceil(c.Ho / c.tile_rows)
     Pt = c.P / tiles
-    buf = (0 if c.pointwise else CT * Pt + (c.O * Pt if tiles > 1 else 0)) * c.itemsize
-    item = G * gemm_seconds(Og, Fg, Pt, c.itemsize)
-    item += copy_seconds((0 if c.pointwise else CT * Pt) + (c.O * Pt if tiles > 1 else 0), buf)
+    store = c.O * Pt if tiles > 1 else 0
+    unfold = 0.0 if c.pointwise else _unfold(c, CT * Pt, tiles == 1)
+    item = G * gemm_seconds(Og, Fg, Pt, c.itemsize) + (unfold + store * COPY) * _mem(CT * Pt + store, c.itemsize)
     return _spread(c.N * tiles, item)
 
 
 def _tiles_backward(c: ConvCall, need_dx: bool, need_dw: bool) -> float:
     G, Og, Fg, CT = c.groups, c.O // c.groups, c.F, c.C * c.kh * c.kw
-    sums = c.N * c.O * c.P * COPY_L2 / THREADS
     if c.channel_blocks:
         rows, P = c.block_rows, c.P
-        buf = (rows * P + Og * rows) * c.itemsize
-        per_sample = ITEM
+        mem = _mem(rows * P + Og * rows, c.itemsize)
+        per_sample = 0.0
         if need_dw:
-            per_sample += gemm_seconds(Og, P, rows, c.itemsize) + copy_seconds(0 if c.pointwise else rows * P, buf)
+            per_sample += gemm_seconds(Og, P, rows, c.itemsize) + _unfold(c, rows * P, False) * mem
         if need_dx:
-            per_sample += gemm_seconds(rows, Og, P, c.itemsize) + copy_seconds(Og * rows, buf)
-            per_sample += copy_seconds(0 if c.pointwise else 2 * rows * P, buf)
-        return sums + _spread(c.channel_blocks, c.N * per_sample)
+            per_sample += gemm_seconds(rows, Og, P, c.itemsize) + Og * rows * COPY
+            per_sample += 0.0 if c.pointwise else 2 * _unfold(c, rows * P, False) * mem
+        return _sums(c) + _spread(c.channel_blocks, c.N * (per_sample + ITEM))
     tiles = math.ceil(c.Ho / c.tile_rows)
     Pt = c.P / tiles
     cols = 0 if c.pointwise else CT * Pt
-    buf = (cols + c.O * Pt + c.O * Fg) * c.itemsize
-    tile = copy_seconds(c.O * Pt if tiles > 1 else 0, buf)
+    mem = _mem(cols + c.O * Pt + c.O * Fg, c.itemsize)
+    tile = (c.O * Pt * COPY if tiles > 1 else 0.0) * mem
     if need_dw:
-        tile += G * gemm_seconds(Og, Pt, Fg, c.itemsize) + copy_seconds(cols, buf)
-        tile += copy_seconds(c.O * Fg if tiles > 1 else 0, buf)
+        tile += G * gemm_seconds(Og, Pt, Fg, c.itemsize) + (c.O * Fg * COPY if tiles > 1 else 0.0)
+        tile += 0.0 if c.pointwise else _unfold(c, cols, tiles == 1) * mem
     if need_dx:
-        tile += G * gemm_seconds(Fg, Og, Pt, c.itemsize) + copy_seconds(2 * cols, buf)
-    sample = tiles * tile + (copy_seconds(c.C * c.H * c.W, buf) if need_dx and not c.pointwise else 0.0)
+        tile += G * gemm_seconds(Fg, Og, Pt, c.itemsize)
+        tile += 0.0 if c.pointwise else 2 * _unfold(c, cols, tiles == 1) * mem
+    sample = tiles * tile + (c.C * c.H * c.W * COPY if need_dx and not c.pointwise else 0.0)
     if c.shared:
         slots = min(c.N, 8)
-        return sums + _spread(slots, math.ceil(c.N / slots) * sample)
-    return sums + _spread(c.N, sample)
+        return _sums(c) + _spread(slots, math.ceil(c.N / slots) * sample)
+    return _sums(c) + _spread(c.N, sample)
 
 
 def _batched_forward(c: ConvCall) -> float:
     G, Og, Fg, CT = c.groups, c.O // c.groups, c.F, c.C * c.kh * c.kw
     B = c.block_samples
     L = B * c.P
-    buf = (CT + c.O) * L * c.itemsize
-    item = G * gemm_seconds(Og, Fg, L, c.itemsize) + copy_seconds((CT + c.O) * L, buf)
+    item = G * gemm_seconds(Og, Fg, L, c.itemsize)
+    item += (_unfold(c, CT * L, True) + c.O * L * COPY) * _mem((CT + c.O) * L, c.itemsize)
     return _spread(math.ceil(c.N / B), item)
 
 
@@ -236,47 +276,42 @@ def _batched_backward(c: ConvCall, need_dx: bool, need_dw: bool) -> float:
     B = c.block_samples
     L = B * c.P
     blocks = math.ceil(c.N / B)
-    buf = (CT * L + c.O * L + c.O * Fg) * c.itemsize
-    item = copy_seconds(c.O * L, buf)
+    mem = _mem(CT * L + c.O * L + c.O * Fg, c.itemsize)
+    item = c.O * L * COPY * mem
     if need_dw:
-        item += G * gemm_seconds(Og, L, Fg, c.itemsize) + copy_seconds(CT * L + c.O * Fg, buf)
+        item += G * gemm_seconds(Og, L, Fg, c.itemsize) + (_unfold(c, CT * L, True) + c.O * Fg * COPY) * mem
     if need_dx:
-        item += G * gemm_seconds(Fg, Og, L, c.itemsize) + copy_seconds(2 * CT * L + B * c.C * c.H * c.W, buf)
+        item += G * gemm_seconds(Fg, Og, L, c.itemsize) + 2 * _unfold(c, CT * L, True) * mem
+        item += B * c.C * c.H * c.W * COPY
     slots = min(blocks, 8)
-    return c.N * c.O * c.P * COPY_L2 / THREADS + _spread(slots, math.ceil(blocks / slots) * item)
+    return _sums(c) + _spread(slots, math.ceil(blocks / slots) * item)
 
 
-def _winograd_gemms(c: ConvCall, rows: int, inner: int, m: int, tiles: int) -> float:
-    # alpha^2 GEMMs (rows, inner) @ (inner, block of tiles) per group over all tiles, in
-    # blocks of WINO_BLOCK_BYTES (per-sample kernels: blocks within a sample).
+def _winograd_blocks(c: ConvCall, rows: int, inner: int, m: int, tiles: int) -> tuple[int, float]:
+    # (blocks, seconds of one block's GEMMs): alpha^2 GEMMs (rows, inner) @ (inner, tiles
+    # of the block) per group, blocks of WINO_BLOCK_BYTES of transformed tiles (a shared
+    # kernel's may span samples, a per-sample kernel's not).
     A2 = (m + 2) ** 2
-    G = c.groups
     per_tile = A2 * (c.C + c.O) * c.itemsize
-    T = max(1, min(WINO_BLOCK_BYTES // per_tile, tiles if not c.shared else c.N * tiles))
-    blocks = math.ceil(c.N * tiles / T)
-    return blocks, A2 * G * gemm_seconds(rows // G, inner // G, T, c.itemsize)
+    T = max(1, min(WINO_BLOCK_BYTES // per_tile, c.N * tiles if c.shared else tiles))
+    return math.ceil(c.N * tiles / T), A2 * c.groups * gemm_seconds(rows // c.groups, inner // c.groups, T,
+                                                                     c.itemsize)
 
 
 def _winograd(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool) -> float:
+    # F(m x m, 3x3): the kernels' transforms, then per pass the tiles' transforms (in and
+    # out) and the GEMMs; the input gradient is a forward on dy (C and O swapped), the
+    # kernel gradient GEMMs of the same sizes.
     A2 = (m + 2) ** 2
     tiles = math.ceil(c.Ho / m) * math.ceil(c.Wo / m)
-    tr = WINO_TRANSFORM[m] * (8 / c.itemsize if c.itemsize == 8 else 1)
-    kernels = (1 if c.shared else c.N) * c.O * (c.C // c.groups) * A2 * tr
-    total = 0.0
-    passes = []
-    if not backward:
-        passes.append((c.O, c.C))
-    else:
-        if need_dx:
-            passes.append((c.C, c.O))
-        if need_dw:
-            passes.append((c.O, c.C))
+    tr = WINO_TRANSFORM[m] * c.itemsize / 4
+    kernels = (1 if c.shared else c.N) * c.O * (c.C // c.groups) * A2 * tr / THREADS
+    passes = [(c.O, c.C)] if not backward else [(c.C, c.O)] * need_dx + [(c.O, c.C)] * need_dw
+    total = _sums(c) if backward else 0.0
     for rows, inner in passes:
-        blocks, per_block = _winograd_gemms(c, rows, inner, m, tiles)
-        trans = (rows + inner) * tiles * A2 * tr * c.N / blocks
-        total += _spread(blocks, per_block + trans) + kernels / THREADS
-    if backward:
-        total += c.N * c.O * c.P * COPY_L2 / THREADS
+        blocks, gemms = _winograd_blocks(c, rows, inner, m, tiles)
+        transforms = (rows + inner) * tiles * A2 * tr * c.N / blocks
+        total += _spread(blocks, gemms + transforms) + kernels
     return total
 
 
@@ -297,8 +332,11 @@ def estimates(pass_: str, call: ConvCall, need_dx: bool = True, need_dw: bool = 
 
 
 def _cheapest(costs: tuple) -> str:
+    # The cheapest estimate, if it beats the first candidate's by MARGIN; ties to the
+    # earlier candidate.
     best = min((t, i) for i, (_, t) in enumerate(costs) if t is not None)
-    return costs[best[1]][0]
+    first = costs[0][1]
+    return costs[best[1]][0] if first is None or best[0] < MARGIN * first else costs[0][0]
 
 
 def mixing_estimates(per_sample: ConvCall, stacked: ConvCall, K: int) -> tuple:
@@ -427,7 +465,8 @@ def _pick(pass_: str, call: ConvCall, record: bool = True, need_dx: bool = True,
 
 def choose(pass_: str, call: ConvCall, need_dx: bool = True, need_dw: bool = True) -> str:
     """The strategy of one conv pass: the forced one (ValueError when it cannot run the
-    call), else the cheapest estimate (ties to the earlier of :data:`CONV_STRATEGIES`)."""
+    call), else the cheapest estimate (``tiles`` unless another beats it by
+    :data:`MARGIN`; ties to the earlier of :data:`CONV_STRATEGIES`)."""
     return _pick(pass_, call, True, need_dx, need_dw)
 
 
