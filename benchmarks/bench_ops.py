@@ -4,26 +4,29 @@ a small network's training step, on the CPU and (with a GPU) on CUDA.
 Every benchmark class derives from one base, :class:`_Benchmark`, whose parameters end
 with ``threads`` (CPU thread count: Numba and BLAS) and ``device`` (``"cpu"``,
 ``"cuda"``). The CUDA cases are skipped, by raising ``NotImplementedError`` in ``setup``
-(asv's documented way to skip), where numba-cuda is missing, under the CUDA simulator
-(``NUMBA_ENABLE_CUDASIM=1``: timings would mean nothing) or without a GPU, and for every
-thread count but the last (threads are the CPU's business); run them with
-``--launch-method=spawn`` (CUDA does not survive a fork). An op that this version of the
-package lacks is skipped the same way.
+(asv's documented way to skip), where numba-cuda or a CUDA driver is missing, under the
+CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``: timings would mean nothing) or without a
+GPU, and for every thread count but the last (threads are the CPU's business); run them
+with ``--launch-method=spawn`` (CUDA does not survive a fork). An op that this version
+of the package lacks is skipped the same way.
 
 ``setup`` builds the arguments (float32 presets of ``compare.SHAPES``), copies them to
 the device, and warms up by running the public op once, forward and backward, on the
 exact benchmark arguments: Numba's compilation or cache load is never timed, and the
-results are checked (dtype, shapes, finite values). Base classes are named with a
-leading underscore, so asv never lists them.
+results are checked (dtype, shapes, finite values). Base classes and mixins are named
+with a leading underscore, so asv never lists them.
 
-The smoke run of the whole suite (``asv run -E existing:same --quick --dry-run``) takes
-a few minutes on 2 cores: every (benchmark, parameters) case runs in its own process,
-so the suite keeps its cases few (peak memory of forward+backward only; routing ops at
-one thread count and four shapes; ACDA and DCD on the four original shapes).
+Every (benchmark, parameters) case runs in a process of its own (about a second of
+start-up and warm-up each), so the suite keeps its cases few, for a smoke run of the
+whole suite (``asv run -E existing:same --quick --dry-run``) of a few minutes on 2
+cores: conv2d and dynamic_conv2d timed on the eight presets at 1 and 2 threads, their
+peak memory at 2 threads; ACDA and DCD on the four original presets at 2 threads; the
+routing ops timed on two presets; the training step at 1 and 2 threads.
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import importlib.util
 import os
 
@@ -38,8 +41,10 @@ THREADS = [1, 2]
 DEVICES = ["cpu", "cuda"]
 #: The presets every convolution op runs on: the eight of docs/performance.md.
 CONV_SHAPES = list(SHAPES)
-#: A smaller set for the ops whose cost is not the convolution (routing, ACDA, DCD).
+#: The original four presets: ACDA and DCD.
 FEW_SHAPES = ["resnet3x3", "mbv2_1x1", "stride2", "batch1"]
+#: The routing ops (elementwise and reductions): a large and a small map.
+ROUTING_SHAPES = ["resnet3x3", "cifar8"]
 
 
 def _require_gpu():
@@ -47,6 +52,9 @@ def _require_gpu():
         raise NotImplementedError("numba-cuda is not installed")
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         raise NotImplementedError("CUDA simulator: GPU timings need a real GPU")
+    # Without a driver, skip before importing numba.cuda (half a second per case).
+    if ctypes.util.find_library("cuda") is None and not os.path.exists("/proc/driver/nvidia"):
+        raise NotImplementedError("no CUDA driver on this machine")
     from numba import cuda
 
     if not cuda.is_available():
@@ -106,8 +114,8 @@ class _Benchmark:
 
 
 class _OpBenchmark(_Benchmark):
-    """An op's forward and forward+backward: subclasses set ``op`` (an attribute of
-    ``dynconv_np``) and :meth:`arguments`."""
+    """An op on a preset: subclasses set ``op`` (an attribute of ``dynconv_np``) and
+    :meth:`arguments`; the benchmarks come from :class:`_Times` and :class:`_Peakmem`."""
 
     op: str = ""
     params = [CONV_SHAPES, THREADS, DEVICES]
@@ -140,23 +148,34 @@ class _OpBenchmark(_Benchmark):
                 assert tuple(g.shape) == a.shape and np.isfinite(self.host(g)).all(), f"{self.op}: bad gradient"
         self.check(y_host, host_args, self.kwargs)
 
+    def forward_backward(self):
+        _, pullback = self.fn.vjp(*self.args, **self.kwargs)
+        pullback(self.dy)
+        self.sync()
+
+
+class _Times:
+    """``time_forward`` and ``time_forward_backward`` of an :class:`_OpBenchmark`."""
+
     def time_forward(self, *params):
         self.fn(*self.args, **self.kwargs)
         self.sync()
 
     def time_forward_backward(self, *params):
-        _, pullback = self.fn.vjp(*self.args, **self.kwargs)
-        pullback(self.dy)
-        self.sync()
+        self.forward_backward()
+
+
+class _Peakmem:
+    """``peakmem_forward_backward`` of an :class:`_OpBenchmark`, at one thread count."""
+
+    params = [CONV_SHAPES, THREADS[-1:], DEVICES]
 
     def peakmem_forward_backward(self, *params):
-        _, pullback = self.fn.vjp(*self.args, **self.kwargs)
-        pullback(self.dy)
-        self.sync()
+        self.forward_backward()
 
 
 # ----------------------------------------------------------------------------- convolutions
-class Conv2d(_OpBenchmark):
+class _Conv2d(_OpBenchmark):
     """Static conv2d (``W[0]``, ``bias[0]`` of the preset): what torch.nn.functional.conv2d does."""
 
     op = "conv2d"
@@ -166,7 +185,7 @@ class Conv2d(_OpBenchmark):
         return (x, W[0], bias[0]), {"stride": s, "padding": p}
 
 
-class DynamicConv2d(_OpBenchmark):
+class _DynamicConv2d(_OpBenchmark):
     """dynamic_conv2d with per-sample mixing weights pi (N, K) and expert biases (DY-CNN)."""
 
     op = "dynamic_conv2d"
@@ -183,9 +202,8 @@ class DynamicConv2d(_OpBenchmark):
         assert np.abs(ref - y[:1]).max() <= 1e-4 * scale, "dynamic_conv2d: sample 0 differs from conv2d"
 
 
-class DcdConv2d(_OpBenchmark):
+class _DcdConv2d(_OpBenchmark):
     op = "dcd_conv2d"
-    params = [FEW_SHAPES, THREADS, DEVICES]
 
     def arguments(self, shape, rng):
         x, W, pi, bias, dy, s, p = make_inputs(shape)
@@ -198,9 +216,8 @@ class DcdConv2d(_OpBenchmark):
         return (x, W[0], lam, phi, P, Q), {"stride": s, "padding": p}
 
 
-class AtomConv2d(_OpBenchmark):
+class _AtomConv2d(_OpBenchmark):
     op = "atom_conv2d"
-    params = [FEW_SHAPES, THREADS, DEVICES]
     M = 6
 
     def arguments(self, shape, rng):
@@ -212,11 +229,37 @@ class AtomConv2d(_OpBenchmark):
         return (x, atoms, coeff, bias), {"stride": s, "padding": p}
 
 
-# ----------------------------------------------------------------------------- routing
-class _RoutingBenchmark(_OpBenchmark):
-    """Routing ops are light, elementwise or reductions: one thread count, four shapes."""
+# Times on the eight presets at 1 and 2 threads for the convolutions of docs/performance.md;
+# the others, and peak memory, on fewer cases (each case is a process of its own).
+class Conv2d(_Times, _Conv2d):
+    pass
 
+
+class Conv2dPeakmem(_Peakmem, _Conv2d):
+    pass
+
+
+class DynamicConv2d(_Times, _DynamicConv2d):
+    pass
+
+
+class DynamicConv2dPeakmem(_Peakmem, _DynamicConv2d):
+    pass
+
+
+class DcdConv2d(_Times, _Peakmem, _DcdConv2d):
     params = [FEW_SHAPES, THREADS[-1:], DEVICES]
+
+
+class AtomConv2d(_Times, _Peakmem, _AtomConv2d):
+    params = [FEW_SHAPES, THREADS[-1:], DEVICES]
+
+
+# ----------------------------------------------------------------------------- routing
+class _RoutingBenchmark(_Times, _OpBenchmark):
+    """Routing ops are light, elementwise or reductions: one thread count, two shapes."""
+
+    params = [ROUTING_SHAPES, THREADS[-1:], DEVICES]
 
 
 class GlobalAvgPool(_RoutingBenchmark):
@@ -295,9 +338,5 @@ class TrainStep(_Benchmark):
         assert np.isfinite(loss), "training step: loss is not finite"
 
     def time_step(self, *params):
-        self.step()
-        self.sync()
-
-    def peakmem_step(self, *params):
         self.step()
         self.sync()

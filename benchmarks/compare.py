@@ -427,7 +427,7 @@ def plot(rows, contenders, path: str, title: str = "dynamic_conv2d") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(rows)), 3.6))
+    fig, ax = plt.subplots(figsize=(max(7, 1.15 * len(rows)), 3.6))
     width = 0.8 / len(contenders)
     xs = np.arange(len(rows))
     for i, c in enumerate(contenders):

@@ -339,22 +339,26 @@ def _cheapest(costs: tuple) -> str:
     return costs[best[1]][0] if first is None or best[0] < MARGIN * first else costs[0][0]
 
 
+def _conv_estimate(call: ConvCall) -> float:
+    # Forward+backward seconds of a conv call, each pass by the strategy forced for it
+    # where that can run the call, else by the cost model's pick.
+    total = 0.0
+    for pass_ in PASSES:
+        costs = estimates(pass_, call)
+        f = getattr(forced(), pass_)
+        total += dict(costs)[f if f is not None and unsupported(f, call) is None else _cheapest(costs)]
+    return total
+
+
 def mixing_estimates(per_sample: ConvCall, stacked: ConvCall, K: int) -> tuple:
     """``(("kernel_mixing", s), ("output_mixing", s))``: forward+backward seconds of a
-    kernel-mixing op in each formulation, each with its conv passes' strategies chosen
-    as :func:`choose` would (forced ones included)."""
+    kernel-mixing op in each formulation. `per_sample` is kernel mixing's conv
+    (per-sample kernels), `stacked` output mixing's (the K*O stacked kernels, shared)."""
     c = per_sample
-    OF = c.O * c.F
-    kernel = 0.0
-    for pass_ in PASSES:
-        kernel += dict(estimates(pass_, c))[_pick(pass_, c, record=False)]
     # pi @ W and pi^T @ G over the threads, G @ W^T in BLAS (one thread)
-    kernel += c.N * K * OF * STREAM * (2 / THREADS + 1)
-    output = 0.0
-    for pass_ in PASSES:
-        output += dict(estimates(pass_, stacked))[_pick(pass_, stacked, record=False)]
+    kernel = _conv_estimate(c) + c.N * K * c.O * c.F * STREAM * (2 / THREADS + 1)
     # y = pi Yall, dYall = pi dy, dpi = <dy, Yall>: one stream each over N*K*O*P
-    output += 3 * c.N * K * c.O * c.P * STREAM
+    output = _conv_estimate(stacked) + 3 * c.N * K * c.O * c.P * STREAM
     return (("kernel_mixing", kernel), ("output_mixing", output))
 
 
@@ -475,16 +479,9 @@ def choose_mixing(per_sample: ConvCall, stacked: ConvCall, K: int) -> str:
     the cheaper estimate. `per_sample` is the kernel-mixing conv (per-sample kernels),
     `stacked` output mixing's (the K*O stacked kernels, shared)."""
     f = forced()
-    conv_forced = f.forward is not None or f.backward is not None
-    if f.mixing is not None or conv_forced:
-        # a conv strategy forced alone runs on the op's own (mixed) kernels
-        chosen = f.mixing or "kernel_mixing"
-        costs = tuple((m, None) for m in MIXINGS)
-        with contextlib.suppress(ValueError):
-            costs = mixing_estimates(per_sample, stacked, K)
-        _note(Decision("mixing", per_sample, chosen, costs, True, K))
-        return chosen
     costs = mixing_estimates(per_sample, stacked, K)
-    chosen = _cheapest(costs)
-    _note(Decision("mixing", per_sample, chosen, costs, False, K))
+    # a conv strategy forced alone runs on the op's own (mixed) kernels
+    pinned = f.mixing is not None or f.forward is not None or f.backward is not None
+    chosen = (f.mixing or "kernel_mixing") if pinned else _cheapest(costs)
+    _note(Decision("mixing", per_sample, chosen, costs, pinned, K))
     return chosen
