@@ -1,53 +1,65 @@
-"""asv benchmarks: time and peak memory of every op, forward and forward+backward.
+"""asv benchmarks: time and peak memory of every op, forward and forward+backward, and of
+a small network's training step, on the CPU and (with a GPU) on CUDA.
 
-One class per op, all built on :class:`OpBenchmark`: a subclass names the op and says how
-to build its arguments from a shape preset; the base class gives it ``time_`` and
-``peakmem_`` benchmarks of the forward and of forward+backward, with the shape presets
-of ``compare.SHAPES`` (float32) and the thread count as parameters. ``setup`` runs the
-op once on the exact arguments (so Numba's compilation or cache load is never timed)
-and checks what it returns. An op that this version of the package lacks is skipped
-by raising ``NotImplementedError`` in ``setup``, asv's documented way to skip.
+Every benchmark class derives from one base, :class:`_Benchmark`, whose parameters end
+with ``threads`` (CPU thread count: Numba and BLAS) and ``device`` (``"cpu"``,
+``"cuda"``). The CUDA cases are skipped, by raising ``NotImplementedError`` in ``setup``
+(asv's documented way to skip), where numba-cuda or a CUDA driver is missing, under the
+CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``: timings would mean nothing) or without a
+GPU, and for every thread count but the last (threads are the CPU's business); run them
+with ``--launch-method=spawn`` (CUDA does not survive a fork). An op that this version
+of the package lacks is skipped the same way.
+
+``setup`` builds the arguments (float32 presets of ``compare.SHAPES``), copies them to
+the device, and warms up by running the public op once, forward and backward, on the
+exact benchmark arguments: Numba's compilation or cache load is never timed, and the
+results are checked (dtype, shapes, finite values). Base classes and mixins are named
+with a leading underscore, so asv never lists them.
+
+Every (benchmark, parameters) case runs in a process of its own (about a second of
+start-up and warm-up each), so the suite keeps its cases few, for a smoke run of the
+whole suite (``asv run -E existing:same --quick --dry-run``) of a few minutes on 2
+cores: conv2d and dynamic_conv2d timed on the eight presets at 1 and 2 threads, their
+peak memory at 2 threads; ACDA and DCD on the four original presets at 2 threads; the
+routing ops timed on two presets; the training step at 1 and 2 threads.
 """
 
 from __future__ import annotations
 
-import abc
+import ctypes.util
+import importlib.util
+import os
 
 import numpy as np
 
 import dynconv_np as dc
 
 from .compare import SHAPES, make_inputs
+from .train_step import ours_net
 
 THREADS = [1, 2]
+DEVICES = ["cpu", "cuda"]
+#: The presets every convolution op runs on: the eight of docs/performance.md.
+CONV_SHAPES = list(SHAPES)
+#: The original four presets: ACDA and DCD.
+FEW_SHAPES = ["resnet3x3", "mbv2_1x1", "stride2", "batch1"]
+#: The routing ops (elementwise and reductions): a large and a small map.
+ROUTING_SHAPES = ["resnet3x3", "cifar8"]
 
 
-def _preload_kernels():
-    """Load the convolution kernels' float32 code from Numba's cache, without running them.
+def _require_gpu():
+    if importlib.util.find_spec("numba_cuda") is None:
+        raise NotImplementedError("numba-cuda is not installed")
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        raise NotImplementedError("CUDA simulator: GPU timings need a real GPU")
+    # Without a driver, skip before importing numba.cuda (half a second per case).
+    if ctypes.util.find_library("cuda") is None and not os.path.exists("/proc/driver/nvidia"):
+        raise NotImplementedError("no CUDA driver on this machine")
+    from numba import cuda
 
-    asv forks every benchmark run from a server that imported this module: what is loaded
-    here is inherited, which saves each run the imports and the cache loads. Nothing is
-    executed (no thread pool is started before the fork, which OpenMP would not survive).
-    """
-    import numba
-
-    from dynconv_np.backends.cpu import conv
-
-    f4, f3, f2 = (np.zeros((1,) * d, np.float32) for d in (4, 3, 2))
-    window = (1,) * 10
-    typeof = numba.typeof
-    try:
-        conv._fwd_items.compile(tuple(typeof(a) for a in (f4, f3, f2, f3, f2, 1, 1, True, window)))
-        conv._bwd_samples.compile(tuple(typeof(a) for a in (f4, f3, f3, f4, f3, f2, f2, 1, 1, 1, True, True, True,
-                                                            window)))
-        i2 = np.zeros((1, 1), np.int64)
-        conv._bwd_blocks.compile(tuple(typeof(a) for a in (f4, f3, f3, f4, f3, f2, f2, i2, 1, True, True, True,
-                                                           window)))
-    except Exception:  # an optimisation only: the first real call loads what it needs
-        pass
-
-
-_preload_kernels()
+    if not cuda.is_available():
+        raise NotImplementedError("no CUDA GPU is available")
+    return cuda
 
 
 def _conv_geometry(name):
@@ -56,72 +68,116 @@ def _conv_geometry(name):
     return N, C, O, H, k, s, p, K, Ho
 
 
-class OpBenchmark(abc.ABC):
-    """Base: subclasses set ``op`` (an attribute of ``dynconv_np``) and ``arguments``.
+class _Benchmark:
+    """Base of every benchmark: the ``threads`` and ``device`` parameters (the last two),
+    their set-up (:meth:`use_device`), and :meth:`sync` after each timed call."""
 
-    Abstract, so that asv collects only the concrete subclasses.
-    """
-
-    op: str = ""
-    params = [list(SHAPES), THREADS]
-    param_names = ["shape", "threads"]
+    params = [THREADS, DEVICES]
+    param_names = ["threads", "device"]
     timeout = 600
+    cuda = None
+    _limits = None
 
-    @abc.abstractmethod
-    def arguments(self, shape: str, rng: np.random.Generator) -> tuple[tuple, dict]:
-        """``(args, kwargs)`` of one call of the op on the float32 preset ``shape``."""
-
-    def check(self, y, args, kwargs) -> None:
-        """Op-specific check of the forward result (the generic checks always run)."""
-        return None
-
-    def setup(self, shape, threads):
+    def use_device(self, threads: int, device: str) -> None:
+        """CPU: run Numba and BLAS on `threads` threads. CUDA: skip unless a GPU is here
+        (and `threads` is the last thread count, so that each CUDA case runs once)."""
+        if device == "cuda":
+            self.cuda = _require_gpu()
+            if threads != THREADS[-1]:
+                raise NotImplementedError("the thread count applies to the CPU only")
+            return
         import numba
 
-        self.fn = getattr(dc, self.op, None)
-        if self.fn is None:
-            raise NotImplementedError(f"dynconv_np.{self.op} does not exist in this version")
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         try:
             from threadpoolctl import threadpool_limits
         except ImportError:
-            self._limits = None
-        else:
-            self._limits = threadpool_limits(limits=threads, user_api="blas")
-        self.args, self.kwargs = self.arguments(shape, np.random.default_rng(0))
-        y, pullback = self.fn.vjp(*self.args, **self.kwargs)
-        rng = np.random.default_rng(1)
-        self.dy = rng.standard_normal(y.shape, dtype=np.float32)
-        grads = pullback(self.dy)
-        y2 = self.fn(*self.args, **self.kwargs)
-        assert y.dtype == np.float32 and np.isfinite(y).all(), f"{self.op}: bad forward"
-        assert np.array_equal(y, y2), f"{self.op}: two calls differ"
-        for a, g in zip(self.args, grads):
-            if isinstance(a, np.ndarray) and g is not None:
-                assert g.shape == a.shape and np.isfinite(g).all(), f"{self.op}: bad gradient"
-        self.check(y, self.args, self.kwargs)
+            return
+        self._limits = threadpool_limits(limits=threads, user_api="blas")
 
-    def teardown(self, shape, threads):
-        if getattr(self, "_limits", None) is not None:
+    def put(self, a):
+        """A host array (or None) on the benchmark's device."""
+        if a is None or self.cuda is None:
+            return a
+        return self.cuda.to_device(np.ascontiguousarray(a))
+
+    def host(self, a):
+        return a if self.cuda is None else a.copy_to_host()
+
+    def sync(self) -> None:
+        if self.cuda is not None:
+            self.cuda.synchronize()
+
+    def teardown(self, *params):
+        if self._limits is not None:
             self._limits.restore_original_limits()
 
-    def time_forward(self, shape, threads):
-        self.fn(*self.args, **self.kwargs)
 
-    def time_forward_backward(self, shape, threads):
+class _OpBenchmark(_Benchmark):
+    """An op on a preset: subclasses set ``op`` (an attribute of ``dynconv_np``) and
+    :meth:`arguments`; the benchmarks come from :class:`_Times` and :class:`_Peakmem`."""
+
+    op: str = ""
+    params = [CONV_SHAPES, THREADS, DEVICES]
+    param_names = ["shape", "threads", "device"]
+
+    def arguments(self, shape: str, rng: np.random.Generator) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` of one call of the op on the float32 preset ``shape`` (host)."""
+        raise NotImplementedError
+
+    def check(self, y, args, kwargs) -> None:
+        """Op-specific check of the forward result (host arrays; the generic checks always run)."""
+        return None
+
+    def setup(self, shape, threads, device):
+        self.fn = getattr(dc, self.op, None)
+        if self.fn is None:
+            raise NotImplementedError(f"dynconv_np.{self.op} does not exist in this version")
+        self.use_device(threads, device)
+        host_args, self.kwargs = self.arguments(shape, np.random.default_rng(0))
+        self.args = [self.put(a) if isinstance(a, np.ndarray) else a for a in host_args]
+        y, pullback = self.fn.vjp(*self.args, **self.kwargs)       # the warm-up, checked
+        dy = np.random.default_rng(1).standard_normal(tuple(y.shape), dtype=np.float32)
+        self.dy = self.put(dy)
+        grads = pullback(self.dy)
+        self.sync()
+        y_host = self.host(y)
+        assert y_host.dtype == np.float32 and np.isfinite(y_host).all(), f"{self.op}: bad forward"
+        for a, g in zip(host_args, grads):
+            if isinstance(a, np.ndarray) and g is not None:
+                assert tuple(g.shape) == a.shape and np.isfinite(self.host(g)).all(), f"{self.op}: bad gradient"
+        self.check(y_host, host_args, self.kwargs)
+
+    def forward_backward(self):
         _, pullback = self.fn.vjp(*self.args, **self.kwargs)
         pullback(self.dy)
+        self.sync()
 
-    def peakmem_forward(self, shape, threads):
+
+class _Times:
+    """``time_forward`` and ``time_forward_backward`` of an :class:`_OpBenchmark`."""
+
+    def time_forward(self, *params):
         self.fn(*self.args, **self.kwargs)
+        self.sync()
 
-    def peakmem_forward_backward(self, shape, threads):
-        _, pullback = self.fn.vjp(*self.args, **self.kwargs)
-        pullback(self.dy)
+    def time_forward_backward(self, *params):
+        self.forward_backward()
+
+
+class _Peakmem:
+    """``peakmem_forward_backward`` of an :class:`_OpBenchmark`, at one thread count."""
+
+    params = [CONV_SHAPES, THREADS[-1:], DEVICES]
+
+    def peakmem_forward_backward(self, *params):
+        self.forward_backward()
 
 
 # ----------------------------------------------------------------------------- convolutions
-class Conv2d(OpBenchmark):
+class _Conv2d(_OpBenchmark):
+    """Static conv2d (``W[0]``, ``bias[0]`` of the preset): what torch.nn.functional.conv2d does."""
+
     op = "conv2d"
 
     def arguments(self, shape, rng):
@@ -129,7 +185,9 @@ class Conv2d(OpBenchmark):
         return (x, W[0], bias[0]), {"stride": s, "padding": p}
 
 
-class DynamicConv2d(OpBenchmark):
+class _DynamicConv2d(_OpBenchmark):
+    """dynamic_conv2d with per-sample mixing weights pi (N, K) and expert biases (DY-CNN)."""
+
     op = "dynamic_conv2d"
 
     def arguments(self, shape, rng):
@@ -144,7 +202,7 @@ class DynamicConv2d(OpBenchmark):
         assert np.abs(ref - y[:1]).max() <= 1e-4 * scale, "dynamic_conv2d: sample 0 differs from conv2d"
 
 
-class DcdConv2d(OpBenchmark):
+class _DcdConv2d(_OpBenchmark):
     op = "dcd_conv2d"
 
     def arguments(self, shape, rng):
@@ -158,7 +216,7 @@ class DcdConv2d(OpBenchmark):
         return (x, W[0], lam, phi, P, Q), {"stride": s, "padding": p}
 
 
-class AtomConv2d(OpBenchmark):
+class _AtomConv2d(_OpBenchmark):
     op = "atom_conv2d"
     M = 6
 
@@ -171,21 +229,47 @@ class AtomConv2d(OpBenchmark):
         return (x, atoms, coeff, bias), {"stride": s, "padding": p}
 
 
+# Times on the eight presets at 1 and 2 threads for the convolutions of docs/performance.md;
+# the others, and peak memory, on fewer cases (each case is a process of its own).
+class Conv2d(_Times, _Conv2d):
+    pass
+
+
+class Conv2dPeakmem(_Peakmem, _Conv2d):
+    pass
+
+
+class DynamicConv2d(_Times, _DynamicConv2d):
+    pass
+
+
+class DynamicConv2dPeakmem(_Peakmem, _DynamicConv2d):
+    pass
+
+
+class DcdConv2d(_Times, _Peakmem, _DcdConv2d):
+    params = [FEW_SHAPES, THREADS[-1:], DEVICES]
+
+
+class AtomConv2d(_Times, _Peakmem, _AtomConv2d):
+    params = [FEW_SHAPES, THREADS[-1:], DEVICES]
+
+
 # ----------------------------------------------------------------------------- routing
-class RoutingBenchmark(OpBenchmark):
-    """Routing ops are light, elementwise or reductions: one thread count keeps the suite short."""
+class _RoutingBenchmark(_Times, _OpBenchmark):
+    """Routing ops are light, elementwise or reductions: one thread count, two shapes."""
 
-    params = [list(SHAPES), THREADS[-1:]]
+    params = [ROUTING_SHAPES, THREADS[-1:], DEVICES]
 
 
-class GlobalAvgPool(RoutingBenchmark):
+class GlobalAvgPool(_RoutingBenchmark):
     op = "global_avg_pool"
 
     def arguments(self, shape, rng):
         return (make_inputs(shape)[0],), {}
 
 
-class Linear(RoutingBenchmark):
+class Linear(_RoutingBenchmark):
     """The routing FC of DY-CNN: pooled features ``(N, C)`` to ``K`` logits."""
 
     op = "linear"
@@ -197,7 +281,7 @@ class Linear(RoutingBenchmark):
         return (a, w, rng.standard_normal(K).astype(np.float32)), {}
 
 
-class _Elementwise(RoutingBenchmark):
+class _Elementwise(_RoutingBenchmark):
     """An elementwise routing op applied to the preset's input ``x``."""
 
     kwargs: dict = {}
@@ -228,7 +312,7 @@ class Tanh(_Elementwise):
     op = "tanh"
 
 
-class BatchNorm(RoutingBenchmark):
+class BatchNorm(_RoutingBenchmark):
     op = "batch_norm"
 
     def arguments(self, shape, rng):
@@ -237,3 +321,22 @@ class BatchNorm(RoutingBenchmark):
         gamma = rng.uniform(0.5, 1.5, C).astype(np.float32)
         beta = rng.standard_normal(C).astype(np.float32)
         return (x, gamma, beta), {}
+
+
+# ----------------------------------------------------------------------------- training
+class TrainStep(_Benchmark):
+    """One SGD training step of benchmarks/train_step.py's small CNN (batch 64, 16x16),
+    static convolutions or DynamicConv2d."""
+
+    params = [["static", "dynamic"], THREADS, DEVICES]
+    param_names = ["net", "threads", "device"]
+
+    def setup(self, net, threads, device):
+        self.use_device(threads, device)
+        self.step = ours_net(net, device)
+        loss = self.step()                      # the warm-up, checked
+        assert np.isfinite(loss), "training step: loss is not finite"
+
+    def time_step(self, *params):
+        self.step()
+        self.sync()

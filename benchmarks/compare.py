@@ -1,6 +1,8 @@
-"""Side-by-side timing of dynamic_conv2d forward+backward, runnable without asv.
+"""Side-by-side timing of dynamic_conv2d (and, with ``--static``, conv2d) forward+backward
+against PyTorch, runnable without asv.
 
-Contenders, alternated within one process so that machine noise hits them alike:
+Contenders for dynamic_conv2d, alternated within one process so that machine noise hits
+them alike:
 
 ``ours``
     ``dc.dynamic_conv2d.vjp(x, W, pi, bias)`` then ``pullback(dy)``.
@@ -13,10 +15,20 @@ Contenders, alternated within one process so that machine noise hits them alike:
     and our ``conv2d``: mix one kernel per sample, convolve that sample, and in the
     backward chain the per-sample gradients back to ``W``, ``pi`` and ``bias``.
 
+With ``--static``, conv2d on the same presets (``W[0]``, ``bias[0]``) against
+``torch.nn.functional.conv2d`` (oneDNN) with autograd, the same way.
+
 Reported per shape: median seconds, the ratio ``other / ours`` (above 1: ours is
-faster), GFLOP/s of forward+backward (``3 * 2*N*O*C*kh*kw*Ho*Wo`` flops, the three
-convolution GEMMs) and that rate as a fraction of this machine's own ``np.matmul``
-float32 rate (a 2048^3 product with the same thread count, measured in the same run).
+faster), effective GFLOP/s of forward+backward (``3 * 2*N*O*C*kh*kw*Ho*Wo`` flops, the
+three convolution GEMMs of the direct method, whatever the strategy ran) and that rate
+as a fraction of this machine's own ``np.matmul`` float32 rate (a 2048^3 product with the
+same thread count, measured in the same run), and the plan ours ran
+(``dynconv_np.explain``: the mixing formulation, then the forward/backward strategies).
+The load average (``os.getloadavg``) before and after each table says how quiet the
+machine was.
+
+``--threads 1 2`` runs each thread count in a fresh subprocess (thread pools are sized
+at start-up) and prints every table.
 
 Memory (``--memory``): for every contender a fresh subprocess builds the inputs, warms
 up on a tiny problem that takes the same code paths (JIT, thread pools), records its
@@ -29,6 +41,7 @@ tracemalloc; the Numba kernels allocate nothing).
 Usage::
 
     python benchmarks/compare.py --threads 2 --repeat 7 --memory --plot
+    python benchmarks/compare.py --shapes cifar32 cifar16 cifar8 cifar_s2 --static --threads 1 2
 
 ``--plot`` alone writes ``results/compare.png`` (git-ignored); ``--plot PATH`` writes PATH
 (``docs/performance.png`` is the chart committed with docs/performance.md).
@@ -38,18 +51,26 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
-if importlib.util.find_spec("dynconv_np") is None:  # run from a checkout, not installed
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: The checkout this script lives in.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def use_checkout() -> None:
+    """Run as a script, benchmark the checkout the script lives in (ahead of an installed
+    dynconv_np); under asv, the benchmarked commit's installed package is used instead."""
+    if os.path.isdir(os.path.join(ROOT, "dynconv_np")) and sys.path[0] != ROOT:
+        sys.path.insert(0, ROOT)
+
 
 #: Where ``--plot`` without a path writes (``results/`` is git-ignored).
 DEFAULT_PLOT = os.path.join("results", "compare.png")
@@ -60,6 +81,10 @@ SHAPES = {
     "mbv2_1x1": (64, 144, 24, 28, 1, 1, 0, 4),
     "stride2": (32, 128, 128, 28, 3, 2, 1, 4),
     "batch1": (1, 256, 256, 14, 3, 1, 1, 8),
+    "cifar32": (128, 32, 32, 32, 3, 1, 1, 4),
+    "cifar16": (128, 64, 64, 16, 3, 1, 1, 4),
+    "cifar8": (128, 128, 128, 8, 3, 1, 1, 4),
+    "cifar_s2": (128, 64, 128, 16, 3, 2, 1, 4),
 }
 
 
@@ -165,7 +190,76 @@ def torch_step(x, W, pi, bias, dy, s, p):
     return step
 
 
+def ours_static_step(x, W, pi, bias, dy, s, p):
+    import dynconv_np as dc
+
+    w, b = W[0], bias[0]
+
+    def step():
+        _, pullback = dc.conv2d.vjp(x, w, b, stride=s, padding=p)
+        return pullback(dy)
+
+    return step
+
+
+def torch_static_step(x, W, pi, bias, dy, s, p):
+    import torch
+
+    xt = torch.from_numpy(x).requires_grad_()
+    wt = torch.from_numpy(W[0].copy()).requires_grad_()
+    bt = torch.from_numpy(bias[0].copy()).requires_grad_()
+    dyt = torch.from_numpy(dy)
+
+    def step():
+        for t in (xt, wt, bt):
+            t.grad = None
+        torch.nn.functional.conv2d(xt, wt, bt, s, p).backward(dyt)
+        return xt.grad, wt.grad, bt.grad
+
+    return step
+
+
 CONTENDERS = {"ours": ours_step, "torch": torch_step, "loop": loop_step}
+#: conv2d's contenders (``--static``): ours and torch.nn.functional.conv2d.
+STATIC_CONTENDERS = {"ours": ours_static_step, "torch": torch_static_step}
+#: The ops compared: name -> (contenders, title)
+OPS = {"dynamic": (CONTENDERS, "dynamic_conv2d"), "static": (STATIC_CONTENDERS, "conv2d")}
+
+
+def plan_of(name: str, op: str = "dynamic") -> dict:
+    """The plan ours runs on a preset, from the CPU planner without running it:
+    ``{"mixing": ..., "forward": ..., "backward": ...}`` (mixing only for dynamic_conv2d)."""
+    import dynconv_np as dc
+    from dynconv_np.backends.cpu import conv, plan
+
+    N, C, O, H, k, s, p, K = SHAPES[name]
+    g = dc._args.geometry((N, C, H, H), k, k, s, p, 1)
+    out = {}
+    O_conv, shared = O, True
+    with plan.recording():
+        if op == "dynamic":
+            out["mixing"] = conv.conv_plan(g, 1, O, K, True, np.float32)
+            if out["mixing"] == "output_mixing":
+                O_conv = K * O
+            else:
+                shared = False
+        call = conv._call(g, 1, O_conv, shared, 4)
+        for pass_ in plan.PASSES:
+            out[pass_] = plan.choose(pass_, call)
+    return out
+
+
+def _plan_names(pl: dict) -> list:
+    # dc.strategy.force arguments that pin this plan
+    names = [pl["mixing"]] if "mixing" in pl else []
+    return names + ([pl["forward"]] if pl["forward"] == pl["backward"] else [])
+
+
+def _plan_text(pl: dict) -> str:
+    short = {"kernel_mixing": "kernel mix", "output_mixing": "output mix"}
+    parts = [short[pl["mixing"]]] if "mixing" in pl else []
+    parts.append(pl["forward"] if pl["forward"] == pl["backward"] else f"{pl['forward']}/{pl['backward']}")
+    return ", ".join(parts)
 
 
 def have_torch() -> bool:
@@ -203,9 +297,10 @@ WARMUP = 3
 REWARM = 1
 
 
-def run_shape(name: str, contenders, repeat: int, threads: int):
+def run_shape(name: str, contenders, repeat: int, threads: int, op: str = "dynamic"):
     args = make_inputs(name)
-    steps = {c: CONTENDERS[c](*args) for c in contenders}
+    table = OPS[op][0]
+    steps = {c: table[c](*args) for c in contenders}
     for _ in range(WARMUP):  # JIT, thread pools, and the allocator's steady state
         for step in steps.values():
             step()
@@ -226,11 +321,19 @@ _MEM_CHILD = r"""
 import json, resource, sys
 sys.path.insert(0, {bench!r})
 import compare as cmp
-name, who = {name!r}, {who!r}
+cmp.use_checkout()
+name, who, op = {name!r}, {who!r}, {op!r}
+table = cmp.OPS[op][0]
 N, C, O, H, k, s, p, K = cmp.SHAPES[name]
 cmp.SHAPES["_tiny"] = (min(N, 4), 4, 4, 8, k, s, p, K)  # same code paths, tiny sizes
-cmp.CONTENDERS[who](*cmp.make_inputs("_tiny"))()
-step = cmp.CONTENDERS[who](*cmp.make_inputs(name))
+if who == "ours":  # the real shape's plan, forced on the tiny one
+    import dynconv_np as dc
+    pl = cmp.plan_of(name, op)
+    with dc.strategy.force(*cmp._plan_names(pl), forward=pl["forward"], backward=pl["backward"]):
+        table[who](*cmp.make_inputs("_tiny"))()
+else:
+    table[who](*cmp.make_inputs("_tiny"))()
+step = table[who](*cmp.make_inputs(name))
 
 
 def status(key):
@@ -264,9 +367,9 @@ print(json.dumps(out))
 """
 
 
-def peak_memory(name: str, who: str, threads: int) -> dict:
+def peak_memory(name: str, who: str, threads: int, op: str = "dynamic") -> dict:
     """Peak memory of one forward+backward in a fresh process (see module docstring)."""
-    code = _MEM_CHILD.format(bench=os.path.dirname(os.path.abspath(__file__)), name=name, who=who)
+    code = _MEM_CHILD.format(bench=os.path.dirname(os.path.abspath(__file__)), name=name, who=who, op=op)
     env = dict(os.environ)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -302,24 +405,29 @@ def machine() -> dict:
 def _fmt_table(rows, contenders, rate) -> str:
     head = ["shape", "GFLOP"] + [f"{c} ms" for c in contenders]
     head += [f"{c}/ours" for c in contenders if c != "ours"]
-    head += ["ours GFLOP/s", "of sgemm"]
+    head += ["ours GFLOP/s", "of sgemm", "plan"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["shape"], f"{r['gflop']:.2f}"] + [f"{r['time'][c] * 1e3:.1f}" for c in contenders]
         cells += [f"{r['time'][c] / r['time']['ours']:.2f}" for c in contenders if c != "ours"]
         g = r["gflop"] / r["time"]["ours"]
-        cells += [f"{g:.0f}", f"{g / rate:.0%}"]
+        cells += [f"{g:.0f}", f"{g / rate:.0%}", _plan_text(r["plan"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(rows, contenders, path: str) -> None:
+def geomean(rows, who: str = "torch") -> float:
+    """Geometric mean of ``who / ours`` over the rows."""
+    return float(np.exp(np.mean([np.log(r["time"][who] / r["time"]["ours"]) for r in rows])))
+
+
+def plot(rows, contenders, path: str, title: str = "dynamic_conv2d") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(max(7, 1.15 * len(rows)), 3.6))
     width = 0.8 / len(contenders)
     xs = np.arange(len(rows))
     for i, c in enumerate(contenders):
@@ -328,19 +436,59 @@ def plot(rows, contenders, path: str) -> None:
     ax.set_xticklabels([r["shape"] for r in rows])
     ax.set_yscale("log")
     ax.set_ylabel("forward+backward, ms (log)")
-    ax.set_title("dynamic_conv2d, float32, median")
+    ax.set_title(f"{title}, float32, median")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def _per_thread_count(args) -> int:
+    # Each thread count in a fresh process (thread pools are sized at start-up); the
+    # children print their tables, the parent merges their JSON.
+    results = []
+    for t in args.threads:
+        fd, path = tempfile.mkstemp(suffix=".json")
+        os.close(fd)
+        child = ["--shapes", *args.shapes, "--threads", str(t), "--repeat", str(args.repeat), "--json", path]
+        child += ["--static"] * args.static + ["--no-dynamic"] * args.no_dynamic + ["--memory"] * args.memory
+        child += ["--contenders", *args.contenders] if args.contenders else []
+        child += ["--plot", _suffixed(args.plot, t)] if args.plot else []
+        rc = subprocess.run([sys.executable, os.path.abspath(__file__), *child]).returncode
+        if rc:
+            return rc
+        with open(path) as f:
+            results.append(json.load(f))
+        os.remove(path)
+    print("\nsummary (geometric mean of torch/ours over the shapes):")
+    for res in results:
+        for op, r in res["ops"].items():
+            if "torch" in r["contenders"]:
+                print(f"  {OPS[op][1]}, {res['threads']} thread(s): {geomean(r['rows']):.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+def _suffixed(path: str, t: int) -> str:
+    stem, ext = os.path.splitext(path)
+    return f"{stem}_t{t}{ext or '.png'}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, nargs="+", default=[2],
+                    help="thread counts; several run one after the other, each in a fresh process")
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--static", action="store_true", help="also conv2d against torch.nn.functional.conv2d")
+    ap.add_argument("--no-dynamic", action="store_true", help="with --static: conv2d only")
     ap.add_argument("--contenders", nargs="+", choices=list(CONTENDERS),
-                    help="default: all of them (torch only when PyTorch is installed)")
+                    help="default: all of them (torch only when PyTorch is installed; conv2d: ours, torch)")
     ap.add_argument("--memory", action="store_true", help="peak memory in subprocesses")
     ap.add_argument("--plot", metavar="PNG", nargs="?", const=DEFAULT_PLOT,
                     help=f"write a bar chart to PNG (default {DEFAULT_PLOT}, which git ignores; "
@@ -348,6 +496,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     args = ap.parse_args(argv)
 
+    if len(args.threads) > 1:
+        return _per_thread_count(args)
+    use_checkout()
+    threads = args.threads[0]
     if args.contenders is None:
         contenders = [c for c in CONTENDERS if c != "torch" or have_torch()]
         if "torch" not in contenders:
@@ -359,46 +511,57 @@ def main(argv=None) -> int:
         contenders = list(dict.fromkeys(args.contenders))
     if "ours" not in contenders:
         contenders.insert(0, "ours")
-    _set_threads(args.threads)
+    _set_threads(threads)
     import numba
 
-    numba.set_num_threads(args.threads)
+    numba.set_num_threads(threads)
     if have_torch():
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
 
+    ops = ([] if args.no_dynamic and args.static else ["dynamic"]) + (["static"] if args.static else [])
     rate = sgemm_rate()
-    rows = []
-    for name in args.shapes:
-        t = run_shape(name, contenders, args.repeat, args.threads)
-        rows.append({"shape": name, "gflop": flops(name) / 1e9, "time": t})
-        print(f"{name}: " + ", ".join(f"{c} {v * 1e3:.1f} ms" for c, v in t.items()), flush=True)
+    results = {}
+    for op in ops:
+        who = [c for c in contenders if c in OPS[op][0]]
+        load0 = _load()
+        rows = []
+        for name in args.shapes:
+            t = run_shape(name, who, args.repeat, threads, op)
+            rows.append({"shape": name, "gflop": flops(name) / 1e9, "time": t, "plan": plan_of(name, op)})
+            print(f"{OPS[op][1]} {name}: " + ", ".join(f"{c} {v * 1e3:.1f} ms" for c, v in t.items()), flush=True)
+        results[op] = {"rows": rows, "contenders": who, "load": [load0, _load()]}
     rate = float(np.median([rate, sgemm_rate()]))
-    print()
-    print(f"threads {args.threads}, repeat {args.repeat}, np.matmul sgemm {rate:.0f} GFLOP/s")
-    print(_fmt_table(rows, contenders, rate))
-    if "torch" in contenders:
-        ratios = [r["time"]["torch"] / r["time"]["ours"] for r in rows]
-        print(f"\ngeometric mean torch/ours: {float(np.exp(np.mean(np.log(ratios)))):.2f}")
+    for op, r in results.items():
+        print()
+        print(f"{OPS[op][1]}: threads {threads}, repeat {args.repeat}, np.matmul sgemm {rate:.0f} GFLOP/s, "
+              f"load average {r['load'][0]} before, {r['load'][1]} after")
+        print(_fmt_table(r["rows"], r["contenders"], rate))
+        if "torch" in r["contenders"]:
+            print(f"\ngeometric mean torch/ours ({OPS[op][1]}): {geomean(r['rows']):.2f}")
     mem = {}
     if args.memory:
-        print("\npeak memory of one forward+backward, MiB (fresh process each):")
-        for name in args.shapes:
-            mem[name] = {c: peak_memory(name, c, args.threads) for c in contenders if c != "loop"}
-            parts = [f"{c} rss {m['rss_peak_growth'] / 2**20:.0f}" for c, m in mem[name].items()]
-            if "ours" in mem[name]:
-                parts.append(f"ours tracemalloc {mem[name]['ours']['tracemalloc'] / 2**20:.0f}")
-            print(f"  {name}: " + ", ".join(parts))
+        for op, r in results.items():
+            print(f"\npeak memory of one {OPS[op][1]} forward+backward, MiB (fresh process each):")
+            mem[op] = {}
+            for name in args.shapes:
+                m = mem[op][name] = {c: peak_memory(name, c, threads, op) for c in r["contenders"] if c != "loop"}
+                parts = [f"{c} rss {v['rss_peak_growth'] / 2**20:.0f}" for c, v in m.items()]
+                if "ours" in m:
+                    parts.append(f"ours tracemalloc {m['ours']['tracemalloc'] / 2**20:.0f}")
+                print(f"  {name}: " + ", ".join(parts))
     print("\nmachine:", json.dumps(machine()))
     if args.plot:
-        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
-        plot(rows, contenders, args.plot)
-        print(f"chart written to {args.plot}")
+        for op, r in results.items():
+            path = args.plot if op == ops[0] else _suffixed(args.plot, 0).replace("_t0", f"_{op}")
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            plot(r["rows"], r["contenders"], path, OPS[op][1])
+            print(f"chart written to {path}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"threads": args.threads, "repeat": args.repeat, "sgemm_gflops": rate,
-                       "rows": rows, "memory": mem, "machine": machine()}, f, indent=1)
+            json.dump({"threads": threads, "repeat": args.repeat, "sgemm_gflops": rate, "ops": results,
+                       "memory": mem, "machine": machine()}, f, indent=1)
     return 0
 
 

@@ -4,7 +4,7 @@ Every op ``f`` has ``f(...)`` and ``f.vjp(...) -> (y, pullback)``. The public co
 ``docs/api.md`` in the repository, the math of every variant ``docs/math.md``.
 """
 
-from . import nn, testing
+from . import nn, strategy, testing
 from ._op import vjp
 from .gradcheck import GradcheckError, gradcheck
 from .ops import (
@@ -27,6 +27,7 @@ from .ops import (
     softmax,
     tanh,
 )
+from .strategy import explain
 from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
@@ -34,4 +35,5 @@ __version__ = "0.1.0"
 __all__ = ["conv2d", "dynamic_conv2d", "dcd_conv2d", "atom_conv2d", "odconv2d", "conv1d", "dynamic_conv1d",
            "involution2d", "ddf_conv2d", "involution1d",
            "global_avg_pool", "linear", "relu", "sigmoid", "softmax", "hard_sigmoid", "tanh", "batch_norm",
-           "nn", "vjp", "gradcheck", "GradcheckError", "testing", "set_num_threads", "get_num_threads"]
+           "nn", "vjp", "gradcheck", "GradcheckError", "testing", "set_num_threads", "get_num_threads",
+           "strategy", "explain"]

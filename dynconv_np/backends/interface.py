@@ -101,6 +101,16 @@ class KernelAPI(ArrayAPI, Protocol):
         """Backward of :meth:`conv_forward`. Returns ``(dx (N, C, H, W) or None,
         gw (O, F) shared / (N, O, F) per sample or None, dbt (O,) shared / (N, O))``."""
 
+    def conv_plan(self, g, groups, O, K, per_sample, dtype):
+        """The formulation of a kernel-mixing op's convolution, ``"kernel_mixing"`` (mix
+        the K kernels per sample, then :meth:`conv_forward` with per-sample kernels
+        (N, O, F)) or ``"output_mixing"`` (:meth:`conv_forward` with the K kernels
+        stacked as K*O outputs (K*O, F), shared by the batch, then mix the K outputs per
+        sample). g: x's geometry; O outputs per kernel; K kernels; `per_sample`: the
+        mixing weights are (N, K) (else (K,): always ``"kernel_mixing"``); dtype of x.
+        The backend decides (a cost model, or a fixed answer) and may honour what
+        :mod:`dynconv_np.strategy` forces; the op has both formulations of the math."""
+
     def im2col(self, x, g, out=None):
         """Unfold x (n, C, H, W) into cols (n, C*kh*kw, Ho*Wo)."""
 

@@ -13,6 +13,17 @@ and its backward, with ``G_n = dY_n @ X_n^T`` and ``dbt_n = dY_n.sum(pixels)``::
 
 A shared ``pi (K,)`` (the static mixture of seed 000) mixes once and costs one
 convolution; its gradients use ``G = sum_n G_n``.
+
+Per-sample weights have a second formulation of the same math (output mixing): the K
+convolutions as one, the experts stacked as ``K*O`` outputs shared by the batch, then
+the outputs mixed per sample::
+
+    Y_n,k = W_k @ X_n + b_k             y_n = sum_k pi[n, k] Y_n,k
+    dY_n,k = pi[n, k] dy_n              dpi[n, k] = <dy_n, Y_n,k>
+
+and one shared-kernel backward on ``dY`` gives ``dx``, every ``dW_k`` and ``dbias_k``.
+It does K times the convolution work but in large shared-kernel GEMMs, without the
+``K*|W|`` mixing per sample; the backend picks the formulation (``conv_plan``).
 """
 
 from __future__ import annotations
@@ -66,6 +77,16 @@ def dynamic_conv2d(x: np.ndarray, W: np.ndarray, pi: np.ndarray, bias: np.ndarra
     pi_ = be.contiguous(pi)
     Wf = be.contiguous(W).reshape(K, O * F)                 # (K, O*F)
     b_ = None if bias is None else be.contiguous(bias)      # (K, O)
+    form = be.conv_plan(g, groups, O, K, per_sample, x_.dtype)
+    mix = _output_mixing if form == "output_mixing" else _kernel_mixing
+    return mix(be, x_, Wf, pi_, b_, g, groups, W.shape, pi.shape)
+
+
+def _kernel_mixing(be, x_, Wf, pi_, b_, g, groups, w_shape, pi_shape):
+    # Mix the kernels (per sample, or once for a shared pi), then one convolution.
+    K, O = w_shape[:2]
+    N, F = g.N, Wf.shape[1] // O
+    per_sample = len(pi_shape) == 2
     wt = be.gemm(pi_, Wf)                                   # (N, O*F) or (O*F,)
     bt = None if b_ is None else be.gemm(pi_, b_)           # (N, O) or (O,)
     wt = wt.reshape((N, O, F) if per_sample else (O, F))    # (N, O, F) or (O, F)
@@ -77,12 +98,39 @@ def dynamic_conv2d(x: np.ndarray, W: np.ndarray, pi: np.ndarray, bias: np.ndarra
         gw = gw.reshape(N, O * F) if per_sample else gw.reshape(1, O * F)  # (N|1, O*F)
         dbt = dbt if per_sample else dbt.reshape(1, O)                # (N|1, O)
         p2 = pi_ if per_sample else pi_.reshape(1, K)                 # (N|1, K)
-        dW = be.gemm(p2, gw, ta=True).reshape(W.shape)                # (K, O, Cg, kh, kw)
+        dW = be.gemm(p2, gw, ta=True).reshape(w_shape)                # (K, O, Cg, kh, kw)
         dpi = be.gemm(gw, Wf, tb=True)                                # (N|1, K)
         dbias = None
         if b_ is not None:
             dpi = be.add(dpi, be.gemm(dbt, b_, tb=True))
             dbias = be.gemm(p2, dbt, ta=True)                         # (K, O)
-        return dx, dW, dpi.reshape(pi.shape), dbias
+        return dx, dW, dpi.reshape(pi_shape), dbias
+
+    return y, pullback
+
+
+def _output_mixing(be, x_, Wf, pi_, b_, g, groups, w_shape, pi_shape):
+    # K convolutions as one shared convolution over the batch, then the outputs mixed.
+    # The stacked outputs are group-major, (G, K, Og), so that each group's experts are
+    # that group's outputs of the shared convolution.
+    K, O = w_shape[:2]
+    N, F, G, P = g.N, Wf.shape[1] // O, groups, g.P
+    Og = O // G
+    Ws = be.swap01(Wf.reshape(K, G, Og * F)).reshape(K * O, F)            # (G*K*Og, F)
+    bs = None if b_ is None else be.swap01(b_.reshape(K, G, Og)).reshape(K * O)  # (G*K*Og,)
+    Y = be.conv_forward(x_, Ws, bs, g, G).reshape(N, G, K, Og * P)      # Y[n, gi, k] = W_k X_n + b_k
+    y = be.gemm(pi_.reshape(N, 1, 1, K), Y)                             # (N, G, 1, Og*P)
+    y = y.reshape(N, O, g.Ho, g.Wo)
+
+    def pullback(dy):
+        _args.check_cotangent(dy, y)
+        dy4 = be.contiguous(dy).reshape(N, G, 1, Og * P)
+        dY = be.gemm(pi_.reshape(N, 1, K, 1), dy4)                      # (N, G, K, Og*P): pi[n,k] dy_n
+        dpi = be.gemm(Y, dy4, tb=True).reshape(N, G, K)                 # <Y[n,gi,k], dy[n,gi]>
+        dpi = be.gemm(be.fill(be.empty((1, G), dpi.dtype), 1), dpi)     # (N, 1, K): summed over groups
+        dx, gWs, dbs = be.conv_backward(x_, Ws, dY.reshape(N, K * O, g.Ho, g.Wo), g, G)
+        dW = be.swap01(gWs.reshape(G, K, Og * F)).reshape(w_shape)      # (K, O, Cg, kh, kw)
+        dbias = None if b_ is None else be.swap01(dbs.reshape(G, K, Og)).reshape(K, O)
+        return dx, dW, dpi.reshape(pi_shape), dbias
 
     return y, pullback

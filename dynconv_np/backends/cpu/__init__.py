@@ -7,7 +7,8 @@ topic module that defines it:
 - :mod:`.array`: the array API and the elementwise, per-row, per-channel, layout and
   optimiser primitives, in NumPy;
 - :mod:`.products`: ``gemm`` and ``gemm_nt_sum``, and the BLAS threading policy;
-- :mod:`.conv`: the conv template (``conv_forward``, ``conv_backward``);
+- :mod:`.conv`: the conv template (``conv_forward``, ``conv_backward``, ``conv_plan``),
+  each pass by the strategy that :mod:`.plan`'s cost model picks;
 - :mod:`.unfold`: ``im2col`` and ``col2im``;
 - :mod:`.taps`: the per-pixel tap engine;
 - :mod:`.filters`: DDF's filter normalisation;

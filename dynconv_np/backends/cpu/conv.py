@@ -1,48 +1,64 @@
 """CPU conv template: ``Y_n = Wt_n @ X_n + bt_n`` and its backward, Numba-parallel data
-movement around single-threaded BLAS GEMMs.
+movement around single-threaded BLAS GEMMs, each pass by the strategy the planner picks
+(:mod:`.plan`: a cost model over the shapes, or what ``dynconv_np.strategy`` forces).
 
 Every GEMM runs as a single-threaded BLAS call inside one Numba region per pass, with
 BLAS held at one thread meanwhile (:func:`~dynconv_np.backends.cpu.products.blas_single_thread`),
-so Numba's and BLAS's threads never compete. Unfolding is the row-tile code of
-:mod:`~dynconv_np.backends.cpu.unfold`.
+so Numba's and BLAS's threads never compete. Unfolding is the code of
+:mod:`~dynconv_np.backends.cpu.unfold`: runs of output rows, or, for whole samples of
+narrow outputs (``Wo <= GATHER_MAX_WO``), a gather through zero-padded channel planes
+(the same columns, bitwise, without a run's set-up per output row).
 
-* forward (``_fwd_items``): work items are (sample, tile of output rows) pairs, spread
-  over all threads. An item unfolds its tile into its thread's cache-sized buffer
-  (:data:`TILE_BYTES`, so the columns are written and read back from L2, never from
-  memory) and multiplies it by the sample's kernel. Small batches are cut into more,
-  smaller tiles.
-* backward, batches of :data:`MIN_BATCH` samples or more (``_bwd_samples``): a sample is
+Strategies ``tiles`` and ``batched`` are one pair of kernels with two layouts:
+
+* forward (``_fwd_items``): work items are (block of B samples, tile of R output rows)
+  pairs, spread over all threads. ``tiles``: B = 1, a sample's tile in its thread's
+  cache-sized buffer (:data:`TILE_BYTES`, so the columns are written and read back from
+  L2, never from memory), multiplied by the sample's kernel; small batches are cut into
+  more, smaller tiles. ``batched`` (a shared kernel only): R = Ho and B samples' columns
+  side by side (:data:`BATCH_BYTES`), one GEMM per block.
+* backward, batches of :data:`MIN_BATCH` samples or more (``_bwd_samples``): an item is
   done whole, tile by tile: the kernel gradient, the input gradient (col2im of each tile
-  into the sample's ``dx``) and the bias gradient with one unfold per tile. Per-sample
+  into the samples' ``dx``) and the bias gradient with one unfold per tile. Per-sample
   kernels spread the samples over all threads; a shared kernel's gradient is summed
-  over :data:`SLOTS` fixed slots of samples.
-* backward, smaller batches (``_bwd_blocks``): work items are blocks of input channels.
-  An item unfolds its block over the whole image and owns its columns of the kernel
-  gradient and its planes of ``dx``.
+  over :data:`SLOTS` fixed slots of items (samples, or ``batched``'s blocks, whose
+  gradient is one GEMM over the block's columns).
+* backward of ``tiles``, smaller batches (``_bwd_blocks``): work items are blocks of
+  input channels. An item unfolds its block over the whole image and owns its columns
+  of the kernel gradient and its planes of ``dx``.
 
-The template's buffers are per thread (a column tile each, :data:`TILE_BYTES`), so the
-batch is never chunked here: the workspace bound of ``set_workspace_bytes`` does not
-apply. Pointwise windows (1x1, stride 1, no padding) skip the unfold: the columns are x.
+``winograd2`` / ``winograd4`` call the Winograd module (``winograd.forward`` and
+``winograd.backward``, same contract as :func:`conv_forward` and :func:`conv_backward`)
+where the build has it; it is imported on first use.
 
-Determinism: every work item owns what it writes (a tile its outputs, a sample its
-gradients, a channel block its gradient columns and ``dx`` planes), so which thread takes
-it changes nothing, and a thread's scratch buffer is only workspace; a shared kernel's
-gradient is summed per slot in sample order and then over slots in slot order; tile,
-block and slot counts depend on the shapes and budgets, never on the thread count.
-Results are bitwise identical whatever ``NUMBA_NUM_THREADS`` is
-(tests/test_cpu_backend.py).
+The template's buffers are per thread (a column tile or block each), so the batch is
+never chunked here: the workspace bound of ``set_workspace_bytes`` does not apply.
+Pointwise windows (1x1, stride 1, no padding) skip the unfold of a single sample: the
+columns are x.
+
+Determinism: every work item owns what it writes (a tile its outputs, a sample or block
+its gradients, a channel block its gradient columns and ``dx`` planes), so which thread
+takes it changes nothing, and a thread's scratch buffer is only workspace; a shared
+kernel's gradient is summed per slot in item order and then over slots in slot order;
+tile, block and slot counts, and the strategy, depend on the shapes and budgets, never
+on the thread count. Results are bitwise identical whatever ``NUMBA_NUM_THREADS`` is
+(tests/test_cpu_backend.py, tests/test_strategy.py).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import math
 import threading
 
 import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange
 
+from . import plan
 from .index import ceil_div, split
 from .products import blas_single_thread
-from .unfold import col2im_rows, im2col_rows
+from .unfold import col2im_part, col2im_planes, col2im_rows, im2col_part, im2col_planes, im2col_rows, plane_shape
 
 
 # ----------------------------------------------------------------------------- batch kernels
@@ -51,10 +67,11 @@ from .unfold import col2im_rows, im2col_rows
 # every output it writes, and partial sums are accumulated in an order fixed by the
 # shapes alone (see the module docstring).
 @njit(inline="always")
-def _store_tile(y_n, out, bt, n, p0, inplace):
-    # y_n[:, p0:p0+Pt] = out (O, Pt) + bias; with ``inplace`` the GEMM already wrote y_n.
+def _store_tile(y_n, out, off, Pt, bt, n, p0, inplace):
+    # y_n[:, p0:p0+Pt] = out[:, off:off+Pt] (out (O, L)) + bias; with ``inplace`` the GEMM
+    # already wrote y_n.
     O, P = y_n.shape
-    Pt = out.shape[1]
+    L = out.shape[1]
     yf = y_n.reshape(y_n.size)
     of = out.reshape(out.size)
     has_bias = bt.shape[0] > 0
@@ -66,7 +83,7 @@ def _store_tile(y_n, out, bt, n, p0, inplace):
                 for p in range(Pt):
                     yf[np.uint64(dst + p)] += b
         else:
-            src = o * Pt
+            src = o * L + off
             if has_bias:
                 b = bt[n if bt.shape[0] > 1 else 0, o]
                 for p in range(Pt):
@@ -77,15 +94,15 @@ def _store_tile(y_n, out, bt, n, p0, inplace):
 
 
 @njit(inline="always")
-def _load_tile(dyt, dy_n, p0):
-    # dyt (O, Pt) <- dy_n[:, p0:p0+Pt]
+def _load_tile(dyt, off, Pt, dy_n, p0):
+    # dyt[:, off:off+Pt] (dyt (O, L)) <- dy_n[:, p0:p0+Pt]
     O, P = dy_n.shape
-    Pt = dyt.shape[1]
+    L = dyt.shape[1]
     tf = dyt.reshape(dyt.size)
     df = dy_n.reshape(dy_n.size)
     for o in range(O):
         for p in range(Pt):
-            tf[np.uint64(o * Pt + p)] = df[np.uint64(o * P + p0 + p)]
+            tf[np.uint64(o * L + off + p)] = df[np.uint64(o * P + p0 + p)]
 
 
 @njit(inline="always")
@@ -112,12 +129,50 @@ def _pixel_sums(dy, dbt, n):
         dbt[n, o] = (a0 + a1) + (a2 + a3)
 
 
+@njit(inline="always")
+def _plane(buf, x, idx, window):
+    # The padded-plane work space at the end of a thread's buffer (empty without idx).
+    Hp, Wp = plane_shape(x, window)
+    size = Hp * Wp if idx.shape[0] > 0 else 0
+    return buf[buf.shape[0] - size:]
+
+
+@njit(inline="always")
+def _unfold_item(x, cols, n0, nb, Pt, i0, i1, window, plane, idx):
+    # cols (C*kh*kw, nb*Pt) <- the output rows i0..i1-1 of samples n0..n0+nb-1, side by
+    # side; with idx (whole samples only), gathered through padded planes.
+    if idx.shape[0] > 0:
+        for b in range(nb):
+            im2col_planes(x, n0 + b, cols, b * Pt, plane, idx, window)
+    elif nb == 1:
+        im2col_rows(x, n0, cols, i0, i1, 0, window)
+    else:
+        for b in range(nb):
+            im2col_part(x, n0 + b, cols, b * Pt, i0, i1, window)
+
+
+@njit(inline="always")
+def _fold_item(dcols, dx, n0, nb, Pt, i0, i1, window, plane, idx):
+    # dx[n0..n0+nb-1] += the fold of their columns in dcols (the adjoint of _unfold_item)
+    if idx.shape[0] > 0:
+        for b in range(nb):
+            col2im_planes(dcols, dx, n0 + b, b * Pt, plane, idx, window)
+    elif nb == 1:
+        col2im_rows(dcols, dx, n0, i0, i1, 0, window)
+    else:
+        for b in range(nb):
+            col2im_part(dcols, dx, n0 + b, b * Pt, i0, i1, window)
+
+
 @njit(parallel=True, cache=True)
-def _fwd_items(x, wt, bt, y, ws, R, G, pointwise, window):
+def _fwd_items(x, wt, bt, y, ws, R, B, G, pointwise, window, idx):
     # x (N, C, H, W); wt (N or 1, O, Fg); bt (N or 1, O), or (0, O) for no bias;
-    # y (N, O, Ho*Wo); ws (threads, workspace floats). Work items are (sample, row tile)
-    # pairs, item t = n * tiles + tile, each owning its part of y: which thread takes
-    # which item does not change any result, so each thread works in its own buffer.
+    # y (N, O, Ho*Wo); ws (threads, workspace floats). Work items are (block of B
+    # samples, row tile) pairs, item t = block * tiles + tile, each owning its part of y:
+    # which thread takes which item does not change any result, so each thread works in
+    # its own buffer. B = 1: a sample's tile of R rows (tiles); B > 1 (a shared kernel,
+    # R = Ho): the block's columns side by side, one GEMM for the block (batched).
+    # idx (P,) or (0,): whole-sample items unfold through padded planes (see unfold.py).
     kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = window
     N, C = x.shape[0], x.shape[1]
     O, Fg = wt.shape[1], wt.shape[2]
@@ -125,54 +180,66 @@ def _fwd_items(x, wt, bt, y, ws, R, G, pointwise, window):
     CT = C * kh * kw
     P = Ho * Wo
     tiles = ceil_div(Ho, R)
-    for t in prange(N * tiles):
+    for t in prange(ceil_div(N, B) * tiles):
         buf = ws[get_thread_id()]
-        n, tile = split(t, tiles)
+        plane = _plane(buf, x, idx, window)
+        blk, tile = split(t, tiles)
+        n0 = blk * B
+        nb = min(N, n0 + B) - n0
         i0 = tile * R
         i1 = min(Ho, i0 + R)
         Pt = (i1 - i0) * Wo
-        w_n = wt[n if wt.shape[0] > 1 else 0]
-        y_n = y[n]
-        if pointwise:
-            cols = x[n].reshape(C, P)
+        L = nb * Pt
+        w_n = wt[n0 if wt.shape[0] > 1 else 0]
+        inplace = L == P
+        if pointwise and nb == 1:
+            cols = x[n0].reshape(C, P)
         else:
-            cols = buf[:CT * Pt].reshape(CT, Pt)
-            im2col_rows(x, n, cols, i0, i1, 0, window)
-        out = y_n if Pt == P else buf[CT * Pt:CT * Pt + O * Pt].reshape(O, Pt)
+            cols = buf[:CT * L].reshape(CT, L)
+            _unfold_item(x, cols, n0, nb, Pt, i0, i1, window, plane, idx)
+        at = 0 if pointwise and nb == 1 else CT * L
+        out = y[n0] if inplace else buf[at:at + O * L].reshape(O, L)
         for g in range(G):
             np.dot(w_n[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg], out[g * Og:(g + 1) * Og])
-        _store_tile(y_n, out, bt, n, i0 * Wo, Pt == P)
+        for b in range(nb):
+            _store_tile(y[n0 + b], out, b * Pt, Pt, bt, n0 + b, i0 * Wo, inplace)
 
 
 @njit(inline="always")
-def _bwd_sample(x, w_n, dy, dx, g_n, dbt, buf, n, first, R, G, pointwise, need_dx, need_dw, window):
-    # Sample n of the backward, tile by tile: one unfold per tile, g_n (O, Fg) =
-    # (first: set, else: add) dY X^T, the tile's dX folded into dx[n], the bias sums.
+def _bwd_item(x, w_n, dy, dx, g_n, dbt, buf, n0, nb, first, R, G, pointwise, need_dx, need_dw, window, idx):
+    # Samples n0..n0+nb-1 of the backward (nb = 1: one sample, tile by tile; nb > 1: the
+    # block's columns side by side, R = Ho): one unfold per tile, g_n (O, Fg) =
+    # (first: set, else: add) dY X^T, the tile's dX folded into dx, the bias sums.
     kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = window
     C = x.shape[1]
     O, Fg = w_n.shape
     Og = O // G
     CT = C * kh * kw
     P = Ho * Wo
-    _pixel_sums(dy, dbt, n)
-    if need_dx and not pointwise:
-        dx[n, :, :, :] = 0
+    direct_x = pointwise and nb == 1          # the columns are x[n0], dX is dx[n0]
+    plane = _plane(buf, x, idx, window)
+    for b in range(nb):
+        _pixel_sums(dy, dbt, n0 + b)
+        if need_dx and not direct_x:
+            dx[n0 + b, :, :, :] = 0
     for i0 in range(0, Ho, R):
         i1 = min(Ho, i0 + R)
         Pt = (i1 - i0) * Wo
-        at = 0 if pointwise else CT * Pt
-        if Pt == P:
-            dyt = dy[n]
+        L = nb * Pt
+        at = 0 if direct_x else CT * L
+        if L == P:
+            dyt = dy[n0]
         else:
-            dyt = buf[at:at + O * Pt].reshape(O, Pt)
-            _load_tile(dyt, dy[n], i0 * Wo)
-            at += O * Pt
+            dyt = buf[at:at + O * L].reshape(O, L)
+            for b in range(nb):
+                _load_tile(dyt, b * Pt, Pt, dy[n0 + b], i0 * Wo)
+            at += O * L
         if need_dw:
-            if pointwise:
-                cols = x[n].reshape(C, P)
+            if direct_x:
+                cols = x[n0].reshape(C, P)
             else:
-                cols = buf[:CT * Pt].reshape(CT, Pt)
-                im2col_rows(x, n, cols, i0, i1, 0, window)
+                cols = buf[:CT * L].reshape(CT, L)
+                _unfold_item(x, cols, n0, nb, Pt, i0, i1, window, plane, idx)
             direct = first and i0 == 0
             tmp = g_n if direct else buf[at:at + O * Fg].reshape(O, Fg)
             for g in range(G):
@@ -181,36 +248,37 @@ def _bwd_sample(x, w_n, dy, dx, g_n, dbt, buf, n, first, R, G, pointwise, need_d
             if not direct:
                 g_n += tmp
         if need_dx:
-            dcols = dx[n].reshape(C, P) if pointwise else buf[:CT * Pt].reshape(CT, Pt)
+            dcols = dx[n0].reshape(C, P) if direct_x else buf[:CT * L].reshape(CT, L)
             for g in range(G):
                 np.dot(w_n[g * Og:(g + 1) * Og].T, dyt[g * Og:(g + 1) * Og],
                        dcols[g * Fg:(g + 1) * Fg])
-            if not pointwise:
-                col2im_rows(dcols, dx, n, i0, i1, 0, window)
+            if not direct_x:
+                _fold_item(dcols, dx, n0, nb, Pt, i0, i1, window, plane, idx)
 
 
 @njit(parallel=True, cache=True)
-def _bwd_samples(x, wt, dy, dx, gw, dbt, ws, S, R, G, pointwise, need_dx, need_dw, window):
+def _bwd_samples(x, wt, dy, dx, gw, dbt, ws, S, R, B, G, pointwise, need_dx, need_dw, window, idx):
     # x (N, C, H, W); wt (N or 1, O, Fg); dy (N, O, Ho*Wo); dx (N, C, H, W);
     # gw (N, O, Fg) per sample, or (S, O, Fg) slot partials for a shared kernel;
     # dbt (N, O), the pixel sums of dy, accumulated in float64 in a fixed order.
     N = x.shape[0]
     if wt.shape[0] == 1:
-        # A shared kernel's gradient sums over samples: slot s sums samples s, s+S, ...
-        # in order into gw[s] (S fixed by the shapes), so the sum's order never depends
-        # on the threads. ws (S, workspace floats).
+        # A shared kernel's gradient sums over blocks of B samples (B = 1: samples): slot
+        # s sums blocks s, s+S, ... in order into gw[s] (S and B fixed by the shapes), so
+        # the sum's order never depends on the threads. ws (S, workspace floats).
         for s in prange(S):
             if need_dw:
                 gw[s, :, :] = 0
-            for n in range(s, N, S):
-                _bwd_sample(x, wt[0], dy, dx, gw[s], dbt, ws[s], n, False, R, G, pointwise,
-                            need_dx, need_dw, window)
+            for blk in range(s, ceil_div(N, B), S):
+                n0 = blk * B
+                _bwd_item(x, wt[0], dy, dx, gw[s], dbt, ws[s], n0, min(N, n0 + B) - n0, False, R, G,
+                          pointwise, need_dx, need_dw, window, idx)
     else:
         # Per-sample kernels: a sample owns all it writes, so any thread may take it,
         # working in its own buffer. ws (threads, workspace floats).
         for n in prange(N):
-            _bwd_sample(x, wt[n], dy, dx, gw[n], dbt, ws[get_thread_id()], n, True, R, G,
-                        pointwise, need_dx, need_dw, window)
+            _bwd_item(x, wt[n], dy, dx, gw[n], dbt, ws[get_thread_id()], n, 1, True, R, G,
+                      pointwise, need_dx, need_dw, window, idx)
 
 
 @njit(parallel=True, cache=True)
@@ -272,6 +340,12 @@ def _bwd_blocks(x, wt, dy, dx, gw, dbt, ws, blocks, G, pointwise, need_dx, need_
 SLOTS = 8
 #: Budget, in bytes, of one work item's column tile: small enough to stay in a core's L2.
 TILE_BYTES = 1 * 2**20
+#: Budget, in bytes, of a batched block's columns (its samples' side by side); a block
+#: holds two samples at least.
+BATCH_BYTES = 512 * 2**10
+#: Outputs this narrow or narrower unfold whole samples through padded planes (one
+#: gather per column row) instead of runs of Wo (see ``unfold.im2col_planes``).
+GATHER_MAX_WO = 16
 #: Smallest batch whose backward is split over samples; smaller ones are split over
 #: channel blocks instead (``_bwd_blocks``).
 MIN_BATCH = 4
@@ -279,7 +353,7 @@ MIN_BATCH = 4
 MIN_ITEMS = 4
 
 
-# ----------------------------------------------------------------------------- template
+# ----------------------------------------------------------------------------- layouts
 def _use_blocks(g) -> bool:
     # A batch smaller than MIN_BATCH has too few samples to keep the threads busy.
     return g.N < MIN_BATCH
@@ -292,6 +366,23 @@ def _rows_per_tile(g, itemsize: int) -> int:
     # a small batch is cut into more, smaller tiles so that every thread has work
     per_sample = ceil_div(MIN_ITEMS, max(1, g.N))
     return max(1, min(R, ceil_div(g.Ho, per_sample)))
+
+
+def _samples_per_block(g, itemsize: int) -> int:
+    """Samples per block of ``batched``: as many as :data:`BATCH_BYTES` of columns hold
+    (2 at least), in at least :data:`SLOTS` blocks of 2 or more where the batch allows
+    (so that the threads share the work); blocks of about equal size. A function of the
+    shapes only: the blocks decide the GEMM shapes."""
+    B = max(2, BATCH_BYTES // (g.C * g.taps * g.P * itemsize))
+    blocks = max(ceil_div(g.N, B), min(SLOTS, g.N // 2), 1)
+    return ceil_div(g.N, blocks)
+
+
+def _layout(strategy: str, g, itemsize: int) -> tuple[int, int]:
+    # (R, B): rows per tile and samples per work item of the template's kernels
+    if strategy == "batched":
+        return g.Ho, _samples_per_block(g, itemsize)
+    return _rows_per_tile(g, itemsize), 1
 
 
 _scratch_store = threading.local()
@@ -314,11 +405,27 @@ def _scratch(rows: int, cols: int, dtype) -> np.ndarray:
     return buf[:rows * cols].reshape(rows, cols)
 
 
-def _tile_workspace(g, R, dtype, rows, extra):
-    # (rows, column tile + extra): one row per slot or thread; `extra` floats each for
-    # GEMM outputs
-    cols = 0 if g.pointwise else g.C * g.taps * R * g.Wo
-    return _scratch(rows, cols + extra, dtype)
+def _padded_plane(g) -> tuple[int, int]:
+    # (Hp, Wp): as unfold.plane_shape
+    return (max(g.H + g.ph, (g.Ho - 1) * g.sh + (g.kh - 1) * g.dh + 1),
+            max(g.W + g.pw, (g.Wo - 1) * g.sw + (g.kw - 1) * g.dw + 1))
+
+
+def _plane_index(g, R: int) -> np.ndarray:
+    """idx (P,) for whole-sample items of narrow outputs (the padded-plane unfold:
+    ``i*sh*Wp + j*sw``), else (0,) (the row runs)."""
+    if R < g.Ho or g.Wo > GATHER_MAX_WO:
+        return np.zeros(0, np.int64)
+    Wp = _padded_plane(g)[1]
+    return (np.arange(g.Ho)[:, None] * (g.sh * Wp) + np.arange(g.Wo)[None, :] * g.sw).ravel()
+
+
+def _item_workspace(g, R, B, idx, dtype, rows, extra):
+    # (rows, columns of an item + extra + padded plane): one row per slot or thread;
+    # `extra` floats each for GEMM outputs. A pointwise sample alone needs no columns.
+    cols = 0 if g.pointwise and B == 1 else g.C * g.taps * B * R * g.Wo
+    plane = math.prod(_padded_plane(g)) if len(idx) else 0
+    return _scratch(rows, cols + extra + plane, dtype)
 
 
 def _channel_blocks(g, G: int, itemsize: int) -> np.ndarray:
@@ -334,8 +441,59 @@ def _channel_blocks(g, G: int, itemsize: int) -> np.ndarray:
                      for gi in range(G) for c in range(0, Cg, cb)], dtype=np.int64)
 
 
+# ----------------------------------------------------------------------------- planning
+@functools.cache
+def _winograd():
+    """The Winograd module (``winograd.supports``, ``forward``, ``backward``), or None in
+    a build without it."""
+    name = f"{__package__}.winograd"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name:
+            raise
+        return None
+
+
+def _call(g, groups: int, O: int, shared: bool, itemsize: int) -> plan.ConvCall:
+    """What the planner needs of a call: its shapes and this template's layouts for them
+    (cached: the layouts' budgets and the Winograd module are part of the key)."""
+    return _described(g, groups, O, shared, itemsize, TILE_BYTES, BATCH_BYTES, MIN_BATCH, MIN_ITEMS, GATHER_MAX_WO,
+                      _winograd())
+
+
+@functools.lru_cache(maxsize=1024)
+def _described(g, groups, O, shared, itemsize, *budgets_and_winograd) -> plan.ConvCall:
+    wino = budgets_and_winograd[-1]
+    blocks = _channel_blocks(g, groups, itemsize) if _use_blocks(g) else np.zeros((0, 3), np.int64)
+    return plan.ConvCall(
+        N=g.N, C=g.C, O=O, H=g.H, W=g.W, Ho=g.Ho, Wo=g.Wo, kh=g.kh, kw=g.kw, stride=(g.sh, g.sw),
+        dilation=(g.dh, g.dw), groups=groups, shared=shared, itemsize=itemsize, pointwise=g.pointwise,
+        tile_rows=_rows_per_tile(g, itemsize), channel_blocks=len(blocks),
+        block_rows=int((blocks[:, 2] - blocks[:, 1]).max(initial=0)) * g.taps,
+        block_samples=_samples_per_block(g, itemsize), narrow=g.Wo <= GATHER_MAX_WO,
+        winograd=wino is not None and bool(wino.supports(g, groups)))
+
+
+def conv_plan(g, groups, O, K, per_sample, dtype):
+    """The formulation of a kernel-mixing op, ``"kernel_mixing"`` or ``"output_mixing"``
+    (see :mod:`.plan`): the forced one, else the one the cost model finds cheaper. Shared
+    mixing weights (``per_sample`` False) mix once: always ``"kernel_mixing"``."""
+    itemsize = np.dtype(dtype).itemsize
+    if not per_sample:
+        if plan.forced().mixing == "output_mixing":
+            raise ValueError("strategy 'output_mixing' was forced, but it needs per-sample mixing weights "
+                             "pi (N, K); shared weights pi (K,) mix the kernels once")
+        return "kernel_mixing"
+    if g.N == 0:
+        return "kernel_mixing"
+    return plan.choose_mixing(_call(g, groups, O, False, itemsize), _call(g, groups, K * O, True, itemsize), K)
+
+
+# ----------------------------------------------------------------------------- template
 def conv_forward(x, wt, bt, g, groups):
-    """``Y_n = Wt_n @ X_n + bt_n`` for shared or per-sample kernels.
+    """``Y_n = Wt_n @ X_n + bt_n`` for shared or per-sample kernels, by the strategy the
+    planner picks (:mod:`.plan`).
 
     Parameters
     ----------
@@ -353,18 +511,22 @@ def conv_forward(x, wt, bt, g, groups):
     y = np.empty((g.N, O, g.Ho, g.Wo), dtype=x.dtype)
     if g.N == 0:
         return y
-    R = _rows_per_tile(g, x.dtype.itemsize)
-    ws = _tile_workspace(g, R, x.dtype, get_num_threads(), O * R * g.Wo)
+    strategy = plan.choose("forward", _call(g, groups, O, wt.ndim == 2, x.dtype.itemsize))
+    if strategy.startswith("winograd"):
+        return _winograd().forward(x, wt, bt, g, groups, m=int(strategy[-1]))
+    R, B = _layout(strategy, g, x.dtype.itemsize)
+    idx = _plane_index(g, R)
+    ws = _item_workspace(g, R, B, idx, x.dtype, get_num_threads(), O * B * R * g.Wo)
     w3 = wt.reshape(1, O, F) if wt.ndim == 2 else wt
     b2 = np.zeros((0, O), x.dtype) if bt is None else bt.reshape(-1, O)
     with blas_single_thread():
-        _fwd_items(x, w3, np.ascontiguousarray(b2), y.reshape(g.N, O, g.P), ws, R, groups,
-                   g.pointwise, g.window)
+        _fwd_items(x, w3, np.ascontiguousarray(b2), y.reshape(g.N, O, g.P), ws, R, B, groups,
+                   g.pointwise, g.window, idx)
     return y
 
 
 def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
-    """Backward of :func:`conv_forward`.
+    """Backward of :func:`conv_forward`, by the strategy the planner picks (:mod:`.plan`).
 
     Parameters
     ----------
@@ -383,16 +545,21 @@ def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
     O, F = wt.shape[-2], wt.shape[-1]
     shared = wt.ndim == 2
     w3 = wt.reshape(1, O, F) if shared else wt
-    dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None
     if g.N == 0:
+        dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None
         gw = np.zeros(wt.shape if shared else (0, O, F), dtype=x.dtype) if need_dw else None
         return dx, gw, np.zeros((O,) if shared else (0, O), dtype=x.dtype)
+    itemsize = x.dtype.itemsize
+    strategy = plan.choose("backward", _call(g, G, O, shared, itemsize), need_dx, need_dw)
+    if strategy.startswith("winograd"):
+        return _winograd().backward(x, wt, dy, g, G, need_dx=need_dx, need_dw=need_dw, m=int(strategy[-1]))
+    dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None
     dx_ = dx if need_dx else np.empty((0, g.C, g.H, g.W), dtype=x.dtype)
     dbt = np.empty((g.N, O), dtype=x.dtype)
     dyr = dy.reshape(g.N, O, g.P)
     pointwise = g.pointwise
-    if _use_blocks(g):
-        blocks = _channel_blocks(g, G, x.dtype.itemsize)
+    if strategy == "tiles" and _use_blocks(g):
+        blocks = _channel_blocks(g, G, itemsize)
         rows = int((blocks[:, 2] - blocks[:, 1]).max()) * g.taps
         ws = _scratch(get_num_threads(), (0 if pointwise else rows * g.P) + O // G * rows, x.dtype)
         gw = np.empty((1 if shared else g.N, O, F), dtype=x.dtype)
@@ -400,12 +567,13 @@ def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
             _bwd_blocks(x, w3, dyr, dx_, gw, dbt, ws, blocks, G, pointwise, need_dx, need_dw, g.window)
         gw = gw[0] if shared else gw
     else:
-        R = _rows_per_tile(g, x.dtype.itemsize)
-        S = min(g.N, SLOTS)
-        ws = _tile_workspace(g, R, x.dtype, S if shared else get_num_threads(), O * R * g.Wo + O * F)
+        R, B = _layout(strategy, g, itemsize)
+        idx = _plane_index(g, R)
+        S = min(ceil_div(g.N, B), SLOTS)
+        ws = _item_workspace(g, R, B, idx, x.dtype, S if shared else get_num_threads(), O * B * R * g.Wo + O * F)
         gw = np.empty((S if shared else g.N, O, F), dtype=x.dtype)
         with blas_single_thread():
-            _bwd_samples(x, w3, dyr, dx_, gw, dbt, ws, S, R, G, pointwise, need_dx, need_dw, g.window)
+            _bwd_samples(x, w3, dyr, dx_, gw, dbt, ws, S, R, B, G, pointwise, need_dx, need_dw, g.window, idx)
         if shared:
             # Slot partials summed in slot order: a fixed order, whatever the threads.
             gw = np.add.reduce(gw, axis=0)

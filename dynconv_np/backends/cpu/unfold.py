@@ -3,7 +3,8 @@
 Column layout (Chainer's, flattened): ``cols[n, (c*kh + u)*kw + v, i*Wo + j] =
 xpad[n, c, i*sh + u*dh, j*sw + v*dw]``. A column tile holds the output rows ``i0..i1-1``
 of channels ``c0..c1-1``: its row ``r = ((c - c0)*kh + u)*kw + v`` has ``(i1 - i0)*Wo``
-entries.
+entries. A tile of several samples' columns side by side (:func:`im2col_part`) holds
+sample b's at the column offset ``b*(i1 - i0)*Wo`` of every row.
 
 Determinism: in :func:`col2im` the thread of plane ``(n, c)`` is the only writer of
 ``dx[n, c]`` and sums its taps in ascending order. Inner loops index flat arrays with
@@ -61,18 +62,19 @@ def _fold_run(imgf, at, sw, cf, d, jlo, jhi, Wo):
 
 
 @njit(inline="always")
-def _walk(img, n, cols, i0, i1, c0, window, run):
-    # Every row of the column tile cols (rows, (i1-i0)*Wo) of sample n's output rows
-    # i0..i1-1 and channels c0..: run(..) unfolds it from img or folds it into img (an
-    # output row whose tap reads padding has no columns inside), taps in ascending order.
+def _walk(img, n, cf, rows, ld, off, i0, i1, c0, window, run):
+    # Every row of a column tile of sample n's output rows i0..i1-1 and channels c0..:
+    # row r's (i1-i0)*Wo columns at cf[r*ld + off:] (cf flat; ld = (i1-i0)*Wo and off = 0
+    # for a tile of its own, wider for several samples' columns side by side). run(..)
+    # unfolds it from img or folds it into img (an output row whose tap reads padding has
+    # no columns inside), taps in ascending order.
     sh, sw, Wo = window[2], window[3], window[9]
     step = sh * img.shape[3]
     imgf = img.reshape(img.size)
-    cf = cols.reshape(cols.size)
-    for r in range(cols.shape[0]):
+    for r in range(rows):
         ilo, ihi, jlo, jhi, base = _tap_row(img, n, r, c0, i1, window)
         for i in range(i0, i1):
-            d = r * cols.shape[1] + (i - i0) * Wo
+            d = r * ld + off + (i - i0) * Wo
             if ilo <= i < ihi:
                 run(imgf, base + i * step, sw, cf, d, jlo, jhi, Wo)
             else:
@@ -82,13 +84,102 @@ def _walk(img, n, cols, i0, i1, c0, window, run):
 @njit(inline="always")
 def im2col_rows(x, n, cols, i0, i1, c0, window):
     """cols (rows, (i1-i0)*Wo) <- the output rows i0..i1-1 of sample n, channels c0..c0 + rows/(kh*kw) - 1."""
-    _walk(x, n, cols, i0, i1, c0, window, _unfold_run)
+    _walk(x, n, cols.reshape(cols.size), cols.shape[0], cols.shape[1], 0, i0, i1, c0, window, _unfold_run)
 
 
 @njit(inline="always")
 def col2im_rows(cols, dx, n, i0, i1, c0, window):
     """dx[n, c0:...] += the fold of cols (rows, (i1-i0)*Wo), the output rows i0..i1-1."""
-    _walk(dx, n, cols, i0, i1, c0, window, _fold_run)
+    _walk(dx, n, cols.reshape(cols.size), cols.shape[0], cols.shape[1], 0, i0, i1, c0, window, _fold_run)
+
+
+@njit(inline="always")
+def im2col_part(x, n, cols, off, i0, i1, window):
+    """Sample n's part of a tile of several samples' columns: cols (C*kh*kw, L), the
+    columns ``off .. off + (i1-i0)*Wo - 1`` of every row <- the output rows i0..i1-1."""
+    _walk(x, n, cols.reshape(cols.size), cols.shape[0], cols.shape[1], off, i0, i1, 0, window, _unfold_run)
+
+
+@njit(inline="always")
+def col2im_part(cols, dx, n, off, i0, i1, window):
+    """dx[n] += the fold of sample n's part of cols (C*kh*kw, L) (see :func:`im2col_part`)."""
+    _walk(dx, n, cols.reshape(cols.size), cols.shape[0], cols.shape[1], off, i0, i1, 0, window, _fold_run)
+
+
+@njit(inline="always")
+def plane_shape(img, window):
+    """``(Hp, Wp)``: a channel plane of img (N, C, H, W) with its padding, top/left ``ph, pw``
+    and as far down/right as any tap reads (as ``reference.pad_input``)."""
+    kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = window
+    Hp = max(img.shape[2] + ph, (Ho - 1) * sh + (kh - 1) * dh + 1)
+    Wp = max(img.shape[3] + pw, (Wo - 1) * sw + (kw - 1) * dw + 1)
+    return Hp, Wp
+
+
+@njit(inline="always")
+def _plane_copy(imgf, at, pf, H, W, ph, pw, Wp, into_plane):
+    # The H x W plane of img at flat offset `at` <-> the interior of the padded plane pf:
+    # into_plane: copy it in; else add the plane's interior to it.
+    for h in range(H):
+        src = at + h * W
+        dst = (h + ph) * Wp + pw
+        if into_plane:
+            for w in range(W):
+                pf[np.uint64(dst + w)] = imgf[np.uint64(src + w)]
+        else:
+            for w in range(W):
+                imgf[np.uint64(src + w)] += pf[np.uint64(dst + w)]
+
+
+@njit(inline="always")
+def _planes(img, n, cols, off, plane, idx, window, unfold):
+    # unfold: cols' columns of sample n <- img[n] through padded planes; else img[n] +=
+    # their fold, summed in a zeroed padded plane per channel, taps in ascending order.
+    kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = window
+    C, H, W = img.shape[1], img.shape[2], img.shape[3]
+    Wp = plane_shape(img, window)[1]
+    P, L = idx.shape[0], cols.shape[1]
+    imgf = img.reshape(img.size)
+    cf = cols.reshape(cols.size)
+    plane[:] = 0
+    for c in range(C):
+        if unfold:
+            _plane_copy(imgf, (n * C + c) * H * W, plane, H, W, ph, pw, Wp, True)
+        elif c > 0:
+            plane[:] = 0
+        for t in range(kh * kw):
+            u, v = split(t, kw)
+            at = u * dh * Wp + v * dw
+            d = (c * kh * kw + t) * L + off
+            if unfold:
+                for p in range(P):
+                    cf[np.uint64(d + p)] = plane[np.uint64(idx[p] + at)]
+            else:
+                for p in range(P):
+                    plane[np.uint64(idx[p] + at)] += cf[np.uint64(d + p)]
+        if not unfold:
+            _plane_copy(imgf, (n * C + c) * H * W, plane, H, W, ph, pw, Wp, False)
+
+
+@njit(inline="always")
+def im2col_planes(x, n, cols, off, plane, idx, window):
+    """Sample n's columns, every output row, at the column offset `off` of cols
+    (C*kh*kw, L), gathered from a zero-padded copy of each channel plane.
+
+    plane (Hp*Wp,) is work space (:func:`plane_shape`); idx (Ho*Wo,) the offset in the
+    padded plane of each output pixel's first tap, ``i*sh*Wp + j*sw``. One gather per
+    row, without bounds: faster than :func:`im2col_rows`'s runs of Wo for narrow outputs,
+    slower for wide ones; the same columns."""
+    _planes(x, n, cols, off, plane, idx, window, True)
+
+
+@njit(inline="always")
+def col2im_planes(cols, dx, n, off, plane, idx, window):
+    """dx[n] += the fold of sample n's columns at offset `off` of cols (C*kh*kw, L)
+    (every output row), summed in a zero-padded plane per channel: the adjoint of
+    :func:`im2col_planes`. Each input element sums its taps in ascending order, as
+    :func:`col2im_rows` does, so a zeroed dx[n] gets bitwise the same result."""
+    _planes(dx, n, cols, off, plane, idx, window, False)
 
 
 @njit(inline="always")

@@ -85,6 +85,13 @@ def _as_groups(wt, g, G: int):
     return wt.reshape(G if shared else g.N * G, O // G, F), O, F, shared
 
 
+def conv_plan(g, groups, O, K, per_sample, dtype):
+    """``"kernel_mixing"``, always: this backend has no cost model, and kernel mixing
+    does K times less convolution work. (What :mod:`dynconv_np.strategy` forces applies
+    to the CPU backend only.)"""
+    return "kernel_mixing"
+
+
 def conv_forward(x, wt, bt, g, groups):
     """``Y_n = Wt_n @ X_n + bt_n`` for shared or per-sample kernels, on the device.
 

@@ -1,0 +1,487 @@
+"""The CPU conv planner: which strategy runs each pass of a convolution, and which
+formulation a kernel-mixing op uses, chosen per call by a cost model.
+
+Strategies of one conv pass (``conv_forward`` or ``conv_backward`` of
+:mod:`~dynconv_np.backends.cpu.conv`):
+
+``tiles``
+    The row-tile template: one GEMM per (sample, tile of output rows) in the forward, a
+    sample at a time in the backward (channel blocks below ``MIN_BATCH`` samples).
+``batched``
+    Shared kernels only: the columns of a block of samples side by side, one GEMM per
+    block (forward, input gradient, and the kernel gradient summed over the block).
+    Pays where a sample has few pixels and its own GEMM would be small.
+``winograd2``, ``winograd4``
+    Winograd F(2x2, 3x3) and F(4x4, 3x3) (:mod:`~dynconv_np.backends.cpu.winograd`, where
+    present): 3x3 windows, stride 1, dilation 1.
+
+Formulations of a kernel-mixing op (``conv_plan``), SPEC's two forms of the same math:
+
+``kernel_mixing``
+    Mix the K kernels per sample (``K*|W|`` multiply-adds a sample), then one
+    convolution with per-sample kernels.
+``output_mixing``
+    One shared convolution with the K kernels stacked as ``K*O`` outputs over the whole
+    batch, then the K outputs mixed per sample: K times the convolution's work, in large
+    shared-kernel GEMMs and without the per-sample kernels.
+
+The cost model estimates each candidate's time in seconds on a nominal machine of
+:data:`THREADS` cores (the machine it was calibrated on, see docs/performance.md and
+``benchmarks/calibrate.py``): GEMMs at a rate that falls off for small dimensions, copies
+(unfold, fold, tile stores) per element, in cache or not, and per work item overhead.
+Estimates and decisions are functions of the shapes and dtype only, never of the thread
+count of the process, so every thread count runs the same strategy (and gives bitwise
+the same results).
+
+Forcing: :func:`forced` reads what :mod:`dynconv_np.strategy` set (a context's
+:func:`force` or the process default); a forced strategy that does not support a call
+raises ``ValueError`` naming it. :func:`recording` collects every decision (with the
+estimates) for ``dynconv_np.strategy.explain``; each decision is also logged at DEBUG level
+on the ``dynconv_np.strategy`` logger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import logging
+import math
+
+#: The strategies of one conv pass, in the order ties are broken.
+CONV_STRATEGIES = ("tiles", "batched", "winograd2", "winograd4")
+#: The formulations of a kernel-mixing op.
+MIXINGS = ("kernel_mixing", "output_mixing")
+#: Passes a strategy is chosen for.
+PASSES = ("forward", "backward")
+
+log = logging.getLogger("dynconv_np.strategy")
+
+# ----------------------------------------------------------------------------- cost constants
+# Fitted to measurements on the 2-core machine of docs/performance.md by
+# ``python benchmarks/calibrate.py --fit`` (which prints these lines), timed as CPU time
+# over 2 threads on a loaded machine (``--cpu-time``); GEMM_CALL, ITEM, the GEMM's N
+# half-width, the Winograd constants and MARGIN are set by hand.
+#: Cores of the nominal machine: work items are spread over this many threads.
+THREADS = 2
+#: Single-thread GEMM rate (flop/s) of large float32 products; float64 runs at half.
+GEMM_PEAK = 6.94e10
+#: GEMM dimensions at which the rate is half the peak, per dimension (M, K, N of
+#: ``(M, K) @ (K, N)``): rate = peak * prod(d / (d + half)).
+GEMM_HALF = (1.48, 19.6, 3.0)
+#: Seconds of one GEMM call beyond its flops (dispatch, packing of small operands).
+GEMM_CALL = 1.5e-6
+#: Seconds per element moved within a work buffer (tile loads and stores, plane copies).
+COPY = 7.15e-11
+#: Seconds per run of the row unfold (one output row of one column row: its set-up
+#: and edges), beyond its elements.
+RUN = 1.1e-10
+#: Seconds per element of the padded-plane unfold (a gather).
+GATHER = 7.32e-12
+#: Factor on every copy when a work item's buffer exceeds :data:`L2_BYTES`.
+MEM_FACTOR = 4.46
+#: Cache size per core below which a work item's buffer stays resident.
+L2_BYTES = 2 * 2**20
+#: Seconds per work item (scheduling, views, the bias and pixel-sum loops' set-up).
+ITEM = 2.0e-7
+#: Seconds per multiply-add of the mixing products (``pi @ W``, ``pi^T G``, ``G W^T``,
+#: and output mixing's per-sample sums), which stream memory.
+STREAM = 2.06e-10
+#: Winograd tile transforms: seconds per transformed element, F(2x2) and F(4x4).
+WINO_TRANSFORM = {2: 1.0e-9, 4: 2.0e-9}
+#: Winograd's block budget (bytes of transformed input and products per work item).
+WINO_BLOCK_BYTES = 512 * 2**10
+#: Another strategy than the first candidate (``tiles``; ``kernel_mixing``) is picked
+#: only when its estimate is below this fraction of the first's: the estimates are
+#: within some 20 % of the measurements, and the first is the better-tried path.
+MARGIN = 0.85
+#: The constants :func:`calibrate` may set (``benchmarks/calibrate.py --fit``).
+FITTED = ("GEMM_PEAK", "GEMM_HALF", "GEMM_CALL", "COPY", "RUN", "GATHER", "MEM_FACTOR", "ITEM", "STREAM")
+
+
+def calibrate(**constants) -> None:
+    """Set cost constants (names of :data:`FITTED`) and forget cached estimates."""
+    for name, value in constants.items():
+        if name not in FITTED:
+            raise ValueError(f"unknown cost constant {name!r}; expected one of {', '.join(FITTED)}")
+        globals()[name] = value
+    estimates.cache_clear()
+
+
+# ----------------------------------------------------------------------------- a call
+@dataclasses.dataclass(frozen=True)
+class ConvCall:
+    """What the planner knows of one conv call: the shapes, and the layouts the conv
+    template would use for them (computed by :mod:`~dynconv_np.backends.cpu.conv`).
+
+    ``tile_rows``: output rows per tile of ``tiles``; ``channel_blocks`` / ``block_rows``:
+    the small-batch backward's channel blocks (0 when the batch is not small);
+    ``block_samples``: samples per block of ``batched``; ``narrow``: whole samples unfold
+    through padded planes; ``winograd``: the Winograd module is present and supports the
+    window.
+    """
+
+    N: int
+    C: int
+    O: int
+    H: int
+    W: int
+    Ho: int
+    Wo: int
+    kh: int
+    kw: int
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    shared: bool
+    itemsize: int
+    pointwise: bool
+    tile_rows: int
+    channel_blocks: int
+    block_rows: int
+    block_samples: int
+    narrow: bool
+    winograd: bool
+
+    @property
+    def P(self) -> int:
+        return self.Ho * self.Wo
+
+    @property
+    def F(self) -> int:
+        """Kernel columns per output channel, ``C//groups * kh * kw``."""
+        return self.C // self.groups * self.kh * self.kw
+
+    def describe(self) -> str:
+        kind = "shared kernel" if self.shared else "per-sample kernels"
+        s = f"N={self.N} C={self.C} O={self.O} {self.H}x{self.W} k={self.kh}x{self.kw}"
+        if self.stride != (1, 1):
+            s += f" stride={self.stride[0]}x{self.stride[1]}" if self.stride[0] != self.stride[1] \
+                else f" stride={self.stride[0]}"
+        if self.dilation != (1, 1):
+            s += f" dilation={self.dilation}"
+        if self.groups > 1:
+            s += f" groups={self.groups}"
+        return f"{s}, {kind}, float{8 * self.itemsize}"
+
+
+def unsupported(strategy: str, call: ConvCall) -> str | None:
+    """Why `strategy` cannot run `call` (None when it can)."""
+    if strategy == "tiles":
+        return None
+    if strategy == "batched":
+        if not call.shared:
+            return "it needs a kernel shared by the batch (per-sample kernels given)"
+        if call.N < 2:
+            return f"it needs a batch of 2 samples or more (N={call.N})"
+        return None
+    if strategy in ("winograd2", "winograd4"):
+        if not call.winograd:
+            return ("it needs a 3x3 window with stride 1 and dilation 1, and the Winograd module "
+                    f"(got k={call.kh}x{call.kw}, stride={call.stride}, dilation={call.dilation})")
+        return None
+    raise ValueError(f"unknown conv strategy {strategy!r}; expected one of {', '.join(CONV_STRATEGIES)}")
+
+
+# ----------------------------------------------------------------------------- the cost model
+def _eff(d: float, half: float) -> float:
+    return d / (d + half)
+
+
+def gemm_seconds(M: float, K: float, N: float, itemsize: int) -> float:
+    """Estimated seconds of one single-threaded ``(M, K) @ (K, N)`` GEMM."""
+    hm, hk, hn = GEMM_HALF
+    rate = GEMM_PEAK * (4 / itemsize) * _eff(M, hm) * _eff(K, hk) * _eff(N, hn)
+    return 2.0 * M * K * N / rate + GEMM_CALL
+
+
+def _mem(buffer_elements: float, itemsize: int) -> float:
+    # the copy cost factor of a work item's buffer: in L2 or not
+    return 1.0 if buffer_elements * itemsize <= L2_BYTES else MEM_FACTOR
+
+
+def _unfold(c: ConvCall, elements: float, whole: bool) -> float:
+    # Seconds to unfold (or fold, at twice this) `elements` column entries: pointwise
+    # columns are a copy; whole samples of narrow outputs gather through padded planes
+    # (plus the plane copies); else runs of Wo.
+    if c.pointwise:
+        return elements * COPY
+    if whole and c.narrow:
+        return elements * GATHER + elements / (c.kh * c.kw) * COPY
+    return elements * COPY + elements / c.Wo * RUN
+
+
+def _spread(items: int, seconds_per_item: float) -> float:
+    # Equal work items over THREADS threads.
+    return math.ceil(items / THREADS) * (seconds_per_item + ITEM)
+
+
+def _sums(c: ConvCall) -> float:
+    # the bias gradient's pixel sums
+    return c.N * c.O * c.P * COPY / THREADS
+
+
+def _tiles_forward(c: ConvCall) -> float:
+    G, Og, Fg, CT = c.groups, c.O // c.groups, c.F, c.C * c.kh * c.kw
+    tiles = math.ceil(c.Ho / c.tile_rows)
+    Pt = c.P / tiles
+    store = c.O * Pt if tiles > 1 else 0
+    unfold = 0.0 if c.pointwise else _unfold(c, CT * Pt, tiles == 1)
+    item = G * gemm_seconds(Og, Fg, Pt, c.itemsize) + (unfold + store * COPY) * _mem(CT * Pt + store, c.itemsize)
+    return _spread(c.N * tiles, item)
+
+
+def _tiles_backward(c: ConvCall, need_dx: bool, need_dw: bool) -> float:
+    G, Og, Fg, CT = c.groups, c.O // c.groups, c.F, c.C * c.kh * c.kw
+    if c.channel_blocks:
+        rows, P = c.block_rows, c.P
+        mem = _mem(rows * P + Og * rows, c.itemsize)
+        per_sample = 0.0
+        if need_dw:
+            per_sample += gemm_seconds(Og, P, rows, c.itemsize) + _unfold(c, rows * P, False) * mem
+        if need_dx:
+            per_sample += gemm_seconds(rows, Og, P, c.itemsize) + Og * rows * COPY
+            per_sample += 0.0 if c.pointwise else 2 * _unfold(c, rows * P, False) * mem
+        return _sums(c) + _spread(c.channel_blocks, c.N * (per_sample + ITEM))
+    tiles = math.ceil(c.Ho / c.tile_rows)
+    Pt = c.P / tiles
+    cols = 0 if c.pointwise else CT * Pt
+    mem = _mem(cols + c.O * Pt + c.O * Fg, c.itemsize)
+    tile = (c.O * Pt * COPY if tiles > 1 else 0.0) * mem
+    if need_dw:
+        tile += G * gemm_seconds(Og, Pt, Fg, c.itemsize) + (c.O * Fg * COPY if tiles > 1 else 0.0)
+        tile += 0.0 if c.pointwise else _unfold(c, cols, tiles == 1) * mem
+    if need_dx:
+        tile += G * gemm_seconds(Fg, Og, Pt, c.itemsize)
+        tile += 0.0 if c.pointwise else 2 * _unfold(c, cols, tiles == 1) * mem
+    sample = tiles * tile + (c.C * c.H * c.W * COPY if need_dx and not c.pointwise else 0.0)
+    if c.shared:
+        slots = min(c.N, 8)
+        return _sums(c) + _spread(slots, math.ceil(c.N / slots) * sample)
+    return _sums(c) + _spread(c.N, sample)
+
+
+def _batched_forward(c: ConvCall) -> float:
+    G, Og, Fg, CT = c.groups, c.O // c.groups, c.F, c.C * c.kh * c.kw
+    B = c.block_samples
+    L = B * c.P
+    item = G * gemm_seconds(Og, Fg, L, c.itemsize)
+    item += (_unfold(c, CT * L, True) + c.O * L * COPY) * _mem((CT + c.O) * L, c.itemsize)
+    return _spread(math.ceil(c.N / B), item)
+
+
+def _batched_backward(c: ConvCall, need_dx: bool, need_dw: bool) -> float:
+    G, Og, Fg, CT = c.groups, c.O // c.groups, c.F, c.C * c.kh * c.kw
+    B = c.block_samples
+    L = B * c.P
+    blocks = math.ceil(c.N / B)
+    mem = _mem(CT * L + c.O * L + c.O * Fg, c.itemsize)
+    item = c.O * L * COPY * mem
+    if need_dw:
+        item += G * gemm_seconds(Og, L, Fg, c.itemsize) + (_unfold(c, CT * L, True) + c.O * Fg * COPY) * mem
+    if need_dx:
+        item += G * gemm_seconds(Fg, Og, L, c.itemsize) + 2 * _unfold(c, CT * L, True) * mem
+        item += B * c.C * c.H * c.W * COPY
+    slots = min(blocks, 8)
+    return _sums(c) + _spread(slots, math.ceil(blocks / slots) * item)
+
+
+def _winograd_blocks(c: ConvCall, rows: int, inner: int, m: int, tiles: int) -> tuple[int, float]:
+    # (blocks, seconds of one block's GEMMs): alpha^2 GEMMs (rows, inner) @ (inner, tiles
+    # of the block) per group, blocks of WINO_BLOCK_BYTES of transformed tiles (a shared
+    # kernel's may span samples, a per-sample kernel's not).
+    A2 = (m + 2) ** 2
+    per_tile = A2 * (c.C + c.O) * c.itemsize
+    T = max(1, min(WINO_BLOCK_BYTES // per_tile, c.N * tiles if c.shared else tiles))
+    return math.ceil(c.N * tiles / T), A2 * c.groups * gemm_seconds(rows // c.groups, inner // c.groups, T,
+                                                                     c.itemsize)
+
+
+def _winograd(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool) -> float:
+    # F(m x m, 3x3): the kernels' transforms, then per pass the tiles' transforms (in and
+    # out) and the GEMMs; the input gradient is a forward on dy (C and O swapped), the
+    # kernel gradient GEMMs of the same sizes.
+    A2 = (m + 2) ** 2
+    tiles = math.ceil(c.Ho / m) * math.ceil(c.Wo / m)
+    tr = WINO_TRANSFORM[m] * c.itemsize / 4
+    kernels = (1 if c.shared else c.N) * c.O * (c.C // c.groups) * A2 * tr / THREADS
+    passes = [(c.O, c.C)] if not backward else [(c.C, c.O)] * need_dx + [(c.O, c.C)] * need_dw
+    total = _sums(c) if backward else 0.0
+    for rows, inner in passes:
+        blocks, gemms = _winograd_blocks(c, rows, inner, m, tiles)
+        transforms = (rows + inner) * tiles * A2 * tr * c.N / blocks
+        total += _spread(blocks, gemms + transforms) + kernels
+    return total
+
+
+def _estimate(strategy: str, pass_: str, c: ConvCall, need_dx: bool = True, need_dw: bool = True) -> float:
+    backward = pass_ == "backward"
+    if strategy == "tiles":
+        return _tiles_backward(c, need_dx, need_dw) if backward else _tiles_forward(c)
+    if strategy == "batched":
+        return _batched_backward(c, need_dx, need_dw) if backward else _batched_forward(c)
+    return _winograd(c, int(strategy[-1]), backward, need_dx, need_dw)
+
+
+@functools.lru_cache(maxsize=4096)
+def estimates(pass_: str, call: ConvCall, need_dx: bool = True, need_dw: bool = True) -> tuple:
+    """``((strategy, seconds or None), ...)`` for every strategy of one pass (None: unsupported)."""
+    return tuple((s, None if unsupported(s, call) else _estimate(s, pass_, call, need_dx, need_dw))
+                 for s in CONV_STRATEGIES)
+
+
+def _cheapest(costs: tuple) -> str:
+    # The cheapest estimate, if it beats the first candidate's by MARGIN; ties to the
+    # earlier candidate.
+    best = min((t, i) for i, (_, t) in enumerate(costs) if t is not None)
+    first = costs[0][1]
+    return costs[best[1]][0] if first is None or best[0] < MARGIN * first else costs[0][0]
+
+
+def _conv_estimate(call: ConvCall) -> float:
+    # Forward+backward seconds of a conv call, each pass by the strategy forced for it
+    # where that can run the call, else by the cost model's pick.
+    total = 0.0
+    for pass_ in PASSES:
+        costs = estimates(pass_, call)
+        f = getattr(forced(), pass_)
+        total += dict(costs)[f if f is not None and unsupported(f, call) is None else _cheapest(costs)]
+    return total
+
+
+def mixing_estimates(per_sample: ConvCall, stacked: ConvCall, K: int) -> tuple:
+    """``(("kernel_mixing", s), ("output_mixing", s))``: forward+backward seconds of a
+    kernel-mixing op in each formulation. `per_sample` is kernel mixing's conv
+    (per-sample kernels), `stacked` output mixing's (the K*O stacked kernels, shared)."""
+    c = per_sample
+    # pi @ W and pi^T @ G over the threads, G @ W^T in BLAS (one thread)
+    kernel = _conv_estimate(c) + c.N * K * c.O * c.F * STREAM * (2 / THREADS + 1)
+    # y = pi Yall, dYall = pi dy, dpi = <dy, Yall>: one stream each over N*K*O*P
+    output = _conv_estimate(stacked) + 3 * c.N * K * c.O * c.P * STREAM
+    return (("kernel_mixing", kernel), ("output_mixing", output))
+
+
+# ----------------------------------------------------------------------------- forcing
+@dataclasses.dataclass(frozen=True)
+class Forced:
+    """What is pinned: the mixing formulation and each pass's conv strategy (None: the
+    cost model chooses)."""
+
+    mixing: str | None = None
+    forward: str | None = None
+    backward: str | None = None
+
+    def names(self) -> str:
+        parts = [self.mixing] if self.mixing else []
+        if self.forward and self.forward == self.backward:
+            parts.append(self.forward)
+        else:
+            parts += [f"{p}={s}" for p, s in (("forward", self.forward), ("backward", self.backward)) if s]
+        return ", ".join(parts) or "auto"
+
+
+AUTO = Forced()
+_default = [AUTO]
+_context: contextvars.ContextVar[Forced | None] = contextvars.ContextVar("dynconv_np_forced", default=None)
+
+
+def forced() -> Forced:
+    """What is forced here: the innermost context's, else the process default."""
+    f = _context.get()
+    return _default[0] if f is None else f
+
+
+def set_default(f: Forced) -> Forced:
+    """Set the process default; returns the previous one."""
+    old, _default[0] = _default[0], f
+    return old
+
+
+@contextlib.contextmanager
+def forcing(f: Forced):
+    """Context in which `f` is forced (this thread and context only)."""
+    token = _context.set(f)
+    try:
+        yield f
+    finally:
+        _context.reset(token)
+
+
+# ----------------------------------------------------------------------------- decisions
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """One choice: the pass (``forward``, ``backward`` or ``mixing``), what it ran on, the
+    chosen strategy, every candidate's estimate (seconds; None when it cannot run), and
+    whether it was forced."""
+
+    pass_: str
+    call: ConvCall
+    chosen: str
+    costs: tuple
+    forced: bool
+    K: int = 0
+
+    def __str__(self) -> str:
+        est = ", ".join(f"{s} {'n/a' if t is None else f'{t * 1e3:.3g} ms'}" for s, t in self.costs)
+        how = "forced" if self.forced else "cost model"
+        what = self.call.describe() + (f", K={self.K}" if self.K else "")
+        return f"{self.pass_:8s} {self.chosen:13s} ({how}; estimates: {est}) [{what}]"
+
+
+_record: contextvars.ContextVar[list | None] = contextvars.ContextVar("dynconv_np_plan_record", default=None)
+
+
+@contextlib.contextmanager
+def recording():
+    """Collect, in a list, every :class:`Decision` made inside the context."""
+    rec: list = []
+    token = _record.set(rec)
+    try:
+        yield rec
+    finally:
+        _record.reset(token)
+
+
+def _note(d: Decision) -> None:
+    rec = _record.get()
+    if rec is not None:
+        rec.append(d)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s", d)
+
+
+def _pick(pass_: str, call: ConvCall, record: bool = True, need_dx: bool = True, need_dw: bool = True) -> str:
+    f = getattr(forced(), pass_)
+    costs = estimates(pass_, call, need_dx, need_dw)
+    if f is not None:
+        why = unsupported(f, call)
+        if why is not None:
+            raise ValueError(f"strategy {f!r} was forced for the {pass_} pass but cannot run this convolution "
+                             f"({call.describe()}): {why}")
+        chosen = f
+    else:
+        chosen = _cheapest(costs)
+    if record:
+        _note(Decision(pass_, call, chosen, costs, f is not None))
+    return chosen
+
+
+def choose(pass_: str, call: ConvCall, need_dx: bool = True, need_dw: bool = True) -> str:
+    """The strategy of one conv pass: the forced one (ValueError when it cannot run the
+    call), else the cheapest estimate (``tiles`` unless another beats it by
+    :data:`MARGIN`; ties to the earlier of :data:`CONV_STRATEGIES`)."""
+    return _pick(pass_, call, True, need_dx, need_dw)
+
+
+def choose_mixing(per_sample: ConvCall, stacked: ConvCall, K: int) -> str:
+    """The formulation of a kernel-mixing op with per-sample weights: the forced one, else
+    the cheaper estimate. `per_sample` is the kernel-mixing conv (per-sample kernels),
+    `stacked` output mixing's (the K*O stacked kernels, shared)."""
+    f = forced()
+    costs = mixing_estimates(per_sample, stacked, K)
+    # a conv strategy forced alone runs on the op's own (mixed) kernels
+    pinned = f.mixing is not None or f.forward is not None or f.backward is not None
+    chosen = (f.mixing or "kernel_mixing") if pinned else _cheapest(costs)
+    _note(Decision("mixing", per_sample, chosen, costs, pinned, K))
+    return chosen

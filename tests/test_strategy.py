@@ -1,0 +1,277 @@
+"""The CPU conv planner: every strategy forced on every shape it supports, against the
+float64 reference; decisions that depend on the shapes only; bitwise determinism across
+NUMBA_NUM_THREADS with each strategy forced; ``explain``; forcing errors.
+
+The Winograd strategies are tested here through a stand-in module (the conv template
+under another name, recording its calls): what is checked is the planner's dispatch to
+``winograd.supports / forward / backward`` and their contract; the Winograd arithmetic
+has its own tests.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+import types
+
+import numpy as np
+import pytest
+from conftest import Backend, check_vjp
+
+import dynconv_np as dc
+from dynconv_np import reference as R
+from dynconv_np import strategy
+from dynconv_np.backends.cpu import conv, plan
+
+CPU = Backend("cpu")
+
+# (N, C, O, H, W, k, stride, padding, dilation, groups, K)
+SHAPES = [
+    (5, 4, 6, 7, 6, 3, 1, 1, 1, 1, 3),        # 3x3, stride 1: every strategy
+    (9, 4, 6, 5, 5, 3, 1, 1, 1, 2, 2),        # groups, several batched blocks of unequal size
+    (3, 3, 4, 6, 7, 3, 1, 0, 1, 1, 3),        # small batch (channel blocks in tiles' backward), no padding
+    (1, 4, 4, 5, 5, 3, 1, 1, 1, 1, 2),        # batch 1: batched cannot run
+    (4, 4, 6, 9, 8, 3, 2, 1, 1, 2, 2),        # stride 2
+    (6, 6, 9, 5, 4, 1, 1, 0, 1, 3, 2),        # pointwise, grouped
+    (4, 3, 5, 8, 8, 5, 1, 2, 1, 1, 2),        # 5x5
+    (4, 2, 3, 9, 9, 3, 1, 2, 2, 1, 2),        # dilation 2
+]
+IDS = ["3x3", "groups", "small-batch", "batch1", "stride2", "pointwise", "5x5", "dilated"]
+WINOGRAD = ("winograd2", "winograd4")
+
+
+class FakeWinograd(types.ModuleType):
+    """Stands in for backends/cpu/winograd.py: its contract, computed by the template's
+    tiles, each call recorded as ``(pass, m)``."""
+
+    def __init__(self):
+        super().__init__("fake_winograd")
+        self.calls = []
+
+    def supports(self, g, groups):
+        return (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1)
+
+    def forward(self, x, wt, bt, g, groups, m=2):
+        self.calls.append(("forward", m))
+        with plan.forcing(plan.Forced("kernel_mixing", "tiles", "tiles")), plan.recording():
+            return conv.conv_forward(x, wt, bt, g, groups)
+
+    def backward(self, x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2):
+        self.calls.append(("backward", m))
+        with plan.forcing(plan.Forced("kernel_mixing", "tiles", "tiles")), plan.recording():
+            return conv.conv_backward(x, wt, dy, g, groups, need_dx, need_dw)
+
+
+@pytest.fixture
+def winograd(monkeypatch):
+    fake = FakeWinograd()
+    monkeypatch.setattr(conv, "_winograd", lambda: fake)
+    return fake
+
+
+def _inputs(shape, rng, op):
+    N, C, O, H, W, k, s, p, d, G, K = shape
+    x = rng.standard_normal((N, C, H, W))
+    kw = dict(stride=s, padding=p, dilation=d, groups=G)
+    if op == "conv2d":
+        return dc.conv2d, R.conv2d, R.conv2d_backward, (x, rng.standard_normal((O, C // G, k, k)),
+                                                        rng.standard_normal(O)), kw
+    Wk = rng.standard_normal((K, O, C // G, k, k))
+    pi = rng.random((N, K)) if op != "shared_pi" else rng.random(K)
+    bias = rng.standard_normal((K, O)) if op != "no_bias" else None
+    return dc.dynamic_conv2d, R.dynamic_conv2d, R.dynamic_conv2d_backward, (x, Wk, pi, bias), kw
+
+
+def _supported(name, shape, shared):
+    N, C, O, H, W, k, s, p, d, G, K = shape
+    if name == "batched":
+        return shared and N >= 2
+    if name in WINOGRAD:
+        return (k, s, d) == (3, 1, 1)
+    return True
+
+
+# op -> (names forced, whether its convolution has a shared kernel)
+FORMS = {
+    "conv2d": ((), True),
+    "kernel_mixing": (("kernel_mixing",), False),
+    "output_mixing": (("output_mixing",), True),
+    "no_bias": (("output_mixing",), True),
+    "shared_pi": ((), True),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_every_strategy_matches_the_reference(winograd, shape, form, dtype, rng):
+    names, shared = FORMS[form]
+    op = "conv2d" if form == "conv2d" else form
+    for name in plan.CONV_STRATEGIES:
+        f, ref, ref_bwd, args, kw = _inputs(shape, rng, op)
+        with strategy.force(*names, name):
+            if not _supported(name, shape, shared):
+                with pytest.raises(ValueError, match=f"strategy '{name}'"):
+                    f.vjp(*args, **kw)
+                continue
+            winograd.calls.clear()
+            with plan.recording() as rec:
+                check_vjp(CPU, f, ref, ref_bwd, args, kw, dtype, rng)
+        assert {d.chosen for d in rec if d.pass_ != "mixing"} == {name}
+        mixing = [d.chosen for d in rec if d.pass_ == "mixing"]
+        assert mixing == ([names[0]] if names else [])
+        if name in WINOGRAD:
+            assert winograd.calls == [("forward", int(name[-1])), ("backward", int(name[-1]))]
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2], ids=IDS[:2])
+def test_passes_forced_separately(winograd, shape, rng):
+    f, ref, ref_bwd, args, kw = _inputs(shape, rng, "conv2d")
+    with strategy.force(forward="winograd4", backward="batched"), plan.recording() as rec:
+        check_vjp(CPU, f, ref, ref_bwd, args, kw, np.float32, rng)
+    assert [(d.pass_, d.chosen, d.forced) for d in rec] == [("forward", "winograd4", True),
+                                                            ("backward", "batched", True)]
+    assert winograd.calls == [("forward", 4)]
+
+
+def test_output_mixing_without_a_per_sample_pi_refused(rng):
+    f, _, _, args, kw = _inputs(SHAPES[0], rng, "shared_pi")
+    with strategy.force("output_mixing"), pytest.raises(ValueError, match="'output_mixing'.*pi \\(N, K\\)"):
+        f(*args, **kw)
+
+
+def test_unsupported_forced_strategy_names_it(rng):
+    f, _, _, args, kw = _inputs(SHAPES[6], rng, "conv2d")  # 5x5, no Winograd module here
+    with strategy.force("winograd4"), pytest.raises(ValueError, match="strategy 'winograd4'.*3x3 window"):
+        f(*args, **kw)
+    f, _, _, args, kw = _inputs(SHAPES[0], rng, "kernel_mixing")
+    with strategy.force("batched"), pytest.raises(ValueError, match="strategy 'batched'.*per-sample kernels"):
+        f(*args, **kw)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (("fastest",), "unknown strategy 'fastest'"),
+    (("tiles", "batched"), "two conv strategies"),
+    (("kernel_mixing", "output_mixing"), "two mixing formulations"),
+])
+def test_bad_force_names(bad, match):
+    with pytest.raises(ValueError, match=match), strategy.force(*bad):
+        pass  # pragma: no cover - force raises before the block
+    with pytest.raises(ValueError, match=match):
+        strategy.set_default(*bad)
+
+
+def test_bad_pass_names():
+    with pytest.raises(ValueError, match="unknown forward strategy 'output_mixing'"):
+        strategy.set_default(forward="output_mixing")
+    with pytest.raises(ValueError, match="backward='tiles' contradicts"):
+        strategy.set_default("batched", backward="tiles")
+    assert strategy.current() == "auto"
+
+
+def test_set_default_and_environment(monkeypatch):
+    assert strategy.set_default("tiles") == "auto"
+    try:
+        assert strategy.current() == "kernel_mixing, tiles"
+        with strategy.force():
+            assert strategy.current() == "auto"
+        with strategy.force("output_mixing", forward="batched"):
+            assert strategy.current() == "output_mixing, forward=batched"
+        assert strategy.set_default() == "kernel_mixing, tiles"
+        monkeypatch.setenv(strategy.ENV, "output_mixing, backward=tiles")
+        strategy._from_environment()
+        assert strategy.current() == "output_mixing, backward=tiles"
+        monkeypatch.setenv(strategy.ENV, "tiles,forward=nope")
+        with pytest.raises(ValueError, match="DYNCONV_STRATEGY='tiles,forward=nope'.*unknown forward"):
+            strategy._from_environment()
+        monkeypatch.setenv(strategy.ENV, "sideways=tiles")
+        with pytest.raises(ValueError, match="forward=NAME or backward=NAME"):
+            strategy._from_environment()
+    finally:
+        strategy.set_default()
+    assert strategy.current() == "auto"
+
+
+def test_explain(rng):
+    f, _, _, args, kw = _inputs(SHAPES[1], rng, "kernel_mixing")
+    args = tuple(a.astype(np.float32) for a in args)
+    out = dc.explain(f, *args, **kw)
+    assert [d.pass_ for d in out] == ["mixing", "forward", "backward"]
+    for d in out:
+        assert d.chosen in dict(d.costs) and not d.forced
+        assert all(t is None or t > 0 for _, t in d.costs)
+    text = str(out)
+    assert text.splitlines()[0].startswith("dynamic_conv2d: plan")
+    assert "N=9 C=4 O=6 5x5 k=3x3 groups=2, per-sample kernels, float32, K=2" in text
+    with strategy.force("kernel_mixing"):
+        text = str(dc.explain(f, *args, **kw))
+    assert "batched n/a" in text  # per-sample kernels: batched cannot run
+    with strategy.force("output_mixing", "batched"):
+        forced = dc.explain(f, *args, **kw)
+    assert [(d.pass_, d.chosen, d.forced) for d in forced] == [
+        ("mixing", "output_mixing", True), ("forward", "batched", True), ("backward", "batched", True)]
+    assert "forced" in str(forced) and "shared kernel" in str(forced)
+    assert "no CPU convolution decisions" in str(dc.explain(dc.relu, args[0]))
+    with pytest.raises(TypeError, match="dynconv_np op"):
+        dc.explain(np.sum, args[0])
+
+
+def test_decisions_depend_on_the_shapes_only(rng):
+    # The same shapes give the same decisions, whatever the thread count, the values or
+    # the call (estimates are cached on the shapes); dtype is part of the shapes.
+    import numba
+
+    x, W, pi = (rng.standard_normal(s).astype(np.float32) for s in ((16, 8, 8, 8), (4, 16, 8, 3, 3), (16, 4)))
+    first = str(dc.explain(dc.dynamic_conv2d, x, W, pi, padding=1))
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        again = str(dc.explain(dc.dynamic_conv2d, 2 * x, W, pi, padding=1))
+    finally:
+        numba.set_num_threads(threads)
+    assert again == first
+    c = conv._call(dc._args.geometry(x.shape, 3, 3, 1, 1, 1), 1, 16, True, 4)
+    assert plan.estimates("forward", c) == plan.estimates("forward", c) and plan.choose("forward", c)
+
+
+DETERMINISM = textwrap.dedent("""
+    import hashlib
+    import numpy as np
+    import dynconv_np as dc
+    from dynconv_np.backends.cpu import conv
+
+    h = hashlib.sha256()
+    r = np.random.default_rng(3)
+    x = r.standard_normal((19, 8, 13, 11)).astype(np.float32)
+    W = r.standard_normal((3, 12, 4, 3, 3)).astype(np.float32)
+    pi = r.random((19, 3)).astype(np.float32)
+    b = r.standard_normal((3, 12)).astype(np.float32)
+    dy = r.standard_normal((19, 12, 13, 11)).astype(np.float32)
+    names = ["tiles", "batched"] + (["winograd2", "winograd4"] if conv._winograd() else [])
+    plans = []
+    for name in names:
+        for forms in ((), ("output_mixing",)):
+            with dc.strategy.force(*forms, name):
+                for args in ((x, W[0], b[0]), (x[:3], W[0], b[0])) if not forms else ((x, W, pi, b),):
+                    f = dc.conv2d if len(args) == 3 else dc.dynamic_conv2d
+                    y, pb = f.vjp(*args, padding=1, groups=2)
+                    for a in (y,) + pb(dy[:len(args[0])]):
+                        h.update(np.ascontiguousarray(a).tobytes())
+    for args in ((x, W[0], b[0]), (x, W, pi, b), (x[:1], W, pi[:1], b)):
+        f = dc.conv2d if len(args) == 3 else dc.dynamic_conv2d
+        plans.append(str(dc.explain(f, *args, padding=1, groups=2)))
+    print("\\n".join(plans))
+    print(h.hexdigest())
+""")
+
+
+def test_bitwise_identical_across_threads_with_each_strategy():
+    outputs = set()
+    for threads in (1, 2, 8):
+        env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
+        env.pop(strategy.ENV, None)
+        out = subprocess.run([sys.executable, "-c", DETERMINISM], env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        outputs.add(out.stdout)
+    assert len(outputs) == 1, outputs
