@@ -7,11 +7,9 @@ A command is a function ``f(argv: list[str]) -> int`` (the exit status) register
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 PROG = "python -m dynconv_np"
 
@@ -35,26 +33,6 @@ def _bar(i: int, n: int, label: str, width: int = 30) -> None:
     sys.stderr.flush()
 
 
-def numba_cache_dir() -> Path:
-    """Where Numba caches this package's compiled kernels: ``NUMBA_CACHE_DIR`` when set,
-    else the ``__pycache__`` folders of the package (a writable checkout), else Numba's
-    user-wide cache folder."""
-    env = os.environ.get("NUMBA_CACHE_DIR")
-    if env:
-        return Path(env)
-    pkg = Path(__file__).resolve().parent
-    if os.access(pkg, os.W_OK):
-        return pkg
-    from numba.misc.appdirs import AppDirs
-
-    return Path(AppDirs(appname="numba", appauthor=False).user_cache_dir)
-
-
-def numba_cache_is_cold() -> bool:
-    """True when :func:`numba_cache_dir` holds no Numba index file (``*.nbi``) yet."""
-    return next(numba_cache_dir().rglob("*.nbi"), None) is None
-
-
 @command("check", "finite-difference gradient checks (float64) of every op and layer, built-in shapes")
 def check(argv: list[str]) -> int:
     """Run the built-in gradient checks; print a table; return the exit status."""
@@ -68,6 +46,10 @@ def check(argv: list[str]) -> int:
     p.add_argument("--list", action="store_true", help="list the case labels (after -k) and exit")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (there is none when stderr is not a terminal)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="Numba threads for the kernels (default 1: the cases are tiny, and waking a thread pool "
+                        "for each of their thousands of calls costs more than it gains; results are the same "
+                        "for every N)")
     a = p.parse_args(argv)
     progress = not a.no_progress and sys.stderr.isatty()
 
@@ -83,11 +65,28 @@ def check(argv: list[str]) -> int:
         print("\n".join(c.label for c in cases))
         return 0
 
+    import numba
+
+    from .backends import _cache
+
+    if not 1 <= a.threads <= numba.config.NUMBA_NUM_THREADS:
+        p.error(f"--threads must be from 1 to {numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), "
+                f"got {a.threads}")
+    if _cache.cache_is_cold():
+        print(f"compiling kernels (first run only; cached in {_cache.kernel_cache_dir()})", file=sys.stderr,
+              flush=True)
+    outer = numba.get_num_threads()
+    numba.set_num_threads(a.threads)
+    try:
+        return _run_cases(cases, progress)
+    finally:
+        numba.set_num_threads(outer)
+
+
+def _run_cases(cases: list, progress: bool) -> int:
     from . import GradcheckError, gradcheck
     from .gradcheck import _table
 
-    if numba_cache_is_cold():
-        print(f"compiling kernels (first run only; cached in {numba_cache_dir()})", file=sys.stderr, flush=True)
     rows, case_failed, arg_counts, kinks = [], 0, [0, 0], 0
     t0 = time.perf_counter()
     for i, c in enumerate(cases):

@@ -33,13 +33,33 @@ def device_of(a) -> str:
 
 
 def _dtype_of(a) -> np.dtype:
+    # In native byte order: a big-endian float32 array is a float32 array (see host_array)
     dt = getattr(a, "dtype", None)
     if dt is not None:
         try:
-            return np.dtype(dt)
+            return np.dtype(dt).newbyteorder("=")
         except TypeError:
             pass
-    return np.dtype(a.__cuda_array_interface__["typestr"])
+    return np.dtype(a.__cuda_array_interface__["typestr"]).newbyteorder("=")
+
+
+def host_array(a):
+    """`a` as the CPU kernels take it, when it is a float32/float64 NumPy array: C-contiguous,
+    writeable, aligned and in native byte order; `a` itself when it already is, else a copy
+    (`a` is never modified). Anything else is returned as it is, for the checks to judge.
+
+    Every op passes its array arguments and its cotangent through here (:mod:`._op`), so
+    what reaches a kernel has one layout whatever the caller had: a read-only array (from
+    ``np.load(..., mmap_mode="r")``, a broadcast view), a strided view or a big-endian
+    array (from a file written on another machine) neither fails nor compiles the kernels
+    again, and results do not depend on how the input was laid out in memory.
+    """
+    if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
+        return a
+    f = a.flags
+    if f.c_contiguous and f.writeable and f.aligned and a.dtype.isnative:
+        return a
+    return np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
 
 
 def check_arrays(arrays: dict, optional: tuple = ()) -> tuple[np.dtype, str]:

@@ -7,7 +7,10 @@ An op is written once as a function ``impl(*args, **kwargs) -> (y, pullback)``.
     y, pullback = f.vjp(x, w)    # forward plus a closure for the backward
     grads = pullback(dy)         # one entry per array parameter, in order
 
-Nothing records a tape: layers chain pullbacks by hand.
+Nothing records a tape: layers chain pullbacks by hand. Every NumPy array argument and
+cotangent goes through :func:`~dynconv_np._args.host_array` first (read-only, strided or
+big-endian arrays become C-contiguous native copies), the one place where what reaches
+the kernels is normalised.
 """
 
 from __future__ import annotations
@@ -16,6 +19,16 @@ import functools
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from . import _args
+
+
+def _host_args(args: tuple) -> tuple:
+    return tuple(_args.host_array(a) for a in args)
+
+
+def _host_kwargs(kwargs: dict) -> dict:
+    return {k: _args.host_array(v) for k, v in kwargs.items()}
 
 
 class Op:
@@ -43,7 +56,7 @@ class Op:
         self.vjp = self._make_vjp()
 
     def __call__(self, *args: Any, **kwargs: Any):
-        y, _ = self._impl(*args, **kwargs)
+        y, _ = self._impl(*_host_args(args), **_host_kwargs(kwargs))
         return y
 
     def __get__(self, obj, objtype=None):
@@ -55,10 +68,10 @@ class Op:
         impl, n, name = self._impl, len(self.array_params), self.__name__
 
         def vjp(*args: Any, **kwargs: Any):
-            y, pullback = impl(*args, **kwargs)
+            y, pullback = impl(*_host_args(args), **_host_kwargs(kwargs))
 
             def checked_pullback(dy):
-                grads = pullback(dy)
+                grads = pullback(_args.host_array(dy))
                 if len(grads) != n:  # pragma: no cover - guards the op authors, not users
                     raise RuntimeError(f"{name}: pullback returned {len(grads)} entries, expected {n}")
                 return tuple(grads)

@@ -21,16 +21,20 @@ behind ``set_workspace_bytes`` and ``chunk_size`` (64 MiB by default; it bounds
 ``atom_conv2d``'s features: the conv template's buffers are per thread,
 ``conv.TILE_BYTES``). Every result is bitwise identical whatever ``NUMBA_NUM_THREADS`` is.
 
-The kernels are cached by Numba (``cache=True``) and inline helpers of sibling modules
-(:mod:`.unfold`, :mod:`.index`, :mod:`dynconv_np.backends._index`,
-:mod:`dynconv_np.backends._kernel_scale`); Numba's cache checks
-only the kernel's own file, so after editing a helper, delete the cache files
-(``__pycache__/*.nbi``, ``*.nbc``) before trusting a run.
+The kernels are cached by Numba (``cache=True``) and compiled from helpers of sibling
+modules too (:mod:`.unfold`, :mod:`.index`, :mod:`dynconv_np.backends._index`,
+:mod:`dynconv_np.backends._kernel_scale`): :mod:`dynconv_np.backends._cache` stamps each
+cached kernel with a hash of all those sources, so that editing any of them compiles the
+kernels again. Its locator is installed here, before any kernel is decorated.
 """
 
-from .._exports import export_interface
-from .._workspace import Workspace
-from . import array, centre, conv, filters, kernel_scale, products, taps, unfold
+from .. import _cache
+
+_cache.install()
+
+from .._exports import export_interface  # noqa: E402  (after the cache locator)
+from .._workspace import Workspace  # noqa: E402
+from . import array, centre, conv, filters, kernel_scale, products, taps, unfold  # noqa: E402
 
 workspace = Workspace(64 * 2**20)
 set_workspace_bytes = workspace.set_workspace_bytes

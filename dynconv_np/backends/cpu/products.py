@@ -52,7 +52,7 @@ def blas_single_thread():
 
 @njit(parallel=True, cache=True)
 def _thin_nn(a, b, out):
-    # out (M, D) = a (M, J) @ b (J, D), b and out C-contiguous: each column chunk by one
+    # out (M, D) = a (M, J) @ b (J, D), all C-contiguous: each column chunk by one
     # thread, the sum over j in order.
     M, J = a.shape
     D = b.shape[1]
@@ -96,7 +96,8 @@ def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return _product(rows, b).reshape(a.shape[:-1] + (b.shape[1],))
     if _is_thin(a, b):
         out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
-        _thin_nn(a, np.ascontiguousarray(b), out)
+        # both C-contiguous (a is small): a transposed `a` would compile another _thin_nn
+        _thin_nn(np.ascontiguousarray(a), np.ascontiguousarray(b), out)
         return out
     with blas_single_thread():
         return np.matmul(a, b)

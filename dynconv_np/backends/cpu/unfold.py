@@ -1,4 +1,4 @@
-"""CPU unfold and fold: im2col, col2im and the row-tile helpers the conv template inlines.
+"""CPU unfold and fold: im2col, col2im and the row-tile helpers of the conv template.
 
 Column layout (Chainer's, flattened): ``cols[n, (c*kh + u)*kw + v, i*Wo + j] =
 xpad[n, c, i*sh + u*dh, j*sw + v*dw]``. A column tile holds the output rows ``i0..i1-1``
@@ -51,7 +51,7 @@ def _unfold_run(imgf, at, sw, cf, d, jlo, jhi, Wo):
 
 
 @njit(inline="always")
-def _fold_run(imgf, at, sw, cf, d, jlo, jhi, Wo):
+def _fold_run(imgf, at, sw, cf, d, jlo, jhi):
     # One row of columns folded back: imgf[at + j*sw] += cf[d + j] for jlo <= j < jhi.
     if sw == 1:
         for j in range(jlo, jhi):
@@ -61,12 +61,12 @@ def _fold_run(imgf, at, sw, cf, d, jlo, jhi, Wo):
             imgf[np.uint64(at + j * sw)] += cf[np.uint64(d + j)]
 
 
-@njit(inline="always")
-def _walk(img, n, cf, rows, ld, off, i0, i1, c0, window, run):
+@njit
+def _walk(img, n, cf, rows, ld, off, i0, i1, c0, window, fold):
     # Every row of a column tile of sample n's output rows i0..i1-1 and channels c0..:
     # row r's (i1-i0)*Wo columns at cf[r*ld + off:] (cf flat; ld = (i1-i0)*Wo and off = 0
-    # for a tile of its own, wider for several samples' columns side by side). run(..)
-    # unfolds it from img or folds it into img (an output row whose tap reads padding has
+    # for a tile of its own, wider for several samples' columns side by side), unfolded
+    # from img or (fold != 0) folded into img (an output row whose tap reads padding has
     # no columns inside), taps in ascending order.
     sh, sw, Wo = window[2], window[3], window[9]
     step = sh * img.shape[3]
@@ -75,35 +75,46 @@ def _walk(img, n, cf, rows, ld, off, i0, i1, c0, window, run):
         ilo, ihi, jlo, jhi, base = _tap_row(img, n, r, c0, i1, window)
         for i in range(i0, i1):
             d = r * ld + off + (i - i0) * Wo
-            if ilo <= i < ihi:
-                run(imgf, base + i * step, sw, cf, d, jlo, jhi, Wo)
+            at, lo, hi = (base + i * step, jlo, jhi) if ilo <= i < ihi else (0, 0, 0)
+            if fold:
+                _fold_run(imgf, at, sw, cf, d, lo, hi)
             else:
-                run(imgf, 0, sw, cf, d, 0, 0, Wo)
+                _unfold_run(imgf, at, sw, cf, d, lo, hi, Wo)
+
+
+@njit(inline="always")
+def _rows(img, n, cols, off, i0, i1, c0, window, fold):
+    # _walk over cols (rows, L), called with every integer as an int64: the kernels'
+    # literals and unsigned loop indices would each compile another _walk. _walk itself is
+    # a plain function, compiled once per dtype and shared by every kernel that unfolds
+    # (inlined into each, it multiplied their compile time).
+    _walk(img, np.int64(n), cols.reshape(cols.size), np.int64(cols.shape[0]), np.int64(cols.shape[1]),
+          np.int64(off), np.int64(i0), np.int64(i1), np.int64(c0), window, np.int64(fold))
 
 
 @njit(inline="always")
 def im2col_rows(x, n, cols, i0, i1, c0, window):
     """cols (rows, (i1-i0)*Wo) <- the output rows i0..i1-1 of sample n, channels c0..c0 + rows/(kh*kw) - 1."""
-    _walk(x, n, cols.reshape(cols.size), cols.shape[0], cols.shape[1], 0, i0, i1, c0, window, _unfold_run)
+    _rows(x, n, cols, 0, i0, i1, c0, window, 0)
 
 
 @njit(inline="always")
 def col2im_rows(cols, dx, n, i0, i1, c0, window):
     """dx[n, c0:...] += the fold of cols (rows, (i1-i0)*Wo), the output rows i0..i1-1."""
-    _walk(dx, n, cols.reshape(cols.size), cols.shape[0], cols.shape[1], 0, i0, i1, c0, window, _fold_run)
+    _rows(dx, n, cols, 0, i0, i1, c0, window, 1)
 
 
 @njit(inline="always")
 def im2col_part(x, n, cols, off, i0, i1, window):
     """Sample n's part of a tile of several samples' columns: cols (C*kh*kw, L), the
     columns ``off .. off + (i1-i0)*Wo - 1`` of every row <- the output rows i0..i1-1."""
-    _walk(x, n, cols.reshape(cols.size), cols.shape[0], cols.shape[1], off, i0, i1, 0, window, _unfold_run)
+    _rows(x, n, cols, off, i0, i1, 0, window, 0)
 
 
 @njit(inline="always")
 def col2im_part(cols, dx, n, off, i0, i1, window):
     """dx[n] += the fold of sample n's part of cols (C*kh*kw, L) (see :func:`im2col_part`)."""
-    _walk(dx, n, cols.reshape(cols.size), cols.shape[0], cols.shape[1], off, i0, i1, 0, window, _fold_run)
+    _rows(dx, n, cols, off, i0, i1, 0, window, 1)
 
 
 @njit(inline="always")
@@ -183,31 +194,27 @@ def col2im_planes(cols, dx, n, off, plane, idx, window):
 
 
 @njit(inline="always")
-def _col2im_plane(dx, n, cols, i0, i1, c, window):
-    dx[n, c, :, :] = 0
-    col2im_rows(cols, dx, n, i0, i1, c, window)
-
-
-@njit(inline="always")
-def _by_plane(img, cols, window, plane):
-    # One work item per plane (n, c) of img (N, C, H, W) and its kh*kw rows of cols
-    # (N, C*kh*kw, Ho*Wo): plane(..) unfolds or folds them; when folding, the plane's
-    # thread is the only writer of img[n, c].
-    N, C = img.shape[0], img.shape[1]
+def _plane(img, cols, nc, window, fold):
+    # Work item nc = (n, c): plane c of sample n of img (N, C, H, W) and its kh*kw rows of
+    # cols (N, C*kh*kw, Ho*Wo), unfolded or folded; when folding, the item is the only
+    # writer of img[n, c].
     T, Ho = window[0] * window[1], window[8]
-    for nc in prange(N * C):
-        n, c = split(nc, C)
-        plane(img, n, cols[n, c * T:(c + 1) * T], 0, Ho, c, window)
+    n, c = split(nc, img.shape[1])
+    if fold:
+        img[n, c, :, :] = 0
+    _rows(img, n, cols[n, c * T:(c + 1) * T], 0, 0, Ho, c, window, fold)
 
 
 @njit(parallel=True, cache=True)
 def _im2col(x, cols, window):
-    _by_plane(x, cols, window, im2col_rows)
+    for nc in prange(x.shape[0] * x.shape[1]):
+        _plane(x, cols, nc, window, 0)
 
 
 @njit(parallel=True, cache=True)
 def _col2im(cols, dx, window):
-    _by_plane(dx, cols, window, _col2im_plane)
+    for nc in prange(dx.shape[0] * dx.shape[1]):
+        _plane(dx, cols, nc, window, 1)
 
 
 def im2col(x: np.ndarray, g, out: np.ndarray | None = None) -> np.ndarray:
