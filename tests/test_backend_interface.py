@@ -5,10 +5,12 @@ behaviour the interface widened (GEMM over any batch rank) against plain NumPy."
 import importlib.util
 import inspect
 import itertools
+import sys
 
 import numpy as np
 import pytest
 
+import dynconv_np as dc
 from dynconv_np import _args
 from dynconv_np.backends import _index, cpu, interface
 from dynconv_np.backends._workspace import Workspace
@@ -160,22 +162,48 @@ def test_cpu_gemm_nt_sum_matches_numpy(rng):
     np.testing.assert_allclose(cpu.gemm_nt_sum(a, b), np.einsum("nmk,njk->mj", a, b), rtol=1e-12)
 
 
-def test_cpu_kernels_read_read_only_inputs(rng):
-    # Kernels that only read an array must accept it read-only (a frozen buffer, a memmap).
-    def frozen(shape):
-        a = rng.standard_normal(shape)
-        a.setflags(write=False)
-        return a
+def _cpu_signatures() -> int:
+    # How many typed versions the CPU kernels hold: a new one means a new compile.
+    from numba.core.registry import CPUDispatcher
 
-    x = frozen((2, 3, 6, 5))
-    g = _args.geometry(x.shape, 3, 3, 2, 1, 1)
-    cols = cpu.im2col(x, g)
-    np.testing.assert_array_equal(cols, cpu.im2col(x.copy(), g))
-    wt = frozen((4, 27))
-    y = cpu.conv_forward(x, wt, None, g, 1)
-    dx, gw, _ = cpu.conv_backward(x, wt, frozen(y.shape), g, 1)
-    assert dx.shape == x.shape and gw.shape == wt.shape
-    filt = frozen((2, 3, 9, g.Ho, g.Wo))
-    out = cpu.taps_forward(x, filt, g, 1, 1)
-    assert cpu.taps_backward_filter(x, frozen(out.shape), g, 1, 1).shape == filt.shape
-    assert cpu.col2im(frozen(cols.shape), g, np.empty(x.shape)).shape == x.shape
+    mods = [m for name, m in sorted(sys.modules.items()) if name.startswith("dynconv_np.backends.cpu")]
+    return sum(len(f.signatures) for m in mods for f in vars(m).values() if isinstance(f, CPUDispatcher))
+
+
+@pytest.mark.parametrize("layout", ["read-only", "strided", "big-endian"])
+def test_ops_normalise_inputs_without_compiling(rng, layout):
+    # A read-only (memmap, broadcast view), strided or big-endian input reaches the kernels
+    # as a C-contiguous, writeable, native array: the same results, no new compile, and
+    # the caller's array untouched.
+    def odd(a):
+        if layout == "read-only":
+            a = a.copy()
+            a.setflags(write=False)
+            return a
+        if layout == "strided":
+            wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+            wide[..., ::2] = a
+            return wide[..., ::2]
+        return a.astype(a.dtype.newbyteorder(">"))
+
+    x = rng.standard_normal((2, 3, 7, 6))
+    w = rng.standard_normal((4, 3, 3, 3))
+    W = rng.standard_normal((3, 4, 3, 3, 3))
+    pi = rng.random((2, 3))
+    kernel = rng.standard_normal((2, 1, 9, 7, 6))
+    cases = [(dc.conv2d, (x, w)), (dc.dynamic_conv2d, (x, W, pi)), (dc.involution2d, (x, kernel, 1))]
+    kw = {"padding": 1}
+    for f, args in cases:
+        y, pb = f.vjp(*args, **kw)
+        grads = pb(np.ones_like(y))
+        before = _cpu_signatures()
+        odd_args = tuple(odd(a) if isinstance(a, np.ndarray) else a for a in args)
+        kept = [a.copy() for a in odd_args if isinstance(a, np.ndarray)]
+        y2, pb2 = f.vjp(*odd_args, **kw)
+        grads2 = pb2(odd(np.ones_like(y)))
+        assert _cpu_signatures() == before, f"{f.__name__}: a {layout} input compiled new kernels"
+        np.testing.assert_array_equal(y2, y)
+        for g1, g2 in zip(grads, grads2):
+            np.testing.assert_array_equal(g2, g1)
+        for k, a in zip(kept, (a for a in odd_args if isinstance(a, np.ndarray))):
+            np.testing.assert_array_equal(a, k)

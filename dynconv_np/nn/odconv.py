@@ -1,5 +1,5 @@
-"""ODConv2d: omni-dimensional dynamic convolution with its attention branch (SPEC.md
-section 6; Li et al., ICLR 2022; the branch as the authors' code, OSVAI/ODConv, builds it).
+"""ODConv2d: omni-dimensional dynamic convolution with its attention branch (docs/math.md,
+"ODConv"; Li et al., ICLR 2022; the branch as the authors' code, OSVAI/ODConv, builds it).
 
 One trunk ``h = ReLU(BN(FC(GAP(x))))`` of width ``max(int(C * reduction), min_channels)``
 feeds four heads, each a Linear with bias::

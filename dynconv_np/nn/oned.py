@@ -32,7 +32,7 @@ def conv1d_config(in_channels, out_channels, kernel_size, stride=1, padding=0, d
 
 
 class DynamicConv1d(Temperature, ConvLayer):
-    """Dynamic convolution, DY-CNN (SPEC.md section 3), on sequences.
+    """Dynamic convolution, DY-CNN (docs/math.md, "DynamicConv (DY-CNN)"), on sequences.
 
     Attention ``pi = softmax(FC2(ReLU(FC1(mean_L(x)))) / tau)`` ``(N, K)``, from the layer's
     own input; kernel and bias are mixed: ``y[n] = conv1d(x[n], sum_k pi[n,k] W_k) +

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import _args, backends
 from .._op import op
+from ._kernel_mix import mix_kernels
 
 
 @op("x", "W", "pi", "bias")
@@ -65,7 +66,7 @@ def dynamic_conv2d(x: np.ndarray, W: np.ndarray, pi: np.ndarray, bias: np.ndarra
                                 w_layout="(K, O, C//groups, kh, kw)",
                                 channels="expert, output and input channel", bias_layout="(K, O)")
     K, O = W.shape[:2]
-    N, F = g.N, g.C // groups * g.taps
+    N = g.N
     if pi.ndim not in (1, 2):
         raise ValueError(f"pi must be (N, K) or (K,), got {pi.ndim}-D array of shape {tuple(pi.shape)}")
     per_sample = pi.ndim == 2
@@ -74,47 +75,39 @@ def dynamic_conv2d(x: np.ndarray, W: np.ndarray, pi: np.ndarray, bias: np.ndarra
     be = backends.get(device)
 
     x_ = be.contiguous(x)
-    pi_ = be.contiguous(pi)
-    Wf = be.contiguous(W).reshape(K, O * F)                 # (K, O*F)
-    b_ = None if bias is None else be.contiguous(bias)      # (K, O)
     form = be.conv_plan(g, groups, O, K, per_sample, x_.dtype)
-    mix = _output_mixing if form == "output_mixing" else _kernel_mixing
-    return mix(be, x_, Wf, pi_, b_, g, groups, W.shape, pi.shape)
+    if form == "output_mixing":
+        return _output_mixing(be, x_, W, pi, bias, g, groups)
+    return _kernel_mixing(be, x_, W, pi, bias, g, groups)
 
 
-def _kernel_mixing(be, x_, Wf, pi_, b_, g, groups, w_shape, pi_shape):
+def _kernel_mixing(be, x_, W, pi, bias, g, groups):
     # Mix the kernels (per sample, or once for a shared pi), then one convolution.
-    K, O = w_shape[:2]
-    N, F = g.N, Wf.shape[1] // O
-    per_sample = len(pi_shape) == 2
-    wt = be.gemm(pi_, Wf)                                   # (N, O*F) or (O*F,)
-    bt = None if b_ is None else be.gemm(pi_, b_)           # (N, O) or (O,)
-    wt = wt.reshape((N, O, F) if per_sample else (O, F))    # (N, O, F) or (O, F)
+    K, O = W.shape[:2]
+    N, F = g.N, g.C // groups * g.taps
+    wt, bt, pb_mix = mix_kernels(be, W, pi, bias)           # (N, O*F) or (O*F,); (N, O) or (O,)
+    wt = wt.reshape((N, O, F) if len(pi.shape) == 2 else (O, F))
     y = be.conv_forward(x_, wt, bt, g, groups)              # (N, O, Ho, Wo)
 
     def pullback(dy):
         _args.check_cotangent(dy, y)
         dx, gw, dbt = be.conv_backward(x_, wt, be.contiguous(dy), g, groups)
-        gw = gw.reshape(N, O * F) if per_sample else gw.reshape(1, O * F)  # (N|1, O*F)
-        dbt = dbt if per_sample else dbt.reshape(1, O)                # (N|1, O)
-        p2 = pi_ if per_sample else pi_.reshape(1, K)                 # (N|1, K)
-        dW = be.gemm(p2, gw, ta=True).reshape(w_shape)                # (K, O, Cg, kh, kw)
-        dpi = be.gemm(gw, Wf, tb=True)                                # (N|1, K)
-        dbias = None
-        if b_ is not None:
-            dpi = be.add(dpi, be.gemm(dbt, b_, tb=True))
-            dbias = be.gemm(p2, dbt, ta=True)                         # (K, O)
-        return dx, dW, dpi.reshape(pi_shape), dbias
+        dW, dpi, dbias = pb_mix(gw, dbt)                    # W's, pi's and bias's shapes
+        return dx, dW, dpi, dbias
 
     return y, pullback
 
 
-def _output_mixing(be, x_, Wf, pi_, b_, g, groups, w_shape, pi_shape):
+def _output_mixing(be, x_, W, pi, bias, g, groups):
     # K convolutions as one shared convolution over the batch, then the outputs mixed.
     # The stacked outputs are group-major, (G, K, Og), so that each group's experts are
     # that group's outputs of the shared convolution.
-    K, O = w_shape[:2]
-    N, F, G, P = g.N, Wf.shape[1] // O, groups, g.P
+    K, O = W.shape[:2]
+    N, F, G, P = g.N, g.C // groups * g.taps, groups, g.P
+    w_shape, pi_shape = W.shape, pi.shape
+    pi_ = be.contiguous(pi)
+    Wf = be.contiguous(W).reshape(K, O * F)                             # (K, O*F)
+    b_ = None if bias is None else be.contiguous(bias)                  # (K, O)
     Og = O // G
     Ws = be.swap01(Wf.reshape(K, G, Og * F)).reshape(K * O, F)            # (G*K*Og, F)
     bs = None if b_ is None else be.swap01(b_.reshape(K, G, Og)).reshape(K * O)  # (G*K*Og,)
