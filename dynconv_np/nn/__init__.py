@@ -8,13 +8,16 @@ chains the ops' pullbacks by hand and adds parameter gradients to ``layer.grads`
 from .atoms import AtomConv2d
 from .block import CondConvBlock
 from .checkpoint import load_checkpoint, save_checkpoint
+from .compose import Sequential
 from .data import Batches
 from .dcd import DCDConv2d
 from .dynamic import CondConv2d, DynamicConv2d, MixtureConv2d
 from .function import as_function
+from .hooks import forward_hook
+from .init import default_generator, make_rng, manual_seed
 from .layers import BatchNorm1d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, ReLU
 from .loop import History, evaluate, fit, train_epoch
-from .module import Module, Sequential, default_generator, forward_hook, make_rng, manual_seed
+from .module import Module
 from .odconv import ODConv2d
 from .oned import DynamicConv1d
 from .pixel import DDFConv2d, Involution1d, Involution2d

@@ -26,8 +26,9 @@ from .. import arrays as xp
 from ..bases import fourier_bessel_bases
 from ..ops import atom_conv2d, conv2d, tanh
 from ..ops.linalg import matmul
+from .compose import prefixed
+from .init import make_rng, uniform_init
 from .layers import BatchNorm2d, ConvLayer, conv_config
-from .module import make_rng, prefixed, uniform_init
 
 __all__ = ["AtomConv2d"]
 

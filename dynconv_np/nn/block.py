@@ -17,9 +17,11 @@ import numpy as np
 from .. import _args
 from .. import arrays as xp
 from ..ops import sigmoid
+from .compose import OpLayer, prefixed
 from .dynamic import CondConv2d
+from .init import make_rng
 from .layers import Linear
-from .module import Module, OpLayer, make_rng, prefixed
+from .module import Module
 from .routing import RoutingHead
 
 __all__ = ["CondConvBlock"]

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from .. import _args
-from .module import default_generator
+from .init import default_generator
 
 __all__ = ["Batches"]
 

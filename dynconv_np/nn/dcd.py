@@ -35,8 +35,9 @@ from .. import arrays as xp
 from ..ops import conv2d, dcd_conv2d, global_avg_pool, hard_sigmoid, linear
 from ..ops.dcd import centre_projection, dcd_combine
 from ..ops.linalg import add_eye, matmul
+from .compose import prefixed
+from .init import make_rng, uniform_init
 from .layers import BatchNorm2d, ConvLayer, conv_config
-from .module import make_rng, prefixed, uniform_init
 
 __all__ = ["DCDConv2d", "MIN_SQUEEZE"]
 

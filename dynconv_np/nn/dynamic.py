@@ -21,8 +21,9 @@ from .. import _args
 from .. import arrays as xp
 from ..ops import conv2d, dynamic_conv2d, sigmoid, softmax
 from ..ops.linalg import add_bias, channel_mix
+from .init import make_rng, uniform_init
 from .layers import BatchNorm2d, ConvConfig, ConvLayer, Linear, conv_config
-from .module import host_only, make_rng, uniform_init
+from .module import host_only
 from .routing import RoutingHead, Temperature
 
 __all__ = ["MixtureConv2d", "CondConv2d", "DynamicConv2d"]

@@ -1,6 +1,6 @@
 """Plain layers: Conv2d, Linear, ReLU, BatchNorm, GlobalAvgPool2d, Flatten; the conv settings.
 
-Each is an :class:`~dynconv_np.nn.module.OpLayer`: ``forward_pullback`` calls an op's
+Each is an :class:`~dynconv_np.nn.compose.OpLayer`: ``forward_pullback`` calls an op's
 ``vjp`` and returns its pullback (see :mod:`dynconv_np.nn.module` for the protocol).
 Constructors follow ``torch.nn`` (argument names, order and default initialisation),
 plus ``dtype=`` and ``seed=`` / ``rng=``. Every layer runs on host or device arrays
@@ -17,7 +17,9 @@ from .. import _args
 from .. import arrays as xp
 from ..ops import batch_norm, conv2d, global_avg_pool, linear, relu
 from ..ops.routing import batch_norm_update_stats
-from .module import Module, OpLayer, host_only, make_rng, uniform_init
+from .compose import OpLayer
+from .init import make_rng, uniform_init
+from .module import Module, host_only
 
 __all__ = ["ConvConfig", "conv_config", "ConvLayer", "Conv2d", "Linear", "ReLU", "BatchNorm1d", "BatchNorm2d",
            "GlobalAvgPool2d", "Flatten"]

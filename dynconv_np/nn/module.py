@@ -89,20 +89,19 @@ kernels (``merged_kernel(s)``, ``fold_bn``) work on host layers; ``state_dict`` 
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import importlib
 import inspect
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from .. import _args
 from .. import arrays as xp
+from .hooks import hooked
 
-__all__ = ["Module", "OpLayer", "Sequential", "chain", "make_rng", "manual_seed", "default_generator",
-           "forward_hook", "uniform_init"]
+__all__ = ["Module", "host_only", "npz_path"]
 
 
 def host_only(layer: Module, what: str) -> None:
@@ -115,52 +114,6 @@ def host_only(layer: Module, what: str) -> None:
 def _movable(a) -> bool:
     # float arrays with at least one axis travel between devices; 0-d buffers are host scalars
     return len(a.shape) > 0 and np.dtype(a.dtype).kind == "f"
-
-
-_default_rng: np.random.Generator | None = None
-
-
-def manual_seed(seed: int) -> None:
-    """Seed the package-wide generator that layers (and shuffled :class:`~dynconv_np.nn.Batches`)
-    draw from when given neither ``seed`` nor ``rng``.
-
-    After ``manual_seed(s)``, building the same layers in the same order gives the same
-    parameters, as ``torch.manual_seed``. Layers given ``seed=`` or ``rng=`` are unaffected.
-    """
-    global _default_rng
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    _default_rng = np.random.default_rng(seed)
-
-
-def default_generator() -> np.random.Generator:
-    """The package-wide generator (seeded by :func:`manual_seed`; fresh entropy before)."""
-    global _default_rng
-    if _default_rng is None:
-        _default_rng = np.random.default_rng()
-    return _default_rng
-
-
-def make_rng(seed: int | None = None, rng: np.random.Generator | None = None) -> np.random.Generator:
-    """The generator a layer initialises from: `rng` if given, else one seeded with `seed`,
-    else the package-wide :func:`default_generator`."""
-    if rng is not None and seed is not None:
-        raise ValueError(f"give seed or rng, not both (got seed={seed!r} and an rng)")
-    if rng is not None:
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        return rng
-    if seed is None:
-        return default_generator()
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int or None, got {seed!r}")
-    return np.random.default_rng(seed)
-
-
-def uniform_init(r: np.random.Generator, shape: tuple, fan_in: int, dtype) -> np.ndarray:
-    """Uniform in ``+-1/sqrt(fan_in)`` (PyTorch's default for conv and linear layers)."""
-    bound = 1 / np.sqrt(fan_in)
-    return r.uniform(-bound, bound, size=shape).astype(dtype)
 
 
 def _entries(module: Module, kind: str) -> Iterator[tuple[str, Module, str]]:
@@ -220,50 +173,6 @@ class ArrayDict(dict):
     def __repr__(self) -> str:
         body = ", ".join(f"{k!r}: {v.dtype}{tuple(v.shape)}" for k, v in self.items())
         return "{" + body + "}"
-
-
-#: Functions ``fn(layer, inputs, y)`` run after each layer's forward (see :func:`forward_hook`).
-_HOOKS: list[Callable] = []
-#: ids of the layers whose hooked forward is running (a super() call inside fires no second hook)
-_RUNNING: set[int] = set()
-
-
-@contextlib.contextmanager
-def forward_hook(fn: Callable[[Module, tuple, Any], None]) -> Iterator[None]:
-    """Within the block, ``fn(layer, inputs, y)`` runs after the forward of every layer.
-
-    `inputs` is the tuple of positional arguments (``(x,)`` usually), `y` the output. It
-    fires for each ``forward_pullback`` of an :class:`OpLayer` (children called by their
-    parent, such as a routing branch's ``Linear``, included) and each ``forward`` of
-    another :class:`Module`. Hooks nest; the summary and the routing recorder use them.
-    """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    _HOOKS.append(fn)
-    try:
-        yield
-    finally:
-        _HOOKS.remove(fn)
-
-
-def _hooked(f: Callable, returns_pair: bool) -> Callable:
-    """`f` (a forward method) running the active hooks after it."""
-
-    @functools.wraps(f)
-    def run(self, *args, **kwargs):
-        if not _HOOKS or id(self) in _RUNNING:
-            return f(self, *args, **kwargs)
-        _RUNNING.add(id(self))
-        try:
-            out = f(self, *args, **kwargs)
-        finally:
-            _RUNNING.discard(id(self))
-        for hook in list(_HOOKS):
-            hook(self, args, out[0] if returns_pair else out)
-        return out
-
-    run._hooked = True
-    return run
 
 
 def _short(v) -> str:
@@ -332,7 +241,7 @@ class Module:
         name = cls._hooked_method
         f = cls.__dict__.get(name)
         if callable(f) and not getattr(f, "_hooked", False):
-            setattr(cls, name, _hooked(f, returns_pair=name == "forward_pullback"))
+            setattr(cls, name, hooked(f, returns_pair=name == "forward_pullback"))
 
     def __init__(self) -> None:
         object.__setattr__(self, "_params", {})
@@ -641,106 +550,15 @@ def npz_path(path: str | os.PathLike) -> str:
     return path
 
 
-class OpLayer(Module):
-    """A layer whose backward is the pullback its forward returns (the usual case).
 
-    Subclasses write ``forward_pullback(x, **kwargs) -> (y, pullback)`` with
-    ``pullback(dy) -> (dx, {param key: gradient or None})`` (see the module docstring);
-    this class checks ``dy`` against the output and adds the gradients, once for every layer.
-    """
-
-    _hooked_method = "forward_pullback"
-
-    def forward_pullback(self, x: np.ndarray, **kwargs: Any) -> tuple[np.ndarray, Callable]:
-        """``(y, pullback)`` for `x`, leaving every cache alone."""
-        raise TypeError(f"{type(self).__name__} does not define forward_pullback")
-
-    def forward(self, x: np.ndarray, **kwargs: Any) -> np.ndarray:
-        y, pullback = self.forward_pullback(x, **kwargs)
-        self._cache = (y, pullback)
-        return y
-
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        y, pullback = self.cache()
-        _args.check_cotangent(dy, y)
-        dx, grads = pullback(dy)
-        for key, grad in grads.items():
-            self.accumulate(key, grad)
-        return dx
+#: Names that moved out of this module when it was split, still importable from here
+#: (``nn.module.OpLayer``): name -> the module that now holds it.
+_MOVED = {"OpLayer": ".compose", "Sequential": ".compose", "chain": ".compose", "prefixed": ".compose",
+          "make_rng": ".init", "manual_seed": ".init", "uniform_init": ".init", "default_generator": ".init",
+          "forward_hook": ".hooks"}
 
 
-def prefixed(name: str, grads: Mapping) -> dict:
-    """A child's gradients ``{key: grad}`` keyed as its parent sees them (``"name.key"``)."""
-    return {f"{name}.{k}": grad for k, grad in grads.items()}
-
-
-def chain(layer: Module, x: np.ndarray, *steps) -> tuple[np.ndarray, Callable]:
-    """Run `x` through `steps` in order, as one ``forward_pullback``.
-
-    Each step is the name of a child :class:`OpLayer` of `layer` (its ``forward_pullback``;
-    its gradients come back under ``"name.<key>"``), a one-input op ``f`` (``f.vjp(h)``),
-    or ``(f, kwargs)`` for ``f.vjp(h, **kwargs)``.
-
-    Returns
-    -------
-    y, pullback
-        ``pullback(dy) -> (dx, grads)`` as an :class:`OpLayer`'s.
-    """
-    pbs = []
-    h = x
-    for step in steps:
-        if isinstance(step, str):
-            h, pb = getattr(layer, step).forward_pullback(h)
-        else:
-            f, kwargs = step if isinstance(step, tuple) else (step, {})
-            h, pb = f.vjp(h, **kwargs)
-        pbs.append((step, pb))
-
-    def pullback(dy):
-        grads = {}
-        for step, pb in reversed(pbs):
-            if isinstance(step, str):
-                dy, own = pb(dy)
-                grads.update(prefixed(step, own))
-            else:
-                dy = pb(dy)[0]
-        return dy, grads
-
-    return h, pullback
-
-
-class Sequential(Module):
-    """Layers applied in order; backward runs them in reverse.
-
-    Children are named ``"0"``, ``"1"``, ...; ``seq[i]`` returns the i-th layer. Its repr
-    is the tree of its layers. To share one CondConv routing among several layers, use
-    :class:`~dynconv_np.nn.CondConvBlock`.
-    """
-
-    def __init__(self, *layers: Module):
-        super().__init__()
-        for i, layer in enumerate(layers):
-            self.add_child(str(i), layer)
-
-    def __getitem__(self, i: int) -> Module:
-        return list(self._children.values())[i]
-
-    def __len__(self) -> int:
-        return len(self._children)
-
-    def check_input(self, x) -> None:
-        """The first layer's check (errors name that layer)."""
-        if self._children:
-            self[0].check_input(x)
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        for layer in self._children.values():
-            x = layer(x)
-        self._cache = True
-        return x
-
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        self.cache()
-        for layer in reversed(list(self._children.values())):
-            dy = layer.backward(dy)
-        return dy
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name], __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

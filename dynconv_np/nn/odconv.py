@@ -28,8 +28,9 @@ import numpy as np
 from .. import _args
 from .. import arrays as xp
 from ..ops import global_avg_pool, odconv2d, relu, sigmoid, softmax
+from .compose import chain
+from .init import make_rng
 from .layers import BatchNorm1d, ConvLayer, Linear, conv_config
-from .module import chain, make_rng
 from .routing import Temperature
 
 __all__ = ["ODConv2d", "BranchBatchNorm1d"]

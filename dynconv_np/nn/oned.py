@@ -13,8 +13,8 @@ import numpy as np
 from .. import _args
 from .. import arrays as xp
 from ..ops import dynamic_conv1d, softmax
+from .init import make_rng, uniform_init
 from .layers import ConvConfig, ConvLayer, Linear, conv_config
-from .module import make_rng, uniform_init
 from .routing import RoutingHead, Temperature
 
 __all__ = ["DynamicConv1d", "conv1d_config"]

@@ -33,8 +33,9 @@ from .. import _args
 from .. import arrays as xp
 from ..ops import conv2d, ddf_conv2d, global_avg_pool, involution1d, involution2d, linear, relu, softmax
 from ..ops.pixel import centre_pool, filter_norm
+from .compose import prefixed
+from .init import make_rng, uniform_init
 from .layers import BatchNorm2d, ConvLayer, conv_config
-from .module import make_rng, prefixed, uniform_init
 
 __all__ = ["DDFConv2d", "Involution2d", "Involution1d"]
 

@@ -27,7 +27,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from .. import arrays as xp
-from .module import Module, forward_hook
+from .hooks import forward_hook
+from .module import Module
 
 __all__ = ["RoutingRecorder", "attention_entropy", "per_class_mean", "expert_usage"]
 

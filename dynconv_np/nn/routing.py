@@ -20,7 +20,8 @@ import numpy as np
 from .. import _args
 from .._op import Op
 from ..ops import global_avg_pool, relu
-from .module import Module, chain
+from .compose import chain
+from .module import Module
 from .schedules import Scheduler
 
 __all__ = ["RoutingHead", "Temperature", "TemperatureSchedule"]

@@ -31,8 +31,9 @@ from .atoms import AtomConv2d
 from .dcd import DCDConv2d
 from .dynamic import CondConv2d, DynamicConv2d, MixtureConv2d
 from .function import _restore, _snapshot
+from .hooks import forward_hook
 from .layers import BatchNorm1d, BatchNorm2d, Conv2d, ConvLayer, Linear
-from .module import Module, forward_hook
+from .module import Module
 from .odconv import ODConv2d
 from .oned import DynamicConv1d
 
