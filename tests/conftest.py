@@ -41,11 +41,26 @@ def pytest_addoption(parser):
                      help="CUDA cases fail instead of skipping when no GPU or simulator is available")
 
 
+SIMULATOR_TEST = "test_simulator.py::test_cuda_cases_under_the_simulator"
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         spec = getattr(item, "callspec", None)
         if spec is not None and spec.params.get("backend") == "cuda":
             item.add_marker(pytest.mark.cuda)
+    if any(item.nodeid.endswith(SIMULATOR_TEST) for item in items):
+        import simulator_run
+
+        simulator_run.start()  # beside this run: it is one Python thread, the suite mostly another
+
+
+def pytest_unconfigure(config):
+    import sys
+
+    run = sys.modules.get("simulator_run")
+    if run is not None:
+        run.stop()
 
 
 def cuda_unavailable() -> str | None:
