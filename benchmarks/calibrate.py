@@ -201,13 +201,14 @@ def fit(rows) -> dict:
     def unpack(v):
         e = np.exp(v)
         return dict(GEMM_PEAK=e[0], GEMM_HALF=(e[1], e[2], hn), COPY=e[3], RUN=e[4], GATHER=e[5],
-                    MEM_FACTOR=1 + e[6])
+                    MEM_FACTOR=1 + e[6], WINO_TRANSFORM={2: e[7], 4: e[8]})
 
     def residuals(v):
         plan.calibrate(**unpack(v))
         return [math.log(estimate(r)) - math.log(r[4]) for r in rows]
 
-    v0 = np.log([plan.GEMM_PEAK, *plan.GEMM_HALF[:2], plan.COPY, plan.RUN, plan.GATHER, plan.MEM_FACTOR - 1])
+    v0 = np.log([plan.GEMM_PEAK, *plan.GEMM_HALF[:2], plan.COPY, plan.RUN, plan.GATHER, plan.MEM_FACTOR - 1,
+                 plan.WINO_TRANSFORM[2], plan.WINO_TRANSFORM[4]])
     res = least_squares(residuals, v0, bounds=(v0 - 2, v0 + 2))
     best = unpack(res.x)
     plan.calibrate(**best)
@@ -319,8 +320,13 @@ def main(argv=None) -> int:
         plan.calibrate(STREAM=fit_stream(mixings))
         best["STREAM"] = plan.STREAM
         print("\nfitted constants (dynconv_np/backends/cpu/plan.py):")
+        def short(v):
+            if isinstance(v, dict):
+                return "{" + ", ".join(f"{k}: {float(f'{x:.3g}')}" for k, x in v.items()) + "}"
+            return tuple(float(f"{x:.3g}") for x in v) if isinstance(v, tuple) else float(f"{v:.3g}")
+
         for k, v in best.items():
-            print(f"{k} = {tuple(float(f'{x:.3g}') for x in v) if isinstance(v, tuple) else float(f'{v:.3g}')}")
+            print(f"{k} = {short(v)}")
         print()
         report(rows, mixings)
     return 0

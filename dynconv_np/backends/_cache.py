@@ -7,7 +7,7 @@ adds a cache locator for the files of this package's backends: it keeps Numba's 
 of folder (``NUMBA_CACHE_DIR`` when set, else the ``__pycache__`` folder next to the
 kernel when it is writable, else Numba's user-wide cache folder) and stamps every
 kernel with a hash of all the sources its backend compiles from, its own folder's and
-the shared ``backends/*.py``. So after any of them changes, the cached kernels of that
+the shared ``backends/*.py`` (those that mention numba). So after any of them changes, the cached kernels of that
 backend no longer match and are compiled again (their cache files are overwritten in
 place), as Numba does for an edit of the kernel's own file.
 
@@ -29,11 +29,18 @@ BACKENDS = Path(__file__).resolve().parent
 CACHE_DIRS: dict[Path, Path] = {}
 
 
+def kernel_sources(folder: Path) -> list[Path]:
+    """The ``*.py`` files of `folder` and the shared ``backends/*.py`` that kernels can be
+    compiled from: those that mention numba (a pure-Python planner's edit compiles nothing)."""
+    paths = sorted({*BACKENDS.glob("*.py"), *folder.glob("*.py")})
+    return [p for p in paths if b"numba" in p.read_bytes()]
+
+
 @functools.cache
 def sources_hash(folder: Path) -> str:
-    """SHA-256 of the ``*.py`` files of `folder` and of the shared ``backends/*.py``, by name."""
+    """SHA-256 of :func:`kernel_sources`, by name."""
     h = hashlib.sha256()
-    for path in sorted({*BACKENDS.glob("*.py"), *folder.glob("*.py")}):
+    for path in kernel_sources(folder):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -128,7 +135,7 @@ def cache_is_cold() -> bool:
     """True unless the CPU kernels' cache folder holds an index file (``*.nbi``) newer than
     every backend source: a first run, or the first after a backend source changed."""
     d = kernel_cache_dir()
-    newest = max(p.stat().st_mtime for p in {*BACKENDS.glob("*.py"), *(BACKENDS / "cpu").glob("*.py")})
+    newest = max(p.stat().st_mtime for p in kernel_sources(BACKENDS / "cpu"))
     try:
         return not any(p.stat().st_mtime >= newest for p in d.glob("*.nbi"))
     except OSError:

@@ -90,14 +90,17 @@ ITEM = 2.0e-7
 STREAM = 2.06e-10
 #: Winograd tile transforms: seconds per transformed element, F(2x2) and F(4x4).
 WINO_TRANSFORM = {2: 1.0e-9, 4: 2.0e-9}
-#: Winograd's block budget (bytes of transformed input and products per work item).
-WINO_BLOCK_BYTES = 512 * 2**10
+#: Winograd's block budget (bytes of transformed input and products per work item) and
+#: the fewest grid tiles a block holds: ``winograd.BLOCK_BYTES`` and ``winograd.MIN_TILES``.
+WINO_BLOCK_BYTES = 2**20
+WINO_MIN_TILES = 32
 #: Another strategy than the first candidate (``tiles``; ``kernel_mixing``) is picked
 #: only when its estimate is below this fraction of the first's: the estimates are
 #: within some 20 % of the measurements, and the first is the better-tried path.
 MARGIN = 0.85
 #: The constants :func:`calibrate` may set (``benchmarks/calibrate.py --fit``).
-FITTED = ("GEMM_PEAK", "GEMM_HALF", "GEMM_CALL", "COPY", "RUN", "GATHER", "MEM_FACTOR", "ITEM", "STREAM")
+FITTED = ("GEMM_PEAK", "GEMM_HALF", "GEMM_CALL", "COPY", "RUN", "GATHER", "MEM_FACTOR", "ITEM", "STREAM",
+          "WINO_TRANSFORM")
 
 
 def calibrate(**constants) -> None:
@@ -293,7 +296,7 @@ def _winograd_blocks(c: ConvCall, rows: int, inner: int, m: int, tiles: int) -> 
     # kernel's may span samples, a per-sample kernel's not).
     A2 = (m + 2) ** 2
     per_tile = A2 * (c.C + c.O) * c.itemsize
-    T = max(1, min(WINO_BLOCK_BYTES // per_tile, c.N * tiles if c.shared else tiles))
+    T = max(1, min(max(WINO_MIN_TILES, WINO_BLOCK_BYTES // per_tile), c.N * tiles if c.shared else tiles))
     return math.ceil(c.N * tiles / T), A2 * c.groups * gemm_seconds(rows // c.groups, inner // c.groups, T,
                                                                      c.itemsize)
 
