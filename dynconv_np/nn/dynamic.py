@@ -305,6 +305,26 @@ class CondConv2d(_Mixing):
         return out
 
 
+def init_dy_cnn(layer: ConvLayer, weight_shape: tuple, dt: np.dtype, reduction: int, hidden_channels: int | None,
+                temperature: float, r: np.random.Generator) -> None:
+    """DY-CNN's parameters on `layer` (2-D or 1-D, its ``config`` set): K experts of
+    `weight_shape` ``(K, O, C//groups, ...)``, each with torch's default conv init, zero
+    expert biases, the routing FCs ``fc1 (C -> hidden)`` and ``fc2 (hidden -> K)``, and
+    the temperature buffer."""
+    cfg = layer.config
+    K = weight_shape[0]
+    red = _args.positive_int("reduction", reduction)
+    hidden = (max(1, cfg.in_channels // red) if hidden_channels is None
+              else _args.positive_int("hidden_channels", hidden_channels))
+    layer.hidden_channels = hidden
+    layer.add_param("weight", uniform_init(r, weight_shape, cfg.fan_in, dt))
+    if cfg.bias:
+        layer.add_param("bias", np.zeros((K, cfg.out_channels), dtype=dt))
+    layer.add_child("fc1", Linear(cfg.in_channels, hidden, dtype=dt, rng=r))
+    layer.add_child("fc2", Linear(hidden, K, dtype=dt, rng=r))
+    layer._init_temperature(temperature)
+
+
 class DynamicConv2d(Temperature, _Mixing):
     """Dynamic convolution, DY-CNN (docs/math.md, DY-CNN; seed 001).
 
@@ -343,18 +363,7 @@ class DynamicConv2d(Temperature, _Mixing):
         super().__init__()
         cfg, K, dt = self._init_conv((in_channels, out_channels, kernel_size, stride, padding, dilation,
                                       groups, bias), num_experts, dtype)
-        red = _args.positive_int("reduction", reduction)
-        hidden = (max(1, cfg.in_channels // red) if hidden_channels is None
-                  else _args.positive_int("hidden_channels", hidden_channels))
-        self.hidden_channels = hidden
-        r = make_rng(seed, rng)
-        # each expert initialised on its own, as torch's default conv init
-        self.add_param("weight", uniform_init(r, cfg.weight_shape(K), cfg.fan_in, dt))
-        if cfg.bias:
-            self.add_param("bias", np.zeros((K, cfg.out_channels), dtype=dt))
-        self.add_child("fc1", Linear(cfg.in_channels, hidden, dtype=dt, rng=r))
-        self.add_child("fc2", Linear(hidden, K, dtype=dt, rng=r))
-        self._init_temperature(temperature)
+        init_dy_cnn(self, cfg.weight_shape(K), dt, reduction, hidden_channels, temperature, make_rng(seed, rng))
 
     def _route(self, x: np.ndarray):
         return self.head(self, x, tau=self.temperature)                   # pi (N, K)

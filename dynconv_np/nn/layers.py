@@ -82,9 +82,12 @@ class ConvLayer(OpLayer):
     # a conv layer's children (routing branch, batch norms) are parts of it: a one-line repr
     _tree_repr = False
 
+    #: the input's layout, for the checks (a 1-D layer's is ``"(N, C, L)"``)
+    _x_layout = "(N, C, H, W)"
+
     def _check_x(self, x: np.ndarray) -> None:
         _args.check_arrays({"x": x})
-        _args.check_ndim("x", x, 4, "(N, C, H, W)")
+        _args.check_ndim("x", x, self._x_layout.count(",") + 1, self._x_layout)
         if x.shape[1] != self.config.in_channels:
             raise ValueError(f"{self.name()} expects x with {self.config.in_channels} channels, "
                              f"got shape {tuple(x.shape)}")

@@ -13,8 +13,9 @@ import numpy as np
 from .. import _args
 from .. import arrays as xp
 from ..ops import dynamic_conv1d, softmax
-from .init import make_rng, uniform_init
-from .layers import ConvConfig, ConvLayer, Linear, conv_config
+from .dynamic import init_dy_cnn
+from .init import make_rng
+from .layers import ConvConfig, ConvLayer, conv_config
 from .routing import RoutingHead, Temperature
 
 __all__ = ["DynamicConv1d", "conv1d_config"]
@@ -63,6 +64,7 @@ class DynamicConv1d(Temperature, ConvLayer):
     """
 
     head = RoutingHead(("fc1", "fc2"), softmax)
+    _x_layout = "(N, C, L)"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, *, num_experts: int = 4, reduction: int = 4,
@@ -73,25 +75,9 @@ class DynamicConv1d(Temperature, ConvLayer):
                                         groups, bias)
         self.config = cfg
         self.num_experts = K = _args.positive_int("num_experts", num_experts)
-        dt = _args.float_dtype("dtype", dtype)
-        red = _args.positive_int("reduction", reduction)
-        self.hidden_channels = hidden = (max(1, cfg.in_channels // red) if hidden_channels is None
-                                         else _args.positive_int("hidden_channels", hidden_channels))
-        r = make_rng(seed, rng)
         shape = (K, cfg.out_channels, cfg.in_channels // cfg.groups, cfg.kernel_size[1])
-        self.add_param("weight", uniform_init(r, shape, cfg.fan_in, dt))
-        if cfg.bias:
-            self.add_param("bias", np.zeros((K, cfg.out_channels), dtype=dt))
-        self.add_child("fc1", Linear(cfg.in_channels, hidden, dtype=dt, rng=r))
-        self.add_child("fc2", Linear(hidden, K, dtype=dt, rng=r))
-        self._init_temperature(temperature)
-
-    def _check_x(self, x: np.ndarray) -> None:
-        _args.check_arrays({"x": x})
-        _args.check_ndim("x", x, 3, "(N, C, L)")
-        if x.shape[1] != self.config.in_channels:
-            raise ValueError(f"{self.name()} expects x with {self.config.in_channels} channels, "
-                             f"got shape {tuple(x.shape)}")
+        init_dy_cnn(self, shape, _args.float_dtype("dtype", dtype), reduction, hidden_channels, temperature,
+                    make_rng(seed, rng))
 
     def _route(self, x: np.ndarray):
         N, C, L = x.shape
