@@ -61,39 +61,44 @@ log = logging.getLogger("dynconv_np.strategy")
 # ----------------------------------------------------------------------------- cost constants
 # Fitted to measurements on the 2-core machine of docs/performance.md by
 # ``python benchmarks/calibrate.py --fit`` (which prints these lines), timed as CPU time
-# over 2 threads on a loaded machine (``--cpu-time``); GEMM_CALL, ITEM, the GEMM's N
-# half-width, the Winograd constants and MARGIN are set by hand.
+# over 2 threads on a loaded machine (``--cpu-time``, load average about 2; 2026-12-01,
+# with the Winograd module in place); GEMM_CALL, ITEM, the GEMM's N half-width, MARGIN
+# and the Winograd block sizes (the module's own) are set by hand.
 #: Cores of the nominal machine: work items are spread over this many threads.
 THREADS = 2
 #: Single-thread GEMM rate (flop/s) of large float32 products; float64 runs at half.
-GEMM_PEAK = 6.94e10
+GEMM_PEAK = 6.46e10
 #: GEMM dimensions at which the rate is half the peak, per dimension (M, K, N of
 #: ``(M, K) @ (K, N)``): rate = peak * prod(d / (d + half)).
-GEMM_HALF = (1.48, 19.6, 3.0)
+GEMM_HALF = (0.2, 9.12, 3.0)
 #: Seconds of one GEMM call beyond its flops (dispatch, packing of small operands).
 GEMM_CALL = 1.5e-6
 #: Seconds per element moved within a work buffer (tile loads and stores, plane copies).
-COPY = 7.15e-11
+COPY = 1.45e-10
 #: Seconds per run of the row unfold (one output row of one column row: its set-up
 #: and edges), beyond its elements.
-RUN = 1.1e-10
+RUN = 8.13e-10
 #: Seconds per element of the padded-plane unfold (a gather).
-GATHER = 7.32e-12
+GATHER = 9.91e-13
 #: Factor on every copy when a work item's buffer exceeds :data:`L2_BYTES`.
-MEM_FACTOR = 4.46
+MEM_FACTOR = 2.31
 #: Cache size per core below which a work item's buffer stays resident.
 L2_BYTES = 2 * 2**20
 #: Seconds per work item (scheduling, views, the bias and pixel-sum loops' set-up).
 ITEM = 2.0e-7
 #: Seconds per multiply-add of the mixing products (``pi @ W``, ``pi^T G``, ``G W^T``,
 #: and output mixing's per-sample sums), which stream memory.
-STREAM = 2.06e-10
+STREAM = 1.74e-10
 #: Winograd tile transforms: seconds per transformed element, F(2x2) and F(4x4).
-WINO_TRANSFORM = {2: 1.0e-9, 4: 2.0e-9}
+WINO_TRANSFORM = {2: 4.59e-10, 4: 6.75e-10}
 #: Winograd's block budget (bytes of transformed input and products per work item) and
 #: the fewest grid tiles a block holds: ``winograd.BLOCK_BYTES`` and ``winograd.MIN_TILES``.
 WINO_BLOCK_BYTES = 2**20
 WINO_MIN_TILES = 32
+#: The fewest blocks of the module's forward (``winograd.MIN_ITEMS``) and kernel gradient
+#: (its slots, ``conv.SLOTS``).
+WINO_MIN_ITEMS = 4
+WINO_SLOTS = 8
 #: Another strategy than the first candidate (``tiles``; ``kernel_mixing``) is picked
 #: only when its estimate is below this fraction of the first's: the estimates are
 #: within some 20 % of the measurements, and the first is the better-tried path.
@@ -290,31 +295,46 @@ def _batched_backward(c: ConvCall, need_dx: bool, need_dw: bool) -> float:
     return _sums(c) + _spread(slots, math.ceil(blocks / slots) * item)
 
 
-def _winograd_blocks(c: ConvCall, rows: int, inner: int, m: int, tiles: int) -> tuple[int, float]:
-    # (blocks, seconds of one block's GEMMs): alpha^2 GEMMs (rows, inner) @ (inner, tiles
-    # of the block) per group, blocks of WINO_BLOCK_BYTES of transformed tiles (a shared
-    # kernel's may span samples, a per-sample kernel's not).
+def _winograd_blocks(c: ConvCall, tiles: int, m: int, min_blocks: int) -> tuple[int, float]:
+    # (blocks, grid tiles a block) of the module's plan: blocks of WINO_BLOCK_BYTES of
+    # transformed tiles (at least WINO_MIN_TILES), at least min_blocks over a shared
+    # kernel's batch or ceil(min_blocks / N) a sample; a per-sample kernel's never span
+    # samples.
     A2 = (m + 2) ** 2
     per_tile = A2 * (c.C + c.O) * c.itemsize
-    T = max(1, min(max(WINO_MIN_TILES, WINO_BLOCK_BYTES // per_tile), c.N * tiles if c.shared else tiles))
-    return math.ceil(c.N * tiles / T), A2 * c.groups * gemm_seconds(rows // c.groups, inner // c.groups, T,
-                                                                     c.itemsize)
+    T = max(WINO_MIN_TILES, WINO_BLOCK_BYTES // per_tile)
+    if c.shared:
+        blocks = max(math.ceil(c.N * tiles / T), min_blocks)
+    else:
+        blocks = c.N * max(math.ceil(tiles / T), math.ceil(min_blocks / c.N))
+    blocks = min(blocks, c.N * math.ceil(c.Ho / m))          # whole tile rows at least
+    return blocks, c.N * tiles / blocks
 
 
 def _winograd(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool) -> float:
     # F(m x m, 3x3): the kernels' transforms, then per pass the tiles' transforms (in and
-    # out) and the GEMMs; the input gradient is a forward on dy (C and O swapped), the
-    # kernel gradient GEMMs of the same sizes.
+    # out) and alpha^2 GEMMs a block; the input gradient is a forward on dy (C and O
+    # swapped). The kernel gradient accumulates rank-T updates of dU (alpha^2 O x C/groups)
+    # a block, in slots of blocks, each slot transforming its dU back; then the slots'
+    # partials are summed.
     A2 = (m + 2) ** 2
     tiles = math.ceil(c.Ho / m) * math.ceil(c.Wo / m)
     tr = WINO_TRANSFORM[m] * c.itemsize / 4
-    kernels = (1 if c.shared else c.N) * c.O * (c.C // c.groups) * A2 * tr / THREADS
-    passes = [(c.O, c.C)] if not backward else [(c.C, c.O)] * need_dx + [(c.O, c.C)] * need_dw
-    total = _sums(c) if backward else 0.0
-    for rows, inner in passes:
-        blocks, gemms = _winograd_blocks(c, rows, inner, m, tiles)
-        transforms = (rows + inner) * tiles * A2 * tr * c.N / blocks
-        total += _spread(blocks, gemms + transforms) + kernels
+    Og, Cg = c.O // c.groups, c.C // c.groups
+    kernels = (1 if c.shared else c.N) * c.O * Cg * A2 * tr / THREADS
+    total = 0.0
+    for rows, inner in ([(c.C, c.O)] * need_dx if backward else [(c.O, c.C)]):
+        blocks, T = _winograd_blocks(c, tiles, m, WINO_MIN_ITEMS)
+        gemms = A2 * c.groups * gemm_seconds(rows // c.groups, inner // c.groups, T, c.itemsize)
+        total += _spread(blocks, gemms + (rows + inner) * T * A2 * tr) + kernels
+    if backward and need_dw:
+        blocks, T = _winograd_blocks(c, tiles, m, WINO_SLOTS)
+        du = A2 * c.O * Cg
+        block = (A2 * c.groups * gemm_seconds(Og, T, Cg, c.itemsize) + 2 * du * COPY * _mem(du, c.itemsize)
+                 + (c.O + c.C) * T * A2 * tr)
+        slots = min(blocks, WINO_SLOTS if c.shared else c.N * math.ceil(WINO_SLOTS / c.N))
+        total += _spread(slots, math.ceil(blocks / slots) * block + du * tr) + slots * c.O * c.F * COPY / THREADS
+        total += _sums(c)
     return total
 
 
