@@ -1,27 +1,35 @@
 """asv benchmarks: time and peak memory of every op, forward and forward+backward, and of
 a small network's training step, on the CPU and (with a GPU) on CUDA.
 
-Every benchmark class derives from one base, :class:`_Benchmark`, whose parameters end
+This module holds the suite's one base class, :class:`_Benchmark`, whose parameters end
 with ``threads`` (CPU thread count: Numba and BLAS) and ``device`` (``"cpu"``,
-``"cuda"``). The CUDA cases are skipped, by raising ``NotImplementedError`` in ``setup``
+``"cuda"``), and its op form :class:`_OpBenchmark` with the benchmark mixins
+:class:`_Times`, :class:`_Peakmem` and :class:`_PeakmemForward`; ``bench_odconv.py``
+(ODConv, the 1-D forms) and ``bench_pixel.py`` (the per-pixel ops) import them from
+here. The CUDA cases are skipped, by raising ``NotImplementedError`` in ``setup``
 (asv's documented way to skip), where numba-cuda or a CUDA driver is missing, under the
 CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``: timings would mean nothing) or without a
 GPU, and for every thread count but the last (threads are the CPU's business); run them
-with ``--launch-method=spawn`` (CUDA does not survive a fork). An op that this version
-of the package lacks is skipped the same way.
+with ``--launch-method=spawn``. An op that this version of the package lacks is skipped
+the same way.
 
-``setup`` builds the arguments (float32 presets of ``compare.SHAPES``), copies them to
-the device, and warms up by running the public op once, forward and backward, on the
-exact benchmark arguments: Numba's compilation or cache load is never timed, and the
-results are checked (dtype, shapes, finite values). Base classes and mixins are named
-with a leading underscore, so asv never lists them.
+``setup`` builds the arguments (float32 presets), copies them to the device, and warms
+up by running the public op once, forward and backward, on the exact benchmark
+arguments: Numba's compilation or cache load is never timed, and the results are
+checked (dtype, shapes, finite values, and per op against a plain convolution). It then
+resets the process's peak-RSS mark (Linux), so that a ``peakmem_`` benchmark measures
+its own call (over the resident inputs), not the warm-up. Base classes and mixins are
+named with a leading underscore, so asv never lists them (it skips module attributes
+whose names start with ``_``); a module that imports them keeps the underscore.
 
-Every (benchmark, parameters) case runs in a process of its own (about a second of
-start-up and warm-up each), so the suite keeps its cases few, for a smoke run of the
-whole suite (``asv run -E existing:same --quick --dry-run``) of a few minutes on 2
-cores: conv2d and dynamic_conv2d timed on the eight presets at 1 and 2 threads, their
-peak memory at 2 threads; ACDA and DCD on the four original presets at 2 threads; the
-routing ops timed on two presets; the training step at 1 and 2 threads.
+Every (benchmark, parameters) case runs in a process of its own (forked from asv's
+forkserver, see asv.conf.json; spawned with ``--launch-method=spawn``), and its set-up
+costs up to a second (Numba's cache loads, the warm-up, the checks; a spawned one also
+imports NumPy, Numba and dynconv_np, and starts Numba), so the suite keeps its cases
+few: conv2d and dynamic_conv2d timed on the eight presets of ``compare.SHAPES`` at 1 and
+2 threads; ACDA and DCD on the four original presets at 2 threads; the routing ops
+timed on two presets; the training step at 1 and 2 threads; peak memory at 2 threads
+only. See README, "Benchmarks", for the smoke run.
 """
 
 from __future__ import annotations
@@ -29,12 +37,13 @@ from __future__ import annotations
 import ctypes.util
 import importlib.util
 import os
+import sys
 
 import numpy as np
 
 import dynconv_np as dc
 
-from .compare import SHAPES, make_inputs
+from .compare import SHAPES
 from .train_step import ours_net
 
 THREADS = [1, 2]
@@ -66,6 +75,53 @@ def _conv_geometry(name):
     N, C, O, H, k, s, p, K = SHAPES[name]
     Ho = (H + 2 * p - k) // s + 1
     return N, C, O, H, k, s, p, K, Ho
+
+
+def _x(name):
+    """The input ``x`` of a preset: ``compare.make_inputs(name)[0]``, drawn alone."""
+    N, C, O, H, k, s, p, K = SHAPES[name]
+    return np.random.default_rng(0).standard_normal((N, C, H, H), dtype=np.float32)
+
+
+def _inputs(name):
+    """``x, W, pi, bias, stride, padding`` of a preset: ``compare.make_inputs(name)``'s
+    values, without its ``dy`` (the benchmarks draw their own)."""
+    N, C, O, H, k, s, p, K = SHAPES[name]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, C, H, H), dtype=np.float32)
+    W = (rng.standard_normal((K, O, C, k, k), dtype=np.float32) / np.sqrt(C * k * k)).astype(np.float32)
+    pi = rng.dirichlet(np.ones(K), size=N).astype(np.float32)
+    bias = rng.standard_normal((K, O), dtype=np.float32)
+    return x, W, pi, bias, s, p
+
+
+def _start_numba_in_forkserver() -> None:
+    """Under asv's forkserver (the launch method of asv.conf.json) every case forks from
+    one server process, which imported this module: start Numba's CPU target (its typing
+    and target contexts, about 0.3 s) there, once, instead of in every case. No threads
+    are started (forking is safe); elsewhere, and if Numba's internals move, a no-op."""
+    if sys.argv[1:2] != ["run_server"]:
+        return
+    try:
+        from numba.core.registry import cpu_target
+
+        cpu_target.typing_context.refresh()
+        cpu_target.target_context.refresh()
+    except Exception:  # only a head start: each case starts Numba itself anyway
+        pass
+
+
+_start_numba_in_forkserver()
+
+
+def _reset_peak_rss() -> None:
+    """Reset the process's peak resident set size (``ru_maxrss``, what asv's ``peakmem_``
+    reports) to the current one: Linux 4.0 and later; elsewhere a no-op."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 class _Benchmark:
@@ -114,12 +170,21 @@ class _Benchmark:
 
 
 class _OpBenchmark(_Benchmark):
-    """An op on a preset: subclasses set ``op`` (an attribute of ``dynconv_np``) and
-    :meth:`arguments`; the benchmarks come from :class:`_Times` and :class:`_Peakmem`."""
+    """An op on a preset: subclasses set ``op`` (an attribute of ``dynconv_np``),
+    ``shapes`` (the presets) and :meth:`arguments`, and may add :meth:`check`; the
+    benchmarks come from the mixins :class:`_Times`, :class:`_Peakmem` and
+    :class:`_PeakmemForward`. ``params`` is ``[shapes, thread_counts, DEVICES]``, set for
+    each subclass from its ``shapes`` and ``thread_counts`` (the mixins' or its own)."""
 
     op: str = ""
+    shapes: list = CONV_SHAPES
+    thread_counts: list = THREADS
     params = [CONV_SHAPES, THREADS, DEVICES]
     param_names = ["shape", "threads", "device"]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.params = [list(cls.shapes), list(cls.thread_counts), DEVICES]
 
     def arguments(self, shape: str, rng: np.random.Generator) -> tuple[tuple, dict]:
         """``(args, kwargs)`` of one call of the op on the float32 preset ``shape`` (host)."""
@@ -130,10 +195,10 @@ class _OpBenchmark(_Benchmark):
         return None
 
     def setup(self, shape, threads, device):
+        self.use_device(threads, device)                            # skips first: cheap
         self.fn = getattr(dc, self.op, None)
         if self.fn is None:
             raise NotImplementedError(f"dynconv_np.{self.op} does not exist in this version")
-        self.use_device(threads, device)
         host_args, self.kwargs = self.arguments(shape, np.random.default_rng(0))
         self.args = [self.put(a) if isinstance(a, np.ndarray) else a for a in host_args]
         y, pullback = self.fn.vjp(*self.args, **self.kwargs)       # the warm-up, checked
@@ -147,6 +212,12 @@ class _OpBenchmark(_Benchmark):
             if isinstance(a, np.ndarray) and g is not None:
                 assert tuple(g.shape) == a.shape and np.isfinite(self.host(g)).all(), f"{self.op}: bad gradient"
         self.check(y_host, host_args, self.kwargs)
+        del y, pullback, grads, y_host, dy
+        _reset_peak_rss()
+
+    def forward(self):
+        self.fn(*self.args, **self.kwargs)
+        self.sync()
 
     def forward_backward(self):
         _, pullback = self.fn.vjp(*self.args, **self.kwargs)
@@ -158,20 +229,28 @@ class _Times:
     """``time_forward`` and ``time_forward_backward`` of an :class:`_OpBenchmark`."""
 
     def time_forward(self, *params):
-        self.fn(*self.args, **self.kwargs)
-        self.sync()
+        self.forward()
 
     def time_forward_backward(self, *params):
         self.forward_backward()
 
 
 class _Peakmem:
-    """``peakmem_forward_backward`` of an :class:`_OpBenchmark`, at one thread count."""
+    """``peakmem_forward_backward`` of an :class:`_OpBenchmark`, at the last thread count."""
 
-    params = [CONV_SHAPES, THREADS[-1:], DEVICES]
+    thread_counts = THREADS[-1:]
 
     def peakmem_forward_backward(self, *params):
         self.forward_backward()
+
+
+class _PeakmemForward:
+    """``peakmem_forward`` of an :class:`_OpBenchmark`, at the last thread count."""
+
+    thread_counts = THREADS[-1:]
+
+    def peakmem_forward(self, *params):
+        self.forward()
 
 
 # ----------------------------------------------------------------------------- convolutions
@@ -181,7 +260,7 @@ class _Conv2d(_OpBenchmark):
     op = "conv2d"
 
     def arguments(self, shape, rng):
-        x, W, pi, bias, dy, s, p = make_inputs(shape)
+        x, W, pi, bias, s, p = _inputs(shape)
         return (x, W[0], bias[0]), {"stride": s, "padding": p}
 
 
@@ -191,7 +270,7 @@ class _DynamicConv2d(_OpBenchmark):
     op = "dynamic_conv2d"
 
     def arguments(self, shape, rng):
-        x, W, pi, bias, dy, s, p = make_inputs(shape)
+        x, W, pi, bias, s, p = _inputs(shape)
         return (x, W, pi, bias), {"stride": s, "padding": p}
 
     def check(self, y, args, kwargs):
@@ -206,7 +285,7 @@ class _DcdConv2d(_OpBenchmark):
     op = "dcd_conv2d"
 
     def arguments(self, shape, rng):
-        x, W, pi, bias, dy, s, p = make_inputs(shape)
+        x, W, pi, bias, s, p = _inputs(shape)
         N, C, O = x.shape[0], x.shape[1], W.shape[1]
         L = max(1, int(np.sqrt(C)))
         lam = rng.uniform(0.5, 1.5, (N, O)).astype(np.float32)
@@ -222,7 +301,7 @@ class _AtomConv2d(_OpBenchmark):
 
     def arguments(self, shape, rng):
         N, C, O, H, k, s, p, K, Ho = _conv_geometry(shape)
-        x = make_inputs(shape)[0]
+        x = _x(shape)
         atoms = (rng.standard_normal((N, self.M, k, k, Ho, Ho)) / k).astype(np.float32)
         coeff = (rng.standard_normal((O, C, self.M)) / np.sqrt(C * self.M)).astype(np.float32)
         bias = rng.standard_normal(O).astype(np.float32)
@@ -248,25 +327,28 @@ class DynamicConv2dPeakmem(_Peakmem, _DynamicConv2d):
 
 
 class DcdConv2d(_Times, _Peakmem, _DcdConv2d):
-    params = [FEW_SHAPES, THREADS[-1:], DEVICES]
+    shapes = FEW_SHAPES
+    thread_counts = THREADS[-1:]
 
 
 class AtomConv2d(_Times, _Peakmem, _AtomConv2d):
-    params = [FEW_SHAPES, THREADS[-1:], DEVICES]
+    shapes = FEW_SHAPES
+    thread_counts = THREADS[-1:]
 
 
 # ----------------------------------------------------------------------------- routing
 class _RoutingBenchmark(_Times, _OpBenchmark):
     """Routing ops are light, elementwise or reductions: one thread count, two shapes."""
 
-    params = [ROUTING_SHAPES, THREADS[-1:], DEVICES]
+    shapes = ROUTING_SHAPES
+    thread_counts = THREADS[-1:]
 
 
 class GlobalAvgPool(_RoutingBenchmark):
     op = "global_avg_pool"
 
     def arguments(self, shape, rng):
-        return (make_inputs(shape)[0],), {}
+        return (_x(shape),), {}
 
 
 class Linear(_RoutingBenchmark):
@@ -287,7 +369,7 @@ class _Elementwise(_RoutingBenchmark):
     kwargs: dict = {}
 
     def arguments(self, shape, rng):
-        return (make_inputs(shape)[0],), dict(self.kwargs)
+        return (_x(shape),), dict(self.kwargs)
 
 
 class Relu(_Elementwise):
@@ -316,7 +398,7 @@ class BatchNorm(_RoutingBenchmark):
     op = "batch_norm"
 
     def arguments(self, shape, rng):
-        x = make_inputs(shape)[0]
+        x = _x(shape)
         C = x.shape[1]
         gamma = rng.uniform(0.5, 1.5, C).astype(np.float32)
         beta = rng.standard_normal(C).astype(np.float32)

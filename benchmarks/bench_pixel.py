@@ -1,25 +1,22 @@
 """asv benchmarks of the per-pixel ops: time and peak memory, forward and forward+backward.
 
-One class per op (``involution2d``, ``ddf_conv2d`` in both combinations,
-``involution1d``), all built on :class:`PixelBenchmark`, in the style of
-``bench_ops.py``: a subclass names the op and builds its arguments from a shape preset;
-the base class gives it ``time_`` and ``peakmem_`` benchmarks of the forward and of
-forward+backward, with the presets and the thread count as parameters. ``setup`` runs
-the op once on the exact arguments (Numba's compilation or cache load is never timed)
-and checks what it returns; an op this version of the package lacks is skipped by
-raising ``NotImplementedError`` in ``setup``. ``benchmarks/compare_pixel.py`` is the
-side-by-side with unfold formulations.
+One op per class pair (``involution2d``, ``ddf_conv2d`` in both combinations,
+``involution1d``), on the suite's one base, ``bench_ops._OpBenchmark``, with its mixins:
+a subclass names the op and builds its arguments from a shape preset; ``Involution2d``
+(say) has ``time_forward`` and ``time_forward_backward`` over the presets, 1 and 2
+threads and the device (``cpu``, ``cuda``: skipped without a GPU), and
+``Involution2dPeakmem`` has ``peakmem_forward`` and ``peakmem_forward_backward`` at 2
+threads. ``setup`` (the base's) runs the op once on the exact arguments (Numba's
+compilation or cache load is never timed) and checks what it returns; an op this
+version of the package lacks is skipped by raising ``NotImplementedError`` in ``setup``.
+``benchmarks/compare_pixel.py`` is the side-by-side with unfold formulations.
 """
 
 from __future__ import annotations
 
-import abc
-
 import numpy as np
 
-import dynconv_np as dc
-
-THREADS = [1, 2]
+from .bench_ops import _OpBenchmark, _Peakmem, _PeakmemForward, _Times
 
 #: name: (N, C, H=W, k): float32 images, "same" padding, stride 1. ``rednet_k7`` is
 #: RedNet's involution stage that users report running out of memory with unfold.
@@ -36,62 +33,16 @@ SEQUENCES = {
 }
 
 
-class PixelBenchmark(abc.ABC):
-    """Base: subclasses set ``op`` (an attribute of ``dynconv_np``) and ``arguments``.
-
-    Abstract, so that asv collects only the concrete subclasses.
-    """
-
-    op: str = ""
-    params = [list(SHAPES), THREADS]
-    param_names = ["shape", "threads"]
-    timeout = 600
-
-    @abc.abstractmethod
-    def arguments(self, shape: str, rng: np.random.Generator) -> tuple[tuple, dict]:
-        """``(args, kwargs)`` of one call of the op on the float32 preset ``shape``."""
-
-    def setup(self, shape, threads):
-        import numba
-
-        self.fn = getattr(dc, self.op, None)
-        if self.fn is None:
-            raise NotImplementedError(f"dynconv_np.{self.op} does not exist in this version")
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        self.args, self.kwargs = self.arguments(shape, np.random.default_rng(0))
-        y, pullback = self.fn.vjp(*self.args, **self.kwargs)
-        self.dy = np.random.default_rng(1).standard_normal(y.shape, dtype=np.float32)
-        grads = pullback(self.dy)
-        assert y.dtype == np.float32 and np.isfinite(y).all(), f"{self.op}: bad forward"
-        assert np.array_equal(y, self.fn(*self.args, **self.kwargs)), f"{self.op}: two calls differ"
-        for a, g in zip(self.args, grads):
-            if isinstance(a, np.ndarray):
-                assert g.shape == a.shape and np.isfinite(g).all(), f"{self.op}: bad gradient"
-
-    def time_forward(self, shape, threads):
-        self.fn(*self.args, **self.kwargs)
-
-    def time_forward_backward(self, shape, threads):
-        _, pullback = self.fn.vjp(*self.args, **self.kwargs)
-        pullback(self.dy)
-
-    def peakmem_forward(self, shape, threads):
-        self.fn(*self.args, **self.kwargs)
-
-    def peakmem_forward_backward(self, shape, threads):
-        _, pullback = self.fn.vjp(*self.args, **self.kwargs)
-        pullback(self.dy)
-
-
 def _image(shape, rng):
     N, C, H, k = SHAPES[shape]
     return N, C, H, k, rng.standard_normal((N, C, H, H), dtype=np.float32)
 
 
-class Involution2d(PixelBenchmark):
+class _Involution2d(_OpBenchmark):
     """RedNet's involution: groups = C/16."""
 
     op = "involution2d"
+    shapes = list(SHAPES)
 
     def arguments(self, shape, rng):
         N, C, H, k, x = _image(shape, rng)
@@ -100,10 +51,19 @@ class Involution2d(PixelBenchmark):
         return (x, kernel, G), {"padding": k // 2}
 
 
-class DdfConv2d(PixelBenchmark):
+class Involution2d(_Times, _Involution2d):
+    pass
+
+
+class Involution2dPeakmem(_PeakmemForward, _Peakmem, _Involution2d):
+    pass
+
+
+class _DdfConv2d(_OpBenchmark):
     """DDF, product form (the authors' default)."""
 
     op = "ddf_conv2d"
+    shapes = list(SHAPES)
     combine = "mul"
 
     def arguments(self, shape, rng):
@@ -113,17 +73,33 @@ class DdfConv2d(PixelBenchmark):
         return (x, spatial, channel), {"padding": k // 2, "combine": self.combine}
 
 
-class DdfConv2dAdd(DdfConv2d):
+class DdfConv2d(_Times, _DdfConv2d):
+    pass
+
+
+class DdfConv2dPeakmem(_PeakmemForward, _Peakmem, _DdfConv2d):
+    pass
+
+
+class _DdfConv2dAdd(_DdfConv2d):
     """DDF, sum form: one more tap pass for the per-sample depthwise part."""
 
     combine = "add"
 
 
-class Involution1d(PixelBenchmark):
+class DdfConv2dAdd(_Times, _DdfConv2dAdd):
+    pass
+
+
+class DdfConv2dAddPeakmem(_PeakmemForward, _Peakmem, _DdfConv2dAdd):
+    pass
+
+
+class _Involution1d(_OpBenchmark):
     """Wu et al.'s dynamic convolution over sequences (kernels softmax-normalised)."""
 
     op = "involution1d"
-    params = [list(SEQUENCES), THREADS]
+    shapes = list(SEQUENCES)
 
     def arguments(self, shape, rng):
         N, C, L, k, H = SEQUENCES[shape]
@@ -131,3 +107,11 @@ class Involution1d(PixelBenchmark):
         logits = rng.standard_normal((N, H, k, L))
         kernel = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
         return (x, kernel.astype(np.float32), H), {"padding": k // 2}
+
+
+class Involution1d(_Times, _Involution1d):
+    pass
+
+
+class Involution1dPeakmem(_PeakmemForward, _Peakmem, _Involution1d):
+    pass
