@@ -137,8 +137,8 @@ def _plane(buf, x, idx, window):
     return buf[buf.shape[0] - size:]
 
 
-@njit(inline="always")
-def _unfold_item(x, cols, n0, nb, Pt, i0, i1, window, plane, idx):
+@njit
+def _unfold_walk(x, cols, n0, nb, Pt, i0, i1, window, plane, idx):
     # cols (C*kh*kw, nb*Pt) <- the output rows i0..i1-1 of samples n0..n0+nb-1, side by
     # side; with idx (whole samples only), gathered through padded planes.
     if idx.shape[0] > 0:
@@ -151,9 +151,9 @@ def _unfold_item(x, cols, n0, nb, Pt, i0, i1, window, plane, idx):
             im2col_part(x, n0 + b, cols, b * Pt, i0, i1, window)
 
 
-@njit(inline="always")
-def _fold_item(dcols, dx, n0, nb, Pt, i0, i1, window, plane, idx):
-    # dx[n0..n0+nb-1] += the fold of their columns in dcols (the adjoint of _unfold_item)
+@njit
+def _fold_walk(dcols, dx, n0, nb, Pt, i0, i1, window, plane, idx):
+    # dx[n0..n0+nb-1] += the fold of their columns in dcols (the adjoint of _unfold_walk)
     if idx.shape[0] > 0:
         for b in range(nb):
             col2im_planes(dcols, dx, n0 + b, b * Pt, plane, idx, window)
@@ -162,6 +162,19 @@ def _fold_item(dcols, dx, n0, nb, Pt, i0, i1, window, plane, idx):
     else:
         for b in range(nb):
             col2im_part(dcols, dx, n0 + b, b * Pt, i0, i1, window)
+
+
+@njit(inline="always")
+def _unfold_item(x, cols, n0, nb, Pt, i0, i1, window, plane, idx):
+    # _unfold_walk called with int64 integers, not inlined: compiled once for every
+    # kernel that unfolds (inlined, each kernel compiled its three variants again).
+    _unfold_walk(x, cols, np.int64(n0), np.int64(nb), np.int64(Pt), np.int64(i0), np.int64(i1), window, plane, idx)
+
+
+@njit(inline="always")
+def _fold_item(dcols, dx, n0, nb, Pt, i0, i1, window, plane, idx):
+    # _fold_walk, called as _unfold_walk is
+    _fold_walk(dcols, dx, np.int64(n0), np.int64(nb), np.int64(Pt), np.int64(i0), np.int64(i1), window, plane, idx)
 
 
 @njit(parallel=True, cache=True)
@@ -205,7 +218,7 @@ def _fwd_items(x, wt, bt, y, ws, R, B, G, pointwise, window, idx):
             _store_tile(y[n0 + b], out, b * Pt, Pt, bt, n0 + b, i0 * Wo, inplace)
 
 
-@njit(inline="always")
+@njit
 def _bwd_item(x, w_n, dy, dx, g_n, dbt, buf, n0, nb, first, R, G, pointwise, need_dx, need_dw, window, idx):
     # Samples n0..n0+nb-1 of the backward (nb = 1: one sample, tile by tile; nb > 1: the
     # block's columns side by side, R = Ho): one unfold per tile, g_n (O, Fg) =
@@ -261,24 +274,27 @@ def _bwd_samples(x, wt, dy, dx, gw, dbt, ws, S, R, B, G, pointwise, need_dx, nee
     # x (N, C, H, W); wt (N or 1, O, Fg); dy (N, O, Ho*Wo); dx (N, C, H, W);
     # gw (N, O, Fg) per sample, or (S, O, Fg) slot partials for a shared kernel;
     # dbt (N, O), the pixel sums of dy, accumulated in float64 in a fixed order.
+    # _bwd_item is called, not inlined, with the same argument types from both loops:
+    # compiled once (inlined twice, it was most of a first run's compile time).
     N = x.shape[0]
-    if wt.shape[0] == 1:
-        # A shared kernel's gradient sums over blocks of B samples (B = 1: samples): slot
-        # s sums blocks s, s+S, ... in order into gw[s] (S and B fixed by the shapes), so
-        # the sum's order never depends on the threads. ws (S, workspace floats).
-        for s in prange(S):
+    per_sample = wt.shape[0] != 1        # a run-time bool: literal ones type two _bwd_items
+    # One parallel region (two cost a first run seconds more of compiling), its items:
+    # - a shared kernel's slots: the gradient sums over blocks of B samples (B = 1:
+    #   samples); slot s sums blocks s, s+S, ... in order into gw[s] (S and B fixed by the
+    #   shapes), so the sum's order never depends on the threads. ws (S, workspace floats).
+    # - per-sample kernels' samples: a sample owns all it writes, so any thread may take
+    #   it, working in its own buffer. ws (threads, workspace floats).
+    for item in prange(N if per_sample else S):
+        if per_sample:
+            _bwd_item(x, wt[item], dy, dx, gw[item], dbt, ws[get_thread_id()], np.int64(item), np.int64(1),
+                      per_sample, np.int64(R), np.int64(G), pointwise, need_dx, need_dw, window, idx)
+        else:
             if need_dw:
-                gw[s, :, :] = 0
-            for blk in range(s, ceil_div(N, B), S):
+                gw[item, :, :] = 0
+            for blk in range(item, ceil_div(N, B), S):
                 n0 = blk * B
-                _bwd_item(x, wt[0], dy, dx, gw[s], dbt, ws[s], n0, min(N, n0 + B) - n0, False, R, G,
-                          pointwise, need_dx, need_dw, window, idx)
-    else:
-        # Per-sample kernels: a sample owns all it writes, so any thread may take it,
-        # working in its own buffer. ws (threads, workspace floats).
-        for n in prange(N):
-            _bwd_item(x, wt[n], dy, dx, gw[n], dbt, ws[get_thread_id()], n, 1, True, R, G,
-                      pointwise, need_dx, need_dw, window, idx)
+                _bwd_item(x, wt[0], dy, dx, gw[item], dbt, ws[item], np.int64(n0), np.int64(min(N, n0 + B) - n0),
+                          per_sample, np.int64(R), np.int64(G), pointwise, need_dx, need_dw, window, idx)
 
 
 @njit(parallel=True, cache=True)
@@ -298,9 +314,13 @@ def _bwd_blocks(x, wt, dy, dx, gw, dbt, ws, blocks, G, pointwise, need_dx, need_
     T = kh * kw
     P = Ho * Wo
     shared = wt.shape[0] == 1
-    for n in prange(N):
-        _pixel_sums(dy, dbt, n)
-    for b in prange(blocks.shape[0]):
+    # One parallel region (two cost a first run seconds more of compiling): items 0..N-1
+    # sum dy's pixels of sample n, the others are the channel blocks.
+    for item in prange(N + blocks.shape[0]):
+        if item < N:
+            _pixel_sums(dy, dbt, item)
+            continue
+        b = item - N
         buf = ws[get_thread_id()]
         gi, c0, c1 = blocks[b, 0], blocks[b, 1], blocks[b, 2]
         rows = (c1 - c0) * T
