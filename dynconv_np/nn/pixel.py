@@ -1,4 +1,4 @@
-"""Per-pixel depthwise layers with their filter-generating branches (SPEC section 6):
+"""Per-pixel depthwise layers with their filter-generating branches (docs/math.md, "DDF" and "Involution"):
 DDFConv2d, Involution2d, Involution1d.
 
 Each generates its filters at the output pixels from the input there, then applies them

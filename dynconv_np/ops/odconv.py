@@ -1,4 +1,4 @@
-"""Omni-dimensional dynamic convolution, ODConv (SPEC section 6; Li et al., ICLR 2022).
+"""Omni-dimensional dynamic convolution, ODConv (docs/math.md, "ODConv"; Li et al., ICLR 2022).
 
 Four attentions per sample: ``a_w (N, K)`` over the experts, ``a_s (N, kh, kw)`` over
 the kernel taps, ``a_c (N, C)`` over the input channels, ``a_f (N, O)`` over the output

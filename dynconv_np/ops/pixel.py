@@ -1,4 +1,4 @@
-"""Per-pixel depthwise dynamic convolutions: Involution, DDF and the 1-D form (SPEC section 6).
+"""Per-pixel depthwise dynamic convolutions: Involution, DDF and the 1-D form (docs/math.md, "DDF" and "Involution").
 
 Each output pixel has its own depthwise filter of ``T = kh*kw`` taps; ``X_t[n, c, i, j]``
 is the zero-padded input at tap ``t`` of pixel ``(i, j)``::

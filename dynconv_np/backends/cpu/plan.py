@@ -15,7 +15,7 @@ Strategies of one conv pass (``conv_forward`` or ``conv_backward`` of
     Winograd F(2x2, 3x3) and F(4x4, 3x3) (:mod:`~dynconv_np.backends.cpu.winograd`, where
     present): 3x3 windows, stride 1, dilation 1.
 
-Formulations of a kernel-mixing op (``conv_plan``), SPEC's two forms of the same math:
+Formulations of a kernel-mixing op (``conv_plan``), docs/math.md's two forms of the same math:
 
 ``kernel_mixing``
     Mix the K kernels per sample (``K*|W|`` multiply-adds a sample), then one
