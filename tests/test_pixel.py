@@ -459,3 +459,18 @@ def test_layer_on_backend(backend, rng, name):
     for kind in ("grads", "buffers"):
         for k, v in getattr(ref, kind).items():
             assert_close(backend.get(getattr(lay, kind)[k]), v, np.float32, k, f32_tol=1e-4)
+
+
+def test_summary_counts_the_per_pixel_layers():
+    # every product of one forward: the branches' convs/FCs and one multiply-add per
+    # output value and tap (DDF: plus the product that combines its two filters)
+    ddf = nn.DDFConv2d(8, 3, padding=1, seed=0)
+    hid = ddf.channel_bias1.shape[0]
+    s = nn.summary(ddf, (8, 6, 6), batch_size=2)
+    assert s.complete and s.total_mult_adds == 2 * (36 * 9 * 8 + hid * 8 + 72 * hid + 2 * 8 * 36 * 9)
+    inv = nn.Involution2d(16, 3, padding=1, groups=2, seed=0)
+    hid = inv.reduce_weight.shape[0]
+    s = nn.summary(inv, (16, 5, 5), batch_size=3)
+    assert s.complete and s.total_mult_adds == 3 * 25 * (hid * 16 + 18 * hid + 16 * 9)
+    s = nn.summary(nn.Involution1d(8, 3, padding=1, groups=2, seed=0), (8, 10), batch_size=2)
+    assert s.complete and s.total_mult_adds == 2 * 10 * (6 * 8 + 8 * 3)

@@ -122,6 +122,15 @@ class DDFConv2d(_PixelLayer):
         self.add_param("channel_bias2", uniform_init(r, (C * T,), hid, dt))
         self.add_param("channel_std", (r.standard_normal((C, T)) * self.gain).astype(dt))
 
+    def mult_adds(self, x_shape: tuple, y_shape: tuple) -> int:
+        """One forward's multiply-adds: the spatial branch's 1x1 conv (C -> k*k at every
+        output pixel), the channel branch's two FCs, and per output value and tap one
+        multiply-add plus the one product or sum that combines the two filters."""
+        N, C, Ho, Wo = y_shape
+        T = self.spatial_bias.shape[0]
+        hid = self.channel_bias1.shape[0]
+        return N * (Ho * Wo * T * C + hid * C + C * T * hid + 2 * C * Ho * Wo * T)
+
     def forward_pullback(self, x: np.ndarray):
         """``(N, C, H, W) -> (N, C, Ho, Wo)``: both branches, then ``ddf_conv2d``."""
         self._check_x(x)
@@ -201,6 +210,16 @@ class Involution2d(_PixelLayer):
         self.add_param("span_weight", uniform_init(r, (G * T, hid, 1, 1), hid, dt))
         self.add_param("span_bias", uniform_init(r, (G * T,), hid, dt))
 
+    def mult_adds(self, x_shape: tuple, y_shape: tuple) -> int:
+        """One forward's multiply-adds: the kernel branch's two 1x1 convs at every output
+        pixel (C -> C/r, C/r -> G*k*k; its batch norm is a child, counted there) and one
+        multiply-add per output value and tap."""
+        N, C, Ho, Wo = y_shape
+        hid = self.reduce_weight.shape[0]
+        GT = self.span_bias.shape[0]
+        T = self.config.kernel_size[0] * self.config.kernel_size[1]
+        return N * Ho * Wo * (hid * C + GT * hid + C * T)
+
     def forward_pullback(self, x: np.ndarray):
         """``(N, C, H, W) -> (N, C, Ho, Wo)``: the kernel generator, then ``involution2d``."""
         self._check_x(x)
@@ -277,6 +296,13 @@ class Involution1d(_PixelLayer):
         _args.check_ndim("x", x, 3, "(N, C, L)")
         C = self.config.in_channels
         _args.check_shape("x", x, (x.shape[0], C, x.shape[2]), f"(N, C, L): {self.name()} takes C={C}")
+
+    def mult_adds(self, x_shape: tuple, y_shape: tuple) -> int:
+        """One forward's multiply-adds: the kernel branch's projection (C -> G*k at every
+        output position) and one multiply-add per output value and tap."""
+        N, C, Lo = y_shape
+        Gk = self.weight.shape[0]
+        return N * Lo * (Gk * C + C * self.kernel_size)
 
     def forward_pullback(self, x: np.ndarray):
         """``(N, C, L) -> (N, C, Lo)``: the projection at each step, then ``involution1d``."""
