@@ -278,23 +278,23 @@ def _bwd_samples(x, wt, dy, dx, gw, dbt, ws, S, R, B, G, pointwise, need_dx, nee
     # compiled once (inlined twice, it was most of a first run's compile time).
     N = x.shape[0]
     per_sample = wt.shape[0] != 1        # a run-time bool: literal ones type two _bwd_items
-    # One parallel region (two cost a first run seconds more of compiling), its items:
-    # - a shared kernel's slots: the gradient sums over blocks of B samples (B = 1:
-    #   samples); slot s sums blocks s, s+S, ... in order into gw[s] (S and B fixed by the
-    #   shapes), so the sum's order never depends on the threads. ws (S, workspace floats).
-    # - per-sample kernels' samples: a sample owns all it writes, so any thread may take
-    #   it, working in its own buffer. ws (threads, workspace floats).
-    for item in prange(N if per_sample else S):
-        if per_sample:
-            _bwd_item(x, wt[item], dy, dx, gw[item], dbt, ws[get_thread_id()], np.int64(item), np.int64(1),
-                      per_sample, np.int64(R), np.int64(G), pointwise, need_dx, need_dw, window, idx)
-        else:
+    if not per_sample:
+        # A shared kernel's gradient sums over blocks of B samples (B = 1: samples): slot
+        # s sums blocks s, s+S, ... in order into gw[s] (S and B fixed by the shapes), so
+        # the sum's order never depends on the threads. ws (S, workspace floats).
+        for s in prange(S):
             if need_dw:
-                gw[item, :, :] = 0
-            for blk in range(item, ceil_div(N, B), S):
+                gw[s, :, :] = 0
+            for blk in range(s, ceil_div(N, B), S):
                 n0 = blk * B
-                _bwd_item(x, wt[0], dy, dx, gw[item], dbt, ws[item], np.int64(n0), np.int64(min(N, n0 + B) - n0),
+                _bwd_item(x, wt[0], dy, dx, gw[s], dbt, ws[s], np.int64(n0), np.int64(min(N, n0 + B) - n0),
                           per_sample, np.int64(R), np.int64(G), pointwise, need_dx, need_dw, window, idx)
+    else:
+        # Per-sample kernels: a sample owns all it writes, so any thread may take it,
+        # working in its own buffer. ws (threads, workspace floats).
+        for n in prange(N):
+            _bwd_item(x, wt[n], dy, dx, gw[n], dbt, ws[get_thread_id()], np.int64(n), np.int64(1), per_sample,
+                      np.int64(R), np.int64(G), pointwise, need_dx, need_dw, window, idx)
 
 
 @njit(parallel=True, cache=True)
