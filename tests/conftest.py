@@ -49,7 +49,11 @@ def pytest_collection_modifyitems(config, items):
         spec = getattr(item, "callspec", None)
         if spec is not None and spec.params.get("backend") == "cuda":
             item.add_marker(pytest.mark.cuda)
-    if any(item.nodeid.endswith(SIMULATOR_TEST) for item in items):
+
+
+def pytest_collection_finish(session):
+    # After -k/-m deselection: start the simulator run only when its test will run.
+    if any(item.nodeid.endswith(SIMULATOR_TEST) for item in session.items):
         import simulator_run
 
         simulator_run.start()  # beside this run: it is one Python thread, the suite mostly another
