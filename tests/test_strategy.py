@@ -2,10 +2,9 @@
 float64 reference; decisions that depend on the shapes only; bitwise determinism across
 NUMBA_NUM_THREADS with each strategy forced; ``explain``; forcing errors.
 
-The Winograd strategies are tested here through a stand-in module (the conv template
-under another name, recording its calls): what is checked is the planner's dispatch to
-``winograd.supports / forward / backward`` and their contract; the Winograd arithmetic
-has its own tests.
+The Winograd strategies run the real module (backends/cpu/winograd.py) behind a wrapper
+that records its calls, so that the planner's dispatch is checked along with the results
+(tests/test_winograd.py tests the module's own arithmetic on more shapes).
 """
 
 import os
@@ -40,33 +39,29 @@ IDS = ["3x3", "groups", "small-batch", "batch1", "stride2", "pointwise", "5x5", 
 WINOGRAD = ("winograd2", "winograd4")
 
 
-class FakeWinograd(types.ModuleType):
-    """Stands in for backends/cpu/winograd.py: its contract, computed by the template's
-    tiles, each call recorded as ``(pass, m)``."""
+class RecordingWinograd(types.ModuleType):
+    """backends/cpu/winograd.py with each call recorded as ``(pass, m)``."""
 
-    def __init__(self):
-        super().__init__("fake_winograd")
+    def __init__(self, module):
+        super().__init__("recording_winograd")
+        self.module = module
         self.calls = []
-
-    def supports(self, g, groups):
-        return (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1)
+        self.supports = module.supports
 
     def forward(self, x, wt, bt, g, groups, m=2):
         self.calls.append(("forward", m))
-        with plan.forcing(plan.Forced("kernel_mixing", "tiles", "tiles")), plan.recording():
-            return conv.conv_forward(x, wt, bt, g, groups)
+        return self.module.forward(x, wt, bt, g, groups, m=m)
 
     def backward(self, x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2):
         self.calls.append(("backward", m))
-        with plan.forcing(plan.Forced("kernel_mixing", "tiles", "tiles")), plan.recording():
-            return conv.conv_backward(x, wt, dy, g, groups, need_dx, need_dw)
+        return self.module.backward(x, wt, dy, g, groups, need_dx=need_dx, need_dw=need_dw, m=m)
 
 
 @pytest.fixture
 def winograd(monkeypatch):
-    fake = FakeWinograd()
-    monkeypatch.setattr(conv, "_winograd", lambda: fake)
-    return fake
+    recording = RecordingWinograd(conv._winograd())
+    monkeypatch.setattr(conv, "_winograd", lambda: recording)
+    return recording
 
 
 def _inputs(shape, rng, op):
@@ -275,3 +270,12 @@ def test_bitwise_identical_across_threads_with_each_strategy():
         assert out.returncode == 0, out.stderr[-3000:]
         outputs.add(out.stdout)
     assert len(outputs) == 1, outputs
+
+
+def test_cost_model_mirrors_the_winograd_plan():
+    # plan.py cannot import the module it plans for (conv imports plan); its copies of the
+    # module's block sizes must follow them
+    from dynconv_np.backends.cpu import winograd as wino
+
+    assert (plan.WINO_BLOCK_BYTES, plan.WINO_MIN_TILES, plan.WINO_MIN_ITEMS, plan.WINO_SLOTS) == \
+        (wino.BLOCK_BYTES, wino.MIN_TILES, wino.MIN_ITEMS, conv.SLOTS)
