@@ -65,22 +65,21 @@ def check(argv: list[str]) -> int:
         print("\n".join(c.label for c in cases))
         return 0
 
-    import numba
-
     from .backends import _cache
+    from .threads import get_num_threads, set_num_threads
 
-    if not 1 <= a.threads <= numba.config.NUMBA_NUM_THREADS:
-        p.error(f"--threads must be from 1 to {numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), "
-                f"got {a.threads}")
+    outer = get_num_threads()
+    try:
+        set_num_threads(a.threads)
+    except ValueError as e:
+        p.error(f"--threads: {e}")
     if _cache.cache_is_cold():
         print(f"compiling kernels (first run only; cached in {_cache.kernel_cache_dir()})", file=sys.stderr,
               flush=True)
-    outer = numba.get_num_threads()
-    numba.set_num_threads(a.threads)
     try:
         return _run_cases(cases, progress)
     finally:
-        numba.set_num_threads(outer)
+        set_num_threads(outer)
 
 
 def _run_cases(cases: list, progress: bool) -> int:
