@@ -48,7 +48,6 @@ on the thread count. Results are bitwise identical whatever ``NUMBA_NUM_THREADS`
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 import threading
 
@@ -464,15 +463,11 @@ def _channel_blocks(g, G: int, itemsize: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- planning
 @functools.cache
 def _winograd():
-    """The Winograd module (``winograd.supports``, ``forward``, ``backward``), or None in
-    a build without it."""
-    name = f"{__package__}.winograd"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name != name:
-            raise
-        return None
+    """The Winograd module (``winograd.supports``, ``forward``, ``backward``), imported on
+    first use: it imports this module's helpers."""
+    from . import winograd
+
+    return winograd
 
 
 def _call(g, groups: int, O: int, shared: bool, itemsize: int) -> plan.ConvCall:
@@ -492,7 +487,7 @@ def _described(g, groups, O, shared, itemsize, *budgets_and_winograd) -> plan.Co
         tile_rows=_rows_per_tile(g, itemsize), channel_blocks=len(blocks),
         block_rows=int((blocks[:, 2] - blocks[:, 1]).max(initial=0)) * g.taps,
         block_samples=_samples_per_block(g, itemsize), narrow=g.Wo <= GATHER_MAX_WO,
-        winograd=wino is not None and bool(wino.supports(g, groups)))
+        winograd=bool(wino.supports(g, groups)))
 
 
 def conv_plan(g, groups, O, K, per_sample, dtype):

@@ -12,8 +12,8 @@ Strategies of one conv pass (``conv_forward`` or ``conv_backward`` of
     block (forward, input gradient, and the kernel gradient summed over the block).
     Pays where a sample has few pixels and its own GEMM would be small.
 ``winograd2``, ``winograd4``
-    Winograd F(2x2, 3x3) and F(4x4, 3x3) (:mod:`~dynconv_np.backends.cpu.winograd`, where
-    present): 3x3 windows, stride 1, dilation 1.
+    Winograd F(2x2, 3x3) and F(4x4, 3x3) (:mod:`~dynconv_np.backends.cpu.winograd`): 3x3
+    windows, stride 1, dilation 1.
 
 Formulations of a kernel-mixing op (``conv_plan``), docs/math.md's two forms of the same math:
 
@@ -126,8 +126,7 @@ class ConvCall:
     ``tile_rows``: output rows per tile of ``tiles``; ``channel_blocks`` / ``block_rows``:
     the small-batch backward's channel blocks (0 when the batch is not small);
     ``block_samples``: samples per block of ``batched``; ``narrow``: whole samples unfold
-    through padded planes; ``winograd``: the Winograd module is present and supports the
-    window.
+    through padded planes; ``winograd``: the Winograd module supports the window.
     """
 
     N: int
