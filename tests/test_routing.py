@@ -52,8 +52,8 @@ SOFTMAX_CUDA = [((3, 4, 5), 1.0, -1, F32), ((3, 4, 5), 0.5, 0, F64), ((3, 4, 5),
                 ((45, 33), 2.0, -1, F64)]       # 45 rows: two blocks of row threads
 
 # batch_norm: (x shape, with running statistics, training, dtype)
-BATCH_NORM = [(s, True, t, dt) for s in [(4, 3, 5, 6), (1, 3, 2, 2), (6, 3)] for t in (True, False)
-              for dt in DTYPES]
+BATCH_NORM = [(s, True, t, dt) for s in [(4, 3, 5, 6), (1, 3, 2, 2), (6, 3), (3, 2, 11, 7)]
+              for t in (True, False) for dt in DTYPES]    # 11x7: the CPU sums' 8-wide runs and a tail
 BATCH_NORM_CUDA = [((4, 3, 5, 6), False, True, F32), ((4, 3, 5, 6), True, True, F64),
                    ((4, 3, 5, 6), True, False, F32), ((6, 3), False, True, F64), ((6, 3), True, False, F32),
                    ((3, 2, 11, 7), False, True, F64)]   # 231 values per channel: many block strides
@@ -112,6 +112,19 @@ def test_batch_norm_update_stats(backend, dtype, rng):
                      "var")
         for a, d in zip(args, dev):                                      # inputs untouched
             np.testing.assert_array_equal(backend.get(d), a)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_gradient_is_zero_off_the_positive_side(backend, dtype):
+    # dy's NaN and inf where z <= 0 give 0, as np.where does (not dy * mask)
+    z = np.array([[-1.0, 0.0, 2.0, -0.0], [3.0, -2.0, 0.5, 1.0]], dtype=dtype)
+    dy = np.array([[np.nan, np.inf, -4.0, -np.inf], [-1.5, np.nan, 2.0, 0.25]], dtype=dtype)
+    _, pb = dc.relu.vjp(backend.put(z))
+    (dz,) = pb(backend.put(dy))
+    got = backend.get(dz)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, np.where(z > 0, dy, 0))
+    assert not np.signbit(got[z <= 0]).any()
 
 
 def test_batch_norm_without_running_stats(rng):

@@ -6,6 +6,8 @@ topic module that defines it:
 
 - :mod:`.array`: the array API and the elementwise, per-row, per-channel, layout and
   optimiser primitives, in NumPy;
+- :mod:`.channels`: batch statistics, batch normalisation and the ReLU gradient, as
+  Numba kernels (fewer passes over memory than the NumPy expressions);
 - :mod:`.products`: ``gemm`` and ``gemm_nt_sum``, and the BLAS threading policy;
 - :mod:`.conv`: the conv template (``conv_forward``, ``conv_backward``, ``conv_plan``),
   each pass by the strategy that :mod:`.plan`'s cost model picks;
@@ -34,11 +36,11 @@ _cache.install()
 
 from .._exports import export_interface  # noqa: E402  (after the cache locator)
 from .._workspace import Workspace  # noqa: E402
-from . import array, centre, conv, filters, kernel_scale, products, taps, unfold  # noqa: E402
+from . import array, centre, channels, conv, filters, kernel_scale, products, taps, unfold  # noqa: E402
 
 workspace = Workspace(64 * 2**20)
 set_workspace_bytes = workspace.set_workspace_bytes
 chunk_size = workspace.chunk_size
 
-__all__ = [*export_interface(globals(), (array, centre, conv, filters, kernel_scale, products, taps, unfold)),
+__all__ = [*export_interface(globals(), (array, centre, channels, conv, filters, kernel_scale, products, taps, unfold)),
            "workspace"]

@@ -3,7 +3,9 @@ elementwise arithmetic) and the elementwise, per-row, per-channel, layout and op
 primitives of the kernel API (their contracts are in :mod:`dynconv_np.backends.interface`).
 
 Each function is the NumPy expression the ops and layers used before they were written
-against backend primitives, so host results are bitwise what they were. Elementwise
+against backend primitives, so host results are bitwise what they were, except batch
+statistics, batch normalisation and the ReLU gradient, which are Numba kernels in
+:mod:`.channels`. Elementwise
 results are arrays at every shape: a 0-d input gives a 0-d array (``np.asarray``), never
 the NumPy scalar an operator on 0-d arrays returns. "Per channel"
 means axis 1 (``(N, C)`` or ``(N, C, H, W)`` arrays, or an ``(A, C, B)`` view).
@@ -105,11 +107,6 @@ def relu(z: np.ndarray) -> np.ndarray:
     return np.asarray(np.maximum(z, 0))
 
 
-def relu_backward(z: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """``dy`` where ``z > 0``, else 0."""
-    return np.asarray(np.where(z > 0, dy, 0), dtype=z.dtype)
-
-
 def sigmoid(z: np.ndarray, tau: float) -> np.ndarray:
     """``1 / (1 + exp(-z / tau))``, evaluating ``exp(-|u|)`` only (no overflow at any finite z)."""
     u = z / z.dtype.type(tau)
@@ -167,15 +164,6 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- channels
-def _axes(x: np.ndarray) -> tuple[int, ...]:
-    # every axis but the channel axis 1
-    return (0,) + tuple(range(2, x.ndim))
-
-
-def _per_channel(v: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return v.reshape((1, -1) + (1,) * (x.ndim - 2))
-
-
 def mean_pool(x: np.ndarray) -> np.ndarray:
     """``(N, C, H, W) -> (N, C)``: the mean of each plane."""
     return x.mean(axis=(2, 3))
@@ -186,56 +174,6 @@ def mean_pool_backward(dy: np.ndarray, H: int, W: int) -> np.ndarray:
     dx = np.empty(tuple(dy.shape) + (H, W), dtype=dy.dtype)
     dx[...] = (dy / (H * W))[:, :, None, None]
     return dx
-
-
-def batch_stats(x: np.ndarray, ddof: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and variance (divisor ``count - ddof``) of x (N, C) or (N, C, H, W): two (C,)."""
-    axes = _axes(x)
-    return x.mean(axis=axes), x.var(axis=axes, ddof=ddof)
-
-
-def batch_norm_forward(x, mean, var, gamma, beta, eps: float):
-    """Normalise x (N, C[, H, W]) per channel.
-
-    Returns
-    -------
-    y, xhat : x's shape
-        ``xhat = (x - mean) * inv``, ``y = xhat * gamma + beta``.
-    inv : (C,)
-        ``1 / sqrt(var + eps)``.
-    """
-    t = x.dtype.type
-    inv = 1 / np.sqrt(var + t(eps))
-    xhat = (x - _per_channel(mean, x)) * _per_channel(inv, x)
-    y = xhat * _per_channel(gamma, x) + _per_channel(beta, x)
-    return y, xhat, inv
-
-
-def batch_norm_backward(dy, xhat, gamma, inv, training: bool):
-    """Backward of :func:`batch_norm_forward` (statistics of the batch when `training`).
-
-    Returns
-    -------
-    dx : dy's shape
-    dgamma, dbeta : (C,)
-    drm, drv : (C,) or None
-        Gradients w.r.t. the running mean and variance (eval mode); None when `training`.
-    """
-    axes = _axes(dy)
-    t = dy.dtype.type
-    M = dy.size // max(dy.shape[1], 1)
-    dbeta = dy.sum(axis=axes)
-    dgamma = (dy * xhat).sum(axis=axes)
-    gi = gamma * inv
-    drm = drv = None
-    if training:
-        # the batch statistics depend on x: the usual three-term formula
-        dx = _per_channel(gi / M, dy) * (M * dy - _per_channel(dbeta, dy) - xhat * _per_channel(dgamma, dy))
-    else:
-        dx = dy * _per_channel(gi, dy)
-        drm = -gi * dbeta
-        drv = -t(0.5) * gamma * inv * inv * dgamma            # d xhat / d var = -xhat * inv**2 / 2
-    return dx.astype(dy.dtype, copy=False), dgamma, dbeta, drm, drv
 
 
 def running_update(r: np.ndarray, batch: np.ndarray, momentum: float) -> np.ndarray:
