@@ -278,3 +278,14 @@ def test_cost_model_mirrors_the_winograd_plan():
 
     assert (plan.WINO_BLOCK_BYTES, plan.WINO_MIN_TILES, plan.WINO_MIN_ITEMS, plan.WINO_SLOTS) == \
         (wino.BLOCK_BYTES, wino.MIN_TILES, wino.MIN_ITEMS, conv.SLOTS)
+    assert (plan.WINO_WHOLE_BYTES, plan.WINO_WHOLE_GRAD_BYTES) == (wino.WHOLE_BYTES, wino.WHOLE_GRAD_BYTES)
+    # and the one-block rule, on shapes either side of each budget
+    for args in [(1, 256, 256, 14, 14), (64, 32, 32, 8, 8), (128, 128, 128, 8, 8), (2, 64, 64, 30, 30)]:
+        for m in wino.TILE_SIZES:
+            for shared in (True, False):
+                c = plan.ConvCall(N=args[0], C=args[1], O=args[2], H=args[3], W=args[4], Ho=args[3], Wo=args[4],
+                                  kh=3, kw=3, stride=(1, 1), dilation=(1, 1), groups=1, shared=shared, itemsize=4,
+                                  pointwise=False, tile_rows=1, channel_blocks=0, block_rows=0, block_samples=2,
+                                  narrow=False, winograd=True)
+                for grad in (False, True):
+                    assert plan._winograd_whole(c, m, grad) == wino.whole(*args, m, 4, shared, gradient=grad)

@@ -79,11 +79,31 @@ CONFIGS = [
 ]
 
 
+def _layout(monkeypatch, layout):
+    # "blocks": blocks of tile rows (and slots) always; "whole": one block of every tile
+    # wherever the kernel is shared or the batch is one sample
+    budget = 0 if layout == "blocks" else 2**62
+    monkeypatch.setattr(winograd, "WHOLE_BYTES", budget)
+    monkeypatch.setattr(winograd, "WHOLE_GRAD_BYTES", budget)
+
+
+@pytest.mark.parametrize("layout", ["blocks", "whole"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", winograd.TILE_SIZES)
-@pytest.mark.parametrize("cfg", CONFIGS)
-def test_against_reference(cfg, m, dtype):
+@pytest.mark.parametrize("cfg", CONFIGS + [(1, 4, 6, 6, 9, 1, 2, True, "sample")])   # a per-sample batch of one
+def test_against_reference(monkeypatch, cfg, m, dtype, layout):
+    _layout(monkeypatch, layout)
     _check(cfg, m, dtype)
+
+
+def test_layout_follows_the_budgets():
+    # the shipped budgets: a batch of one 14x14 image of 256 channels runs whole, forward
+    # and kernel gradient; 8x8 images of 32 channels, 64 of them, only the kernel gradient
+    assert winograd.whole(1, 256, 256, 14, 14, 2, 4, False)
+    assert winograd.whole(1, 256, 256, 14, 14, 2, 4, False, gradient=True)
+    assert not winograd.whole(64, 32, 32, 8, 8, 4, 4, True)
+    assert winograd.whole(64, 32, 32, 8, 8, 4, 4, True, gradient=True)
+    assert not winograd.whole(2, 8, 8, 4, 4, 2, 4, False, gradient=True)    # per-sample kernels, N > 1
 
 
 @pytest.mark.parametrize("budget", [1, 6000, 20000, 150000])
@@ -94,8 +114,10 @@ def test_split_rows_and_channels(monkeypatch, cfg, budget):
     monkeypatch.setattr(winograd, "BLOCK_BYTES", budget)
     monkeypatch.setattr(winograd, "MIN_TILES", 2)
     monkeypatch.setattr(winograd, "CHUNK", 1 + budget // 1000)
-    for m in winograd.TILE_SIZES:
-        _check(cfg, m, np.float64)
+    for layout in ("blocks", "whole"):
+        _layout(monkeypatch, layout)
+        for m in winograd.TILE_SIZES:
+            _check(cfg, m, np.float64)
 
 
 @pytest.mark.parametrize("per_sample", [False, True])
@@ -142,9 +164,11 @@ SCRIPT = textwrap.dedent("""
     h = hashlib.sha256()
     r = np.random.default_rng(5)
     # (N, C, O, H, W, padding, groups, per-sample): slots of whole samples, several slots
-    # a sample, blocks across samples
-    for N, C, O, H, W, p, G, ps in [(11, 8, 6, 13, 10, 1, 2, False), (3, 6, 8, 12, 9, 1, 1, True),
-                                    (9, 4, 4, 23, 19, 2, 1, True)]:
+    # a sample, blocks across samples; each in blocks and, where it can, as one block
+    cases = [(11, 8, 6, 13, 10, 1, 2, False), (3, 6, 8, 12, 9, 1, 1, True), (9, 4, 4, 23, 19, 2, 1, True),
+             (1, 40, 24, 15, 17, 1, 2, True)]
+    for (N, C, O, H, W, p, G, ps), budget in [(c, b) for b in (0, 2**62) for c in cases]:
+        winograd.WHOLE_BYTES = winograd.WHOLE_GRAD_BYTES = budget
         x = r.standard_normal((N, C, H, W)).astype(np.float32)
         wt = r.standard_normal(((N,) if ps else ()) + (O, C // G * 9)).astype(np.float32)
         b = r.standard_normal((O,)).astype(np.float32)

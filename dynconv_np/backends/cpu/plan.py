@@ -99,6 +99,11 @@ WINO_MIN_TILES = 32
 #: (its slots, ``conv.SLOTS``).
 WINO_MIN_ITEMS = 4
 WINO_SLOTS = 8
+#: A shared kernel's (or a batch of one's) transformed tiles up to these many bytes run
+#: as one block of every tile, forward and kernel gradient: ``winograd.WHOLE_BYTES`` and
+#: ``winograd.WHOLE_GRAD_BYTES``.
+WINO_WHOLE_BYTES = 2 * 2**20
+WINO_WHOLE_GRAD_BYTES = 16 * 2**20
 #: Another strategy than the first candidate (``tiles``; ``kernel_mixing``) is picked
 #: only when its estimate is below this fraction of the first's: the estimates are
 #: within some 20 % of the measurements, and the first is the better-tried path.
@@ -310,12 +315,20 @@ def _winograd_blocks(c: ConvCall, tiles: int, m: int, min_blocks: int) -> tuple[
     return blocks, c.N * tiles / blocks
 
 
+def _winograd_whole(c: ConvCall, m: int, gradient: bool) -> bool:
+    # winograd.whole: one block of every tile when its transformed tiles fit the budget
+    grid = c.N * math.ceil(c.Ho / m) * (math.ceil(c.Wo / m) + 1)
+    budget = WINO_WHOLE_GRAD_BYTES if gradient else WINO_WHOLE_BYTES
+    return (c.shared or c.N == 1) and (m + 2) ** 2 * (c.C + c.O) * grid * c.itemsize <= budget
+
+
 def _winograd(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool) -> float:
     # F(m x m, 3x3): the kernels' transforms, then per pass the tiles' transforms (in and
     # out) and alpha^2 GEMMs a block; the input gradient is a forward on dy (C and O
     # swapped). The kernel gradient accumulates rank-T updates of dU (alpha^2 O x C/groups)
     # a block, in slots of blocks, each slot transforming its dU back; then the slots'
-    # partials are summed.
+    # partials are summed. One block of every tile (small shared problems): the
+    # transforms by channel chunks, then the alpha^2 GEMMs over all tiles, in parallel.
     A2 = (m + 2) ** 2
     tiles = math.ceil(c.Ho / m) * math.ceil(c.Wo / m)
     tr = WINO_TRANSFORM[m] * c.itemsize / 4
@@ -323,16 +336,27 @@ def _winograd(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool)
     kernels = (1 if c.shared else c.N) * c.O * Cg * A2 * tr / THREADS
     total = 0.0
     for rows, inner in ([(c.C, c.O)] * need_dx if backward else [(c.O, c.C)]):
+        if _winograd_whole(c, m, False):
+            T = c.N * tiles
+            gemms = _spread(A2 * c.groups, gemm_seconds(rows // c.groups, inner // c.groups, T, c.itemsize))
+            total += gemms + (rows + inner) * T * A2 * tr / THREADS + 3 * ITEM + kernels
+            continue
         blocks, T = _winograd_blocks(c, tiles, m, WINO_MIN_ITEMS)
         gemms = A2 * c.groups * gemm_seconds(rows // c.groups, inner // c.groups, T, c.itemsize)
         total += _spread(blocks, gemms + (rows + inner) * T * A2 * tr) + kernels
     if backward and need_dw:
-        blocks, T = _winograd_blocks(c, tiles, m, WINO_SLOTS)
         du = A2 * c.O * Cg
-        block = (A2 * c.groups * gemm_seconds(Og, T, Cg, c.itemsize) + 2 * du * COPY * _mem(du, c.itemsize)
-                 + (c.O + c.C) * T * A2 * tr)
-        slots = min(blocks, WINO_SLOTS if c.shared else c.N * math.ceil(WINO_SLOTS / c.N))
-        total += _spread(slots, math.ceil(blocks / slots) * block + du * tr) + slots * c.O * c.F * COPY / THREADS
+        if _winograd_whole(c, m, True):
+            T = c.N * tiles
+            total += (c.O + c.C) * T * A2 * tr / THREADS + du * tr / THREADS + 3 * ITEM
+            total += _spread(A2 * c.groups, gemm_seconds(Og, T, Cg, c.itemsize))
+        else:
+            blocks, T = _winograd_blocks(c, tiles, m, WINO_SLOTS)
+            block = (A2 * c.groups * gemm_seconds(Og, T, Cg, c.itemsize) + 2 * du * COPY * _mem(du, c.itemsize)
+                     + (c.O + c.C) * T * A2 * tr)
+            slots = min(blocks, WINO_SLOTS if c.shared else c.N * math.ceil(WINO_SLOTS / c.N))
+            total += (_spread(slots, math.ceil(blocks / slots) * block + du * tr)
+                      + slots * c.O * c.F * COPY / THREADS)
         total += _sums(c)
     return total
 

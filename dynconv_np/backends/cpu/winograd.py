@@ -28,6 +28,14 @@ in :mod:`.winograd_transforms`.
   batches); :data:`~dynconv_np.backends.cpu.conv.SLOTS` slots over the whole batch for a
   shared kernel. Partials are summed in slot order. The slots also sum ``dy`` for the
   bias gradient, as the conv template does (bitwise the same ``dbt``).
+* one block of every tile (``_fwd_whole``, ``_dw_whole``; :func:`whole`): a shared kernel
+  (or a batch of one) whose transformed tiles fit :data:`WHOLE_BYTES`
+  (:data:`WHOLE_GRAD_BYTES` for the kernel gradient) runs in parallel regions whose
+  items own what they write: the tile transforms by channel chunks, then the alpha^2
+  GEMMs, each over every tile of the batch, by (xi, group), then the output transform by
+  channel chunks, or the kernel gradient's ``G^T dU G`` by output channel. Blocks of a
+  few tile rows made the GEMMs thin where there are few tiles (a batch of one, late
+  layers), and the kernel gradient's slots each wrote a whole ``dU``.
 
 BLAS holds at one thread meanwhile, as in the conv template
 (:func:`~dynconv_np.backends.cpu.products.blas_single_thread`), and the buffers are the
@@ -81,6 +89,16 @@ MIN_TILES = 32
 MIN_ITEMS = 4
 #: Output tile sizes implemented.
 TILE_SIZES = (2, 4)
+#: A shared kernel whose every transformed tile (``V`` and ``M``, all samples) fits in
+#: this many bytes runs as one block of every tile (``_fwd_whole`` for the forward and
+#: the input gradient, ``_dw_whole`` for the kernel gradient): its GEMMs span every tile,
+#: where blocks of a few tile rows made them thin. The kernel gradient gains most (a
+#: batch of one 14x14 image, 256 channels: rank-8 updates of a 4 MiB ``dU`` per slot,
+#: 14.0 ms, against 5.6 ms whole; still ahead at 12 MiB); the forward loses the blocks'
+#: cache residence beyond a few MiB (measured in docs/performance.md, "Winograd, one
+#: block").
+WHOLE_BYTES = 2 * 2**20
+WHOLE_GRAD_BYTES = 16 * 2**20
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -239,6 +257,77 @@ def _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, h0, w0, c
             kernel_gradient_rows(dUf, o * Cg, O * Cg, Cg, alpha, GT, pf, (s * O + o) * F, ts, gs)
 
 
+@njit(parallel=True, cache=True)
+def _fwd_whole(x, U, bt, y, V, M, ws, pieces, BT, AT, h0, w0, cb, ob):
+    # _fwd_blocks for a shared kernel with every tile in one block (pieces 0..P-1), in
+    # three parallel regions whose items own what they write: the input transform by
+    # chunks of cb channels into V (alpha^2, C, nb), the alpha^2 GEMMs into M
+    # (alpha^2, O, nb) by (xi, group), the output transform by chunks of ob channels.
+    m = AT[0].shape[0]
+    alpha = m + 2
+    A2 = alpha * alpha
+    C = x.shape[1]
+    O = y.shape[1]
+    Cg = U.shape[3]
+    G = C // Cg
+    Og = O // G
+    P = pieces.shape[0]
+    nb = V.shape[2]
+    for it in prange(ceil_div(C, cb)):
+        s1, s2, s3 = _buffers(ws[get_thread_id()], 0, m, cb, nb, ob)
+        input_tiles(x, pieces, 0, P, h0, w0, BT, m, V, it * cb, min(C, (it + 1) * cb), s1, s2, s3)
+    u = U[0]
+    for it in prange(A2 * G):
+        xi, g = split(it, G)
+        np.dot(u[xi, g * Og:(g + 1) * Og], V[xi, g * Cg:(g + 1) * Cg], M[xi, g * Og:(g + 1) * Og])
+    for it in prange(ceil_div(O, ob)):
+        s1, s2, s3 = _buffers(ws[get_thread_id()], 0, m, cb, nb, ob)
+        output_tiles(M, y, bt, pieces, 0, P, AT, it * ob, min(O, (it + 1) * ob), s1, s2)
+
+
+@njit(parallel=True, cache=True)
+def _dw_whole(x, dy, part, dbt, V, dM, dU, ws, pieces, BT, A, GT, h0, w0, cb, ob):
+    # _dw_blocks for a shared kernel (or one sample) with every tile in one block: the
+    # tiles' transforms by channel chunks (and dy's pixel sums by sample), then
+    # dU[xi] = dM[xi] V[xi]^T by (xi, group), each one GEMM over all the tiles, then
+    # part[0] (O, Cg*9) = G^T dU G by output channel. Every item owns what it writes.
+    # V (alpha^2, C, nb), dM (alpha^2, O, nb), dU (alpha^2, O, Cg); ws (threads, floats).
+    alpha = A[0].shape[0]
+    m = alpha - 2
+    A2 = alpha * alpha
+    N, C = x.shape[0], x.shape[1]
+    O = dy.shape[1]
+    F = part.shape[2]
+    Cg = F // 9
+    G = C // Cg
+    Og = O // G
+    P = pieces.shape[0]
+    nb = V.shape[2]
+    nc, no = ceil_div(C, cb), ceil_div(O, ob)
+    dy3 = dy.reshape(N, O, dy.shape[2] * dy.shape[3])
+    for it in prange(N + nc + no):
+        if it < N:
+            _pixel_sums(dy3, dbt, it)
+            continue
+        s1, s2, s3 = _buffers(ws[get_thread_id()], 0, m, cb, nb, ob)
+        if it < N + nc:
+            c0 = (it - N) * cb
+            input_tiles(x, pieces, 0, P, h0, w0, BT, m, V, c0, min(C, c0 + cb), s1, s2, s3)
+        else:
+            o0 = (it - N - nc) * ob
+            gradient_tiles(dy, pieces, 0, P, A, dM, o0, min(O, o0 + ob), s1, s2)
+    Vf, dMf, dUf = V.reshape(V.size), dM.reshape(dM.size), dU.reshape(dU.size)
+    for it in prange(A2 * G):
+        xi, g = split(it, G)
+        gemm_nt(dMf, Vf, dUf, (xi * O + g * Og) * nb, (xi * C + g * Cg) * nb, (xi * O + g * Og) * Cg,
+                Og, Cg, nb, nb, nb, Cg, 0.0)
+    pf = part.reshape(part.size)
+    for o in prange(O):
+        buf = ws[get_thread_id()]
+        ts, gs = buf[:3 * alpha * Cg], buf[3 * alpha * Cg:(3 * alpha + 9) * Cg]
+        kernel_gradient_rows(dUf, o * Cg, O * Cg, Cg, alpha, GT, pf, o * F, ts, gs)
+
+
 # ----------------------------------------------------------------------------- plans
 def supports(g, groups) -> bool:
     """True for the windows this module computes: 3x3, stride 1, dilation 1 (any padding
@@ -356,15 +445,55 @@ def _transformed(wt, groups, m, flip, dtype):
     return U
 
 
+def _grid(N: int, Ho: int, Wo: int, m: int) -> int:
+    # grid tiles of the whole batch (a gap tile a tile row)
+    tH, tW = _tiles(Ho, Wo, m)
+    return N * tH * (tW + 1)
+
+
+def whole(N: int, C: int, O: int, Ho: int, Wo: int, m: int, itemsize: int, shared: bool,
+          gradient: bool = False) -> bool:
+    """True when a call runs as one block of every tile: a shared kernel (or a batch of
+    one) whose transformed tiles ``V`` and ``M`` fit :data:`WHOLE_BYTES` (the kernel
+    gradient: :data:`WHOLE_GRAD_BYTES`). A function of the shapes only (the plan, hence
+    the result, never depends on the thread count); the input gradient's correlation has
+    C and O swapped, the same footprint."""
+    budget = WHOLE_GRAD_BYTES if gradient else WHOLE_BYTES
+    return (shared or N == 1) and (m + 2) ** 2 * (C + O) * _grid(N, Ho, Wo, m) * itemsize <= budget
+
+
+def _whole_space(shared_floats: int, per_thread: int, dtype):
+    # (a flat buffer of shared_floats, ws (threads, per_thread)): one scratch, carved
+    # (two _scratch calls of one dtype would return the same memory)
+    T = get_num_threads()
+    buf = _scratch(1, shared_floats + T * per_thread, dtype)[0]
+    return buf[:shared_floats], buf[shared_floats:].reshape(T, per_thread)
+
+
+def _one_block(N: int, Ho: int, Wo: int, m: int) -> np.ndarray:
+    # the pieces of one block of every tile (a piece a sample)
+    tH, tW = _tiles(Ho, Wo, m)
+    return _blocks(N, tH, tW, N * tH * (tW + 1) + 1, False, 1)[0]
+
+
 def _correlate(x, U, b2, out, h0, w0, m):
     # out (N, O, Ho, Wo) = x correlated with the transformed kernels U, plus b2
     N, C = x.shape[:2]
     O, Ho, Wo = out.shape[1:]
+    BT, _, _, AT, _ = matrices(m, x.dtype)
+    if whole(N, C, O, Ho, Wo, m, x.dtype.itemsize, U.shape[0] == 1):
+        pieces = _one_block(N, Ho, Wo, m)
+        nb, A2 = _grid(N, Ho, Wo, m), (m + 2) ** 2
+        cb, ob = _chunk(C, nb), _chunk(O, nb)
+        flat, ws = _whole_space(A2 * (C + O) * nb, 3 * _buffer_size(m, cb, nb, ob), x.dtype)
+        V, M = flat[:A2 * C * nb].reshape(A2, C, nb), flat[A2 * C * nb:].reshape(A2, O, nb)
+        with blas_single_thread():
+            _fwd_whole(x, U, b2, out, V, M, ws, pieces, BT, AT, h0, w0, cb, ob)
+        return out
     tH, tW = _tiles(Ho, Wo, m)
     pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), U.shape[0] > 1, MIN_ITEMS)
     cb, ob, floats = _workspace(C, O, m, pieces, blocks)
     ws = _scratch(get_num_threads(), floats, x.dtype)
-    BT, _, _, AT, _ = matrices(m, x.dtype)
     with blas_single_thread():
         _fwd_blocks(x, U, b2, out, ws, pieces, blocks, BT, AT, h0, w0, cb, ob)
     return out
@@ -405,6 +534,21 @@ def _kernel_gradient(x, dy, dbt, g, groups, shared, m):
     O = dy.shape[1]
     Cg = C // groups
     F = Cg * 9
+    alpha = m + 2
+    if whole(N, C, O, g.Ho, g.Wo, m, x.dtype.itemsize, shared, gradient=True):
+        pieces = _one_block(N, g.Ho, g.Wo, m)
+        nb, A2 = _grid(N, g.Ho, g.Wo, m), alpha * alpha
+        cb, ob = _chunk(C, nb), _chunk(O, nb)
+        flat, ws = _whole_space(A2 * (C + O) * nb + A2 * O * Cg,
+                                max(3 * _buffer_size(m, cb, nb, ob), (3 * alpha + 9) * Cg), x.dtype)
+        V = flat[:A2 * C * nb].reshape(A2, C, nb)
+        dM = flat[A2 * C * nb:A2 * (C + O) * nb].reshape(A2, O, nb)
+        dU = flat[A2 * (C + O) * nb:A2 * (C + O) * nb + A2 * O * Cg].reshape(A2, O, Cg)
+        part = np.empty((1, O, F), dtype=x.dtype)
+        BT, _, GT, _, A = matrices(m, x.dtype)
+        with blas_single_thread():
+            _dw_whole(x, dy, part, dbt, V, dM, dU, ws, pieces, BT, A, GT, -g.ph, -g.pw, cb, ob)
+        return part[0] if shared else part
     tH, tW = _tiles(g.Ho, g.Wo, m)
     pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), not shared, SLOTS)
     # slots: ranges of blocks, SLOTS over the batch or ceil(SLOTS / N) a sample
@@ -413,7 +557,6 @@ def _kernel_gradient(x, dy, dbt, g, groups, shared, m):
     slots = np.array([(s * per + a, s * per + b) for s in range(len(blocks) // per)
                       for a, b in zip(_cuts(per, k)[:-1], _cuts(per, k)[1:])], dtype=np.int64)
     cb, ob, floats = _workspace(C, O, m, pieces, blocks)
-    alpha = m + 2
     ws = _scratch(get_num_threads(), (alpha * alpha * O + 3 * alpha + 9) * Cg + floats, x.dtype)
     part = np.empty((len(slots), O, F), dtype=x.dtype)
     BT, _, GT, _, A = matrices(m, x.dtype)
