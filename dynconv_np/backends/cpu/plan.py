@@ -315,11 +315,16 @@ def _winograd_blocks(c: ConvCall, tiles: int, m: int, min_blocks: int) -> tuple[
     return blocks, c.N * tiles / blocks
 
 
+def _winograd_grid(c: ConvCall, m: int) -> int:
+    # grid tiles of the whole batch: a gap tile a tile row (the GEMMs of one block of
+    # every tile run over them all)
+    return c.N * math.ceil(c.Ho / m) * (math.ceil(c.Wo / m) + 1)
+
+
 def _winograd_whole(c: ConvCall, m: int, gradient: bool) -> bool:
     # winograd.whole: one block of every tile when its transformed tiles fit the budget
-    grid = c.N * math.ceil(c.Ho / m) * (math.ceil(c.Wo / m) + 1)
     budget = WINO_WHOLE_GRAD_BYTES if gradient else WINO_WHOLE_BYTES
-    return (c.shared or c.N == 1) and (m + 2) ** 2 * (c.C + c.O) * grid * c.itemsize <= budget
+    return (c.shared or c.N == 1) and (m + 2) ** 2 * (c.C + c.O) * _winograd_grid(c, m) * c.itemsize <= budget
 
 
 def _winograd(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool) -> float:
@@ -337,7 +342,7 @@ def _winograd(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool)
     total = 0.0
     for rows, inner in ([(c.C, c.O)] * need_dx if backward else [(c.O, c.C)]):
         if _winograd_whole(c, m, False):
-            T = c.N * tiles
+            T = _winograd_grid(c, m)
             gemms = _spread(A2 * c.groups, gemm_seconds(rows // c.groups, inner // c.groups, T, c.itemsize))
             total += gemms + (rows + inner) * T * A2 * tr / THREADS + 3 * ITEM + kernels
             continue
@@ -347,7 +352,7 @@ def _winograd(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool)
     if backward and need_dw:
         du = A2 * c.O * Cg
         if _winograd_whole(c, m, True):
-            T = c.N * tiles
+            T = _winograd_grid(c, m)
             total += (c.O + c.C) * T * A2 * tr / THREADS + du * tr / THREADS + 3 * ITEM
             total += _spread(A2 * c.groups, gemm_seconds(Og, T, Cg, c.itemsize))
         else:
