@@ -85,6 +85,7 @@ def _layout(monkeypatch, layout):
     budget = 0 if layout == "blocks" else 2**62
     monkeypatch.setattr(winograd, "WHOLE_BYTES", budget)
     monkeypatch.setattr(winograd, "WHOLE_GRAD_BYTES", budget)
+    monkeypatch.setattr(winograd, "DU_BLOCK_BYTES", 3000)      # dU a few output channels at a time
 
 
 @pytest.mark.parametrize("layout", ["blocks", "whole"])
@@ -169,6 +170,7 @@ SCRIPT = textwrap.dedent("""
              (1, 40, 24, 15, 17, 1, 2, True)]
     for (N, C, O, H, W, p, G, ps), budget in [(c, b) for b in (0, 2**62) for c in cases]:
         winograd.WHOLE_BYTES = winograd.WHOLE_GRAD_BYTES = budget
+        winograd.DU_BLOCK_BYTES = 3000
         x = r.standard_normal((N, C, H, W)).astype(np.float32)
         wt = r.standard_normal(((N,) if ps else ()) + (O, C // G * 9)).astype(np.float32)
         b = r.standard_normal((O,)).astype(np.float32)

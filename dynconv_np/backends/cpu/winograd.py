@@ -33,7 +33,8 @@ in :mod:`.winograd_transforms`.
   (:data:`WHOLE_GRAD_BYTES` for the kernel gradient) runs in parallel regions whose
   items own what they write: the tile transforms by channel chunks, then the alpha^2
   GEMMs, each over every tile of the batch, by (xi, group), then the output transform by
-  channel chunks, or the kernel gradient's ``G^T dU G`` by output channel. Blocks of a
+  channel chunks; the kernel gradient forms ``dU`` by blocks of output channels
+  (:data:`DU_BLOCK_BYTES`, in the thread's buffer) and transforms each block back. Blocks of a
   few tile rows made the GEMMs thin where there are few tiles (a batch of one, late
   layers), and the kernel gradient's slots each wrote a whole ``dU``.
 
@@ -99,6 +100,11 @@ TILE_SIZES = (2, 4)
 #: block").
 WHOLE_BYTES = 2 * 2**20
 WHOLE_GRAD_BYTES = 16 * 2**20
+#: The one-block kernel gradient's transformed gradient ``dU`` is formed this many bytes
+#: at a time (blocks of output channels, each in its thread's buffer): the whole ``dU``
+#: of a 256-channel layer (4 MiB in F(2x2)) had made the batch of one's peak memory
+#: exceed PyTorch's.
+DU_BLOCK_BYTES = 256 * 2**10
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -286,12 +292,13 @@ def _fwd_whole(x, U, bt, y, V, M, ws, pieces, BT, AT, h0, w0, cb, ob):
 
 
 @njit(parallel=True, cache=True)
-def _dw_whole(x, dy, part, dbt, V, dM, dU, ws, pieces, BT, A, GT, h0, w0, cb, ob):
+def _dw_whole(x, dy, part, dbt, V, dM, ws, pieces, BT, A, GT, h0, w0, cb, ob, OB):
     # _dw_blocks for a shared kernel (or one sample) with every tile in one block: the
-    # tiles' transforms by channel chunks (and dy's pixel sums by sample), then
-    # dU[xi] = dM[xi] V[xi]^T by (xi, group), each one GEMM over all the tiles, then
-    # part[0] (O, Cg*9) = G^T dU G by output channel. Every item owns what it writes.
-    # V (alpha^2, C, nb), dM (alpha^2, O, nb), dU (alpha^2, O, Cg); ws (threads, floats).
+    # tiles' transforms by channel chunks (and dy's pixel sums by sample), then, by
+    # blocks of at most OB output channels within a group, dU (alpha^2, OB, Cg) =
+    # dM V^T, one GEMM a xi over all the tiles, into the thread's buffer, and the block's
+    # rows of part[0] (O, Cg*9) = G^T dU G. Every item owns what it writes.
+    # V (alpha^2, C, nb), dM (alpha^2, O, nb); ws (threads, floats).
     alpha = A[0].shape[0]
     m = alpha - 2
     A2 = alpha * alpha
@@ -316,16 +323,22 @@ def _dw_whole(x, dy, part, dbt, V, dM, dU, ws, pieces, BT, A, GT, h0, w0, cb, ob
         else:
             o0 = (it - N - nc) * ob
             gradient_tiles(dy, pieces, 0, P, A, dM, o0, min(O, o0 + ob), s1, s2)
-    Vf, dMf, dUf = V.reshape(V.size), dM.reshape(dM.size), dU.reshape(dU.size)
-    for it in prange(A2 * G):
-        xi, g = split(it, G)
-        gemm_nt(dMf, Vf, dUf, (xi * O + g * Og) * nb, (xi * C + g * Cg) * nb, (xi * O + g * Og) * Cg,
-                Og, Cg, nb, nb, nb, Cg, 0.0)
+    Vf, dMf = V.reshape(V.size), dM.reshape(dM.size)
     pf = part.reshape(part.size)
-    for o in prange(O):
+    nob = ceil_div(Og, OB)
+    for it in prange(G * nob):
+        g, blk = split(it, nob)
+        o0 = g * Og + blk * OB
+        rows = min(g * Og + Og, o0 + OB) - o0
         buf = ws[get_thread_id()]
-        ts, gs = buf[:3 * alpha * Cg], buf[3 * alpha * Cg:(3 * alpha + 9) * Cg]
-        kernel_gradient_rows(dUf, o * Cg, O * Cg, Cg, alpha, GT, pf, o * F, ts, gs)
+        dU = buf[:A2 * rows * Cg]
+        ts = buf[A2 * rows * Cg:A2 * rows * Cg + 3 * alpha * Cg]
+        gs = buf[A2 * rows * Cg + 3 * alpha * Cg:A2 * rows * Cg + (3 * alpha + 9) * Cg]
+        for xi in range(A2):
+            gemm_nt(dMf, Vf, dU, (xi * O + o0) * nb, (xi * C + g * Cg) * nb, xi * rows * Cg,
+                    rows, Cg, nb, nb, nb, Cg, 0.0)
+        for o in range(rows):
+            kernel_gradient_rows(dU, o * Cg, rows * Cg, Cg, alpha, GT, pf, (o0 + o) * F, ts, gs)
 
 
 # ----------------------------------------------------------------------------- plans
@@ -462,6 +475,11 @@ def whole(N: int, C: int, O: int, Ho: int, Wo: int, m: int, itemsize: int, share
     return (shared or N == 1) and (m + 2) ** 2 * (C + O) * _grid(N, Ho, Wo, m) * itemsize <= budget
 
 
+def _du_rows(Og: int, Cg: int, alpha: int, itemsize: int) -> int:
+    # output channels a block of the one-block kernel gradient: its dU within DU_BLOCK_BYTES
+    return max(1, min(Og, DU_BLOCK_BYTES // (alpha * alpha * Cg * itemsize)))
+
+
 def _whole_space(shared_floats: int, per_thread: int, dtype):
     # (a flat buffer of shared_floats, ws (threads, per_thread)): one scratch, carved
     # (two _scratch calls of one dtype would return the same memory)
@@ -539,15 +557,15 @@ def _kernel_gradient(x, dy, dbt, g, groups, shared, m):
         pieces = _one_block(N, g.Ho, g.Wo, m)
         nb, A2 = _grid(N, g.Ho, g.Wo, m), alpha * alpha
         cb, ob = _chunk(C, nb), _chunk(O, nb)
-        flat, ws = _whole_space(A2 * (C + O) * nb + A2 * O * Cg,
-                                max(3 * _buffer_size(m, cb, nb, ob), (3 * alpha + 9) * Cg), x.dtype)
+        OB = _du_rows(O // groups, Cg, alpha, x.dtype.itemsize)
+        flat, ws = _whole_space(A2 * (C + O) * nb,
+                                max(3 * _buffer_size(m, cb, nb, ob), (A2 * OB + 3 * alpha + 9) * Cg), x.dtype)
         V = flat[:A2 * C * nb].reshape(A2, C, nb)
-        dM = flat[A2 * C * nb:A2 * (C + O) * nb].reshape(A2, O, nb)
-        dU = flat[A2 * (C + O) * nb:A2 * (C + O) * nb + A2 * O * Cg].reshape(A2, O, Cg)
+        dM = flat[A2 * C * nb:].reshape(A2, O, nb)
         part = np.empty((1, O, F), dtype=x.dtype)
         BT, _, GT, _, A = matrices(m, x.dtype)
         with blas_single_thread():
-            _dw_whole(x, dy, part, dbt, V, dM, dU, ws, pieces, BT, A, GT, -g.ph, -g.pw, cb, ob)
+            _dw_whole(x, dy, part, dbt, V, dM, ws, pieces, BT, A, GT, -g.ph, -g.pw, cb, ob, OB)
         return part[0] if shared else part
     tH, tW = _tiles(g.Ho, g.Wo, m)
     pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), not shared, SLOTS)
@@ -601,6 +619,9 @@ def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2):
     if need_dx:
         U = _transformed(wt, groups, m, True, x.dtype)
         _correlate(dy, U, np.zeros((0, g.C), x.dtype), dx, g.ph - 2, g.pw - 2, m)
+        # the transformed kernels ((m+2)^2/9 times the kernels) go before the kernel
+        # gradient's buffers come: a batch of one's peak memory is otherwise theirs summed
+        del U
     dbt = np.empty((g.N, O), dtype=x.dtype)
     if need_dw:
         gw = _kernel_gradient(x, dy, dbt, g, groups, shared, m)
