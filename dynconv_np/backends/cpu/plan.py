@@ -105,7 +105,7 @@ WINO_SLOTS = 8
 WINO_WHOLE_BYTES = 2 * 2**20
 WINO_WHOLE_GRAD_BYTES = 16 * 2**20
 #: Bytes of the one-block kernel gradient's dU a work item forms: ``winograd.DU_BLOCK_BYTES``.
-WINO_DU_BLOCK_BYTES = 256 * 2**10
+WINO_DU_BLOCK_BYTES = 2**20
 #: Another strategy than the first candidate (``tiles``; ``kernel_mixing``) is picked
 #: only when its estimate is below this fraction of the first's: the estimates are
 #: within some 20 % of the measurements, and the first is the better-tried path.
@@ -355,7 +355,8 @@ def _winograd(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool)
         du = A2 * c.O * Cg
         if _winograd_whole(c, m, True):
             T = _winograd_grid(c, m)
-            OB = max(1, min(Og, WINO_DU_BLOCK_BYTES // (A2 * Cg * c.itemsize)))
+            OB = max(1, min(Og, WINO_DU_BLOCK_BYTES // (A2 * Cg * c.itemsize),
+                            math.ceil(Og / math.ceil(WINO_MIN_ITEMS / c.groups))))
             total += (c.O + c.C) * T * A2 * tr / THREADS + 2 * ITEM
             total += _spread(c.groups * math.ceil(Og / OB), A2 * gemm_seconds(OB, T, Cg, c.itemsize)
                              + A2 * OB * Cg * tr)

@@ -104,7 +104,7 @@ WHOLE_GRAD_BYTES = 16 * 2**20
 #: at a time (blocks of output channels, each in its thread's buffer): the whole ``dU``
 #: of a 256-channel layer (4 MiB in F(2x2)) had made the batch of one's peak memory
 #: exceed PyTorch's.
-DU_BLOCK_BYTES = 256 * 2**10
+DU_BLOCK_BYTES = 2**20
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -475,9 +475,11 @@ def whole(N: int, C: int, O: int, Ho: int, Wo: int, m: int, itemsize: int, share
     return (shared or N == 1) and (m + 2) ** 2 * (C + O) * _grid(N, Ho, Wo, m) * itemsize <= budget
 
 
-def _du_rows(Og: int, Cg: int, alpha: int, itemsize: int) -> int:
-    # output channels a block of the one-block kernel gradient: its dU within DU_BLOCK_BYTES
-    return max(1, min(Og, DU_BLOCK_BYTES // (alpha * alpha * Cg * itemsize)))
+def _du_rows(Og: int, G: int, Cg: int, alpha: int, itemsize: int) -> int:
+    # output channels a block of the one-block kernel gradient: its dU within
+    # DU_BLOCK_BYTES, and at least MIN_ITEMS blocks where there are channels enough (one
+    # block of a 32-channel layer ran on one thread)
+    return max(1, min(Og, DU_BLOCK_BYTES // (alpha * alpha * Cg * itemsize), ceil_div(Og, ceil_div(MIN_ITEMS, G))))
 
 
 def _whole_space(shared_floats: int, per_thread: int, dtype):
@@ -557,7 +559,7 @@ def _kernel_gradient(x, dy, dbt, g, groups, shared, m):
         pieces = _one_block(N, g.Ho, g.Wo, m)
         nb, A2 = _grid(N, g.Ho, g.Wo, m), alpha * alpha
         cb, ob = _chunk(C, nb), _chunk(O, nb)
-        OB = _du_rows(O // groups, Cg, alpha, x.dtype.itemsize)
+        OB = _du_rows(O // groups, groups, Cg, alpha, x.dtype.itemsize)
         flat, ws = _whole_space(A2 * (C + O) * nb,
                                 max(3 * _buffer_size(m, cb, nb, ob), (A2 * OB + 3 * alpha + 9) * Cg), x.dtype)
         V = flat[:A2 * C * nb].reshape(A2, C, nb)
