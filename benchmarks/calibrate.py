@@ -28,6 +28,7 @@ Usage::
     python benchmarks/calibrate.py --errors --repeat 1
     python benchmarks/calibrate.py --fit --cpu-time  # on a loaded machine
     python benchmarks/calibrate.py --save t.json; python benchmarks/calibrate.py --load t.json --fit
+    python benchmarks/calibrate.py --load t.json --fit-shifted   # SHIFT_HALF_K alone
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ SHAPES = {
     "late4": (64, 128, 128, 4, 3, 1, 1, 4),
     "late2": (64, 256, 256, 2, 3, 1, 1, 4),
     "small_batch": (2, 64, 64, 16, 3, 1, 1, 4),
+    "small_c": (64, 16, 16, 32, 3, 1, 1, 4),
+    "k5": (32, 64, 64, 28, 5, 1, 2, 4),
 }
 
 
@@ -216,6 +219,25 @@ def fit(rows) -> dict:
     return best
 
 
+def fit_shifted(rows) -> float:
+    """SHIFT_HALF_K alone, least squares in log time over the ``shifted`` timings (the
+    other constants as they are)."""
+    from scipy.optimize import least_squares
+
+    from dynconv_np.backends.cpu import plan
+
+    mine = [r for r in rows if r[3] == "shifted"]
+
+    def residuals(v):
+        plan.calibrate(SHIFT_HALF_K=float(np.exp(v[0])))
+        return [math.log(estimate(r)) - math.log(r[4]) for r in mine]
+
+    res = least_squares(residuals, [math.log(plan.SHIFT_HALF_K)], bounds=([-3.0], [6.0]))
+    plan.calibrate(SHIFT_HALF_K=float(np.exp(res.x[0])))
+    print(f"fit of SHIFT_HALF_K: rms log error {np.sqrt(np.mean(res.fun ** 2)):.3f} over {len(mine)} timings")
+    return plan.SHIFT_HALF_K
+
+
 def fit_stream(mixings) -> float:
     """STREAM from the mixing formulations' totals (the conv passes' estimates fixed)."""
     import dynconv_np as dc
@@ -270,6 +292,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--fit", action="store_true", help="refit the cost constants to the timings")
+    ap.add_argument("--fit-shifted", action="store_true",
+                    help="refit SHIFT_HALF_K alone to the shifted strategy's timings")
     ap.add_argument("--errors", action="store_true", help="errors of every strategy against float64")
     ap.add_argument("--save", metavar="JSON", help="keep the timings")
     ap.add_argument("--load", metavar="JSON", help="report (and --fit) saved timings instead of measuring")
@@ -313,6 +337,11 @@ def main(argv=None) -> int:
             with open(args.save, "w") as f:
                 json.dump({"header": header, "rows": [r[:5] for r in rows], "mixings": mixings}, f, indent=1)
     report(rows, mixings)
+    if args.fit_shifted:
+        from dynconv_np.backends.cpu import plan
+
+        print(f"\nSHIFT_HALF_K = {float(f'{fit_shifted(rows):.3g}')}\n")
+        report(rows, mixings)
     if args.fit:
         from dynconv_np.backends.cpu import plan
 

@@ -83,6 +83,8 @@ def _supported(name, shape, shared):
         return shared and N >= 2
     if name in WINOGRAD:
         return (k, s, d) == (3, 1, 1)
+    if name == "shifted":
+        return s == 1
     return True
 
 
@@ -241,7 +243,7 @@ DETERMINISM = textwrap.dedent("""
     pi = r.random((19, 3)).astype(np.float32)
     b = r.standard_normal((3, 12)).astype(np.float32)
     dy = r.standard_normal((19, 12, 13, 11)).astype(np.float32)
-    names = ["tiles", "batched", "winograd2", "winograd4"]
+    names = ["tiles", "batched", "winograd2", "winograd4", "shifted"]
     plans = []
     for name in names:
         for forms in ((), ("output_mixing",)):

@@ -28,8 +28,9 @@ Strategies ``tiles`` and ``batched`` are one pair of kernels with two layouts:
   of the kernel gradient and its planes of ``dx``.
 
 ``winograd2`` / ``winograd4`` call the Winograd module (``winograd.forward`` and
-``winograd.backward``, same contract as :func:`conv_forward` and :func:`conv_backward`)
-where the build has it; it is imported on first use.
+``winograd.backward``, same contract as :func:`conv_forward` and :func:`conv_backward`),
+``shifted`` the shifted-views module (:mod:`.shifted`, stride 1 without an unfold); both
+are imported on first use.
 
 The template's buffers are per thread (a column tile or block each), so the batch is
 never chunked here: the workspace bound of ``set_workspace_bytes`` does not apply.
@@ -470,6 +471,15 @@ def _winograd():
     return winograd
 
 
+@functools.cache
+def _shifted():
+    """The shifted-views module (``shifted.forward``, ``backward``), imported on first use:
+    it imports this module's helpers."""
+    from . import shifted
+
+    return shifted
+
+
 def _call(g, groups: int, O: int, shared: bool, itemsize: int) -> plan.ConvCall:
     """What the planner needs of a call: its shapes and this template's layouts for them
     (cached: the layouts' budgets and the Winograd module are part of the key)."""
@@ -529,6 +539,8 @@ def conv_forward(x, wt, bt, g, groups):
     strategy = plan.choose("forward", _call(g, groups, O, wt.ndim == 2, x.dtype.itemsize))
     if strategy.startswith("winograd"):
         return _winograd().forward(x, wt, bt, g, groups, m=int(strategy[-1]))
+    if strategy == "shifted":
+        return _shifted().forward(x, wt, bt, g, groups)
     R, B = _layout(strategy, g, x.dtype.itemsize)
     idx = _plane_index(g, R)
     ws = _item_workspace(g, R, B, idx, x.dtype, get_num_threads(), O * B * R * g.Wo)
@@ -568,6 +580,8 @@ def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
     strategy = plan.choose("backward", _call(g, G, O, shared, itemsize), need_dx, need_dw)
     if strategy.startswith("winograd"):
         return _winograd().backward(x, wt, dy, g, G, need_dx=need_dx, need_dw=need_dw, m=int(strategy[-1]))
+    if strategy == "shifted":
+        return _shifted().backward(x, wt, dy, g, G, need_dx=need_dx, need_dw=need_dw)
     dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None
     dx_ = dx if need_dx else np.empty((0, g.C, g.H, g.W), dtype=x.dtype)
     dbt = np.empty((g.N, O), dtype=x.dtype)

@@ -50,7 +50,7 @@ import logging
 import math
 
 #: The strategies of one conv pass, in the order ties are broken.
-CONV_STRATEGIES = ("tiles", "batched", "winograd2", "winograd4")
+CONV_STRATEGIES = ("tiles", "batched", "winograd2", "winograd4", "shifted")
 #: The formulations of a kernel-mixing op.
 MIXINGS = ("kernel_mixing", "output_mixing")
 #: Passes a strategy is chosen for.
@@ -60,37 +60,38 @@ log = logging.getLogger("dynconv_np.strategy")
 
 # ----------------------------------------------------------------------------- cost constants
 # Fitted to measurements on the 2-core machine of docs/performance.md by
-# ``python benchmarks/calibrate.py --fit`` (which prints these lines), timed as CPU time
-# over 2 threads on a loaded machine (``--cpu-time``, load average about 2; 2026-12-01,
-# with the Winograd module in place); GEMM_CALL, ITEM, the GEMM's N half-width, MARGIN
-# and the Winograd block sizes (the module's own) are set by hand.
+# ``python benchmarks/calibrate.py --fit-shifted --fit`` (which prints these lines), wall
+# time over 2 threads on a quiet machine (load 0.7 to 1.4, 2026-12-01 21:35 UTC; 16
+# shapes, every strategy including ``shifted`` and the one-block Winograd layout);
+# GEMM_CALL, ITEM, the GEMM's N half-width, MARGIN and the Winograd block sizes (the
+# module's own) are set by hand.
 #: Cores of the nominal machine: work items are spread over this many threads.
 THREADS = 2
 #: Single-thread GEMM rate (flop/s) of large float32 products; float64 runs at half.
-GEMM_PEAK = 6.46e10
+GEMM_PEAK = 6.68e10
 #: GEMM dimensions at which the rate is half the peak, per dimension (M, K, N of
 #: ``(M, K) @ (K, N)``): rate = peak * prod(d / (d + half)).
-GEMM_HALF = (0.2, 9.12, 3.0)
+GEMM_HALF = (0.0271, 20.2, 3.0)
 #: Seconds of one GEMM call beyond its flops (dispatch, packing of small operands).
 GEMM_CALL = 1.5e-6
 #: Seconds per element moved within a work buffer (tile loads and stores, plane copies).
-COPY = 1.45e-10
+COPY = 3.22e-10
 #: Seconds per run of the row unfold (one output row of one column row: its set-up
 #: and edges), beyond its elements.
-RUN = 8.13e-10
+RUN = 6.01e-09
 #: Seconds per element of the padded-plane unfold (a gather).
-GATHER = 9.91e-13
+GATHER = 7.32e-12
 #: Factor on every copy when a work item's buffer exceeds :data:`L2_BYTES`.
-MEM_FACTOR = 2.31
+MEM_FACTOR = 1.18
 #: Cache size per core below which a work item's buffer stays resident.
 L2_BYTES = 2 * 2**20
 #: Seconds per work item (scheduling, views, the bias and pixel-sum loops' set-up).
 ITEM = 2.0e-7
 #: Seconds per multiply-add of the mixing products (``pi @ W``, ``pi^T G``, ``G W^T``,
 #: and output mixing's per-sample sums), which stream memory.
-STREAM = 1.74e-10
+STREAM = 3.29e-10
 #: Winograd tile transforms: seconds per transformed element, F(2x2) and F(4x4).
-WINO_TRANSFORM = {2: 4.59e-10, 4: 6.75e-10}
+WINO_TRANSFORM = {2: 6.72e-10, 4: 9.32e-10}
 #: Winograd's block budget (bytes of transformed input and products per work item) and
 #: the fewest grid tiles a block holds: ``winograd.BLOCK_BYTES`` and ``winograd.MIN_TILES``.
 WINO_BLOCK_BYTES = 2**20
@@ -106,13 +107,18 @@ WINO_WHOLE_BYTES = 2 * 2**20
 WINO_WHOLE_GRAD_BYTES = 16 * 2**20
 #: Bytes of the one-block kernel gradient's dU a work item forms: ``winograd.DU_BLOCK_BYTES``.
 WINO_DU_BLOCK_BYTES = 2**20
+#: K half-width of the shifted-views GEMMs (``shifted``): kh*kw GEMMs accumulate into
+#: one output with the input channels as their inner dimension, a short one that costs
+#: them less than it costs a lone GEMM (fitted to ``shifted``'s own timings, see
+#: docs/performance.md, "Shifted views").
+SHIFT_HALF_K = 0.0498
 #: Another strategy than the first candidate (``tiles``; ``kernel_mixing``) is picked
 #: only when its estimate is below this fraction of the first's: the estimates are
 #: within some 20 % of the measurements, and the first is the better-tried path.
 MARGIN = 0.85
 #: The constants :func:`calibrate` may set (``benchmarks/calibrate.py --fit``).
 FITTED = ("GEMM_PEAK", "GEMM_HALF", "GEMM_CALL", "COPY", "RUN", "GATHER", "MEM_FACTOR", "ITEM", "STREAM",
-          "WINO_TRANSFORM")
+          "WINO_TRANSFORM", "SHIFT_HALF_K")
 
 
 def calibrate(**constants) -> None:
@@ -195,6 +201,10 @@ def unsupported(strategy: str, call: ConvCall) -> str | None:
             return ("it needs a 3x3 window with stride 1 and dilation 1, and the Winograd module "
                     f"(got k={call.kh}x{call.kw}, stride={call.stride}, dilation={call.dilation})")
         return None
+    if strategy == "shifted":
+        if call.stride != (1, 1):
+            return f"it needs stride 1 (got stride={call.stride})"
+        return None
     raise ValueError(f"unknown conv strategy {strategy!r}; expected one of {', '.join(CONV_STRATEGIES)}")
 
 
@@ -203,9 +213,11 @@ def _eff(d: float, half: float) -> float:
     return d / (d + half)
 
 
-def gemm_seconds(M: float, K: float, N: float, itemsize: int) -> float:
-    """Estimated seconds of one single-threaded ``(M, K) @ (K, N)`` GEMM."""
+def gemm_seconds(M: float, K: float, N: float, itemsize: int, half_k: float | None = None) -> float:
+    """Estimated seconds of one single-threaded ``(M, K) @ (K, N)`` GEMM (`half_k`: the K
+    half-width instead of ``GEMM_HALF[1]``)."""
     hm, hk, hn = GEMM_HALF
+    hk = hk if half_k is None else half_k
     rate = GEMM_PEAK * (4 / itemsize) * _eff(M, hm) * _eff(K, hk) * _eff(N, hn)
     return 2.0 * M * K * N / rate + GEMM_CALL
 
@@ -371,8 +383,33 @@ def _winograd(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool)
     return total
 
 
+def _shifted(c: ConvCall, backward: bool, need_dx: bool, need_dw: bool) -> float:
+    # Shifted views (backends/cpu/shifted.py): per sample, the padded planes (C x Hp x Wp)
+    # copied, kh*kw GEMMs a pass with C/groups as the inner dimension over Ho x Wp
+    # columns, the kernels rearranged tap-major, the outputs (or dx) copied out.
+    G, Og, Cg, T = c.groups, c.O // c.groups, c.C // c.groups, c.kh * c.kw
+    Wp = max(c.W, c.Wo + (c.kw - 1) * c.dilation[1])
+    Hp = max(c.H, c.Ho + (c.kh - 1) * c.dilation[0])
+    L = c.Ho * Wp
+    planes = c.C * Hp * Wp * COPY
+    if not backward:
+        item = T * G * gemm_seconds(Og, Cg, L, c.itemsize, SHIFT_HALF_K) + planes + (c.O * c.P + c.O * c.F) * COPY
+        return _spread(c.N, item)
+    item = c.O * L * COPY
+    if need_dw:
+        item += T * G * gemm_seconds(Og, L, Cg, c.itemsize) + planes + c.O * c.F * COPY
+    if need_dx:
+        item += T * G * gemm_seconds(Cg, Og, L, c.itemsize, SHIFT_HALF_K) + 2 * planes + c.O * c.F * COPY
+    if c.shared:
+        slots = min(c.N, 8)
+        return _sums(c) + _spread(slots, math.ceil(c.N / slots) * item)
+    return _sums(c) + _spread(c.N, item)
+
+
 def _estimate(strategy: str, pass_: str, c: ConvCall, need_dx: bool = True, need_dw: bool = True) -> float:
     backward = pass_ == "backward"
+    if strategy == "shifted":
+        return _shifted(c, backward, need_dx, need_dw)
     if strategy == "tiles":
         return _tiles_backward(c, need_dx, need_dw) if backward else _tiles_forward(c)
     if strategy == "batched":
