@@ -552,6 +552,17 @@ def conv_forward(x, wt, bt, g, groups):
     return y
 
 
+def empty_backward(g, wt, dtype, need_dx: bool, need_dw: bool):
+    """``(dx, gw, dbt)`` of a backward over an empty batch (``g.N == 0``), as
+    :func:`conv_backward` returns them: dx (0, C, H, W) or None, gw zeros of wt's shape
+    (shared) or (0, O, F) or None, dbt (O,) zeros or (0, O)."""
+    O, F = wt.shape[-2], wt.shape[-1]
+    shared = wt.ndim == 2
+    dx = np.empty((0, g.C, g.H, g.W), dtype=dtype) if need_dx else None
+    gw = np.zeros(wt.shape if shared else (0, O, F), dtype=dtype) if need_dw else None
+    return dx, gw, np.zeros((O,) if shared else (0, O), dtype=dtype)
+
+
 def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
     """Backward of :func:`conv_forward`, by the strategy the planner picks (:mod:`.plan`).
 
@@ -573,9 +584,7 @@ def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
     shared = wt.ndim == 2
     w3 = wt.reshape(1, O, F) if shared else wt
     if g.N == 0:
-        dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None
-        gw = np.zeros(wt.shape if shared else (0, O, F), dtype=x.dtype) if need_dw else None
-        return dx, gw, np.zeros((O,) if shared else (0, O), dtype=x.dtype)
+        return empty_backward(g, wt, x.dtype, need_dx, need_dw)
     itemsize = x.dtype.itemsize
     strategy = plan.choose("backward", _call(g, G, O, shared, itemsize), need_dx, need_dw)
     if strategy.startswith("winograd"):

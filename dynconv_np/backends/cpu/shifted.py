@@ -34,7 +34,7 @@ from numba import get_num_threads, get_thread_id, njit, prange
 from numba.extending import overload
 from numba.np.linalg import _BLAS, get_blas_kind
 
-from .conv import SLOTS, _pixel_sums, _scratch
+from .conv import SLOTS, _pixel_sums, _scratch, empty_backward
 from .products import blas_single_thread
 
 
@@ -195,14 +195,8 @@ def _bwd(x, wt, dy, dx, gw, dbt, ws, S, G, need_dx, need_dw, window, plane):
 
 # ----------------------------------------------------------------------------- plans
 def supports(g, groups) -> bool:
-    """True for the windows this module computes: stride 1 (any size, padding, dilation
-    and groups).
-
-    Parameters
-    ----------
-    g : Geometry
-    groups : int
-    """
+    """True for the windows this module computes: stride 1, of any size, padding,
+    dilation and `groups` (g: a Geometry)."""
     return (g.sh, g.sw) == (1, 1)
 
 
@@ -221,21 +215,10 @@ def _floats(g, O: int, F: int) -> int:
 
 
 def forward(x, wt, bt, g, groups):
-    """``y = conv(x, w) + b`` for a stride-1 window by shifted views.
-
-    Parameters
-    ----------
-    x : ndarray (N, C, H, W), C-contiguous
-    wt : ndarray (O, C//groups*kh*kw) shared, or (N, O, C//groups*kh*kw) per sample
-    bt : ndarray (O,) or (N, O) or None
-    g : Geometry
-        With ``supports(g, groups)``.
-    groups : int
-
-    Returns
-    -------
-    y : ndarray (N, O, Ho, Wo)
-    """
+    """``y (N, O, Ho, Wo) = conv(x, w) + b`` by shifted views, for a window with
+    ``supports(g, groups)``: the parameters and result of
+    :func:`~dynconv_np.backends.cpu.conv.conv_forward` (x (N, C, H, W) C-contiguous; wt
+    (O, F) shared or (N, O, F) per sample; bt (O,), (N, O) or None)."""
     O, F = wt.shape[-2], wt.shape[-1]
     y = np.empty((g.N, O, g.Ho, g.Wo), dtype=x.dtype)
     if g.N == 0:
@@ -249,30 +232,14 @@ def forward(x, wt, bt, g, groups):
 
 
 def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
-    """Backward of :func:`forward`.
-
-    Parameters
-    ----------
-    x : ndarray (N, C, H, W), C-contiguous
-    wt : ndarray (O, F) shared or (N, O, F) per sample, ``F = C//groups*kh*kw``
-    dy : ndarray (N, O, Ho, Wo), C-contiguous
-    g : Geometry
-    groups : int
-    need_dx, need_dw : bool
-
-    Returns
-    -------
-    dx : ndarray (N, C, H, W) or None
-    gw : ndarray (O, F) for shared kernels (``sum_n dY_n X_n^T``), (N, O, F) per sample,
-        or None
-    dbt : ndarray (O,) shared or (N, O) per sample: ``dY`` summed over pixels
-    """
+    """Backward of :func:`forward`: the parameters and results of
+    :func:`~dynconv_np.backends.cpu.conv.conv_backward` (dy (N, O, Ho, Wo) C-contiguous;
+    returns dx (N, C, H, W) or None, gw (O, F) shared or (N, O, F) per sample or None,
+    dbt (O,) shared or (N, O) per sample)."""
     O, F = wt.shape[-2], wt.shape[-1]
     shared = wt.ndim == 2
     if g.N == 0:
-        dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None
-        gw = np.zeros(wt.shape if shared else (0, O, F), dtype=x.dtype) if need_dw else None
-        return dx, gw, np.zeros((O,) if shared else (0, O), dtype=x.dtype)
+        return empty_backward(g, wt, x.dtype, need_dx, need_dw)
     w3 = np.ascontiguousarray(wt.reshape(1, O, F) if shared else wt)
     dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else np.empty((0, g.C, g.H, g.W), x.dtype)
     S = min(g.N, SLOTS)

@@ -66,7 +66,7 @@ from numba import get_num_threads, get_thread_id, njit, prange
 from numba.extending import overload
 from numba.np.linalg import _BLAS, get_blas_kind
 
-from .conv import SLOTS, _pixel_sums, _scratch
+from .conv import SLOTS, _pixel_sums, _scratch, empty_backward
 from .index import ceil_div, split
 from .products import blas_single_thread
 from .winograd_transforms import (
@@ -177,6 +177,15 @@ def _buffers(buf, at, m, cb, nb, ob):
     return buf[at:at + sz], buf[at + sz:at + 2 * sz], buf[at + 2 * sz:at + 3 * sz]
 
 
+@njit(inline="always")
+def _fwd_dims(x, U, y, AT):
+    # (m, alpha^2, C, O, Cg, groups, Og) of a forward: x (N, C, ..), U (.., alpha^2, O, Cg),
+    # y (N, O, ..), AT (m, alpha)
+    m = AT[0].shape[0]
+    C, O, Cg = x.shape[1], y.shape[1], U.shape[3]
+    return m, (m + 2) * (m + 2), C, O, Cg, C // Cg, O // (C // Cg)
+
+
 @njit(parallel=True, cache=True)
 def _fwd_blocks(x, U, bt, y, ws, pieces, blocks, BT, AT, h0, w0, cb, ob):
     # y = the 3x3 correlation of x with the transformed kernels U, plus bt.
@@ -185,14 +194,7 @@ def _fwd_blocks(x, U, bt, y, ws, pieces, blocks, BT, AT, h0, w0, cb, ob):
     # (n, ti0, ti1, tj0, tj1); blocks (B, 2) ranges of pieces. Tile (ti, tj) reads x from
     # row h0 + ti*m, column w0 + tj*m; the tiles are transformed cb input / ob output
     # channels at a time.
-    m = AT[0].shape[0]
-    alpha = m + 2
-    A2 = alpha * alpha
-    C = x.shape[1]
-    O = y.shape[1]
-    Cg = U.shape[3]
-    G = C // Cg
-    Og = O // G
+    m, A2, C, O, Cg, G, Og = _fwd_dims(x, U, y, AT)
     for it in prange(blocks.shape[0]):
         buf = ws[get_thread_id()]
         p0, p1 = blocks[it, 0], blocks[it, 1]
@@ -269,14 +271,7 @@ def _fwd_whole(x, U, bt, y, V, M, ws, pieces, BT, AT, h0, w0, cb, ob):
     # three parallel regions whose items own what they write: the input transform by
     # chunks of cb channels into V (alpha^2, C, nb), the alpha^2 GEMMs into M
     # (alpha^2, O, nb) by (xi, group), the output transform by chunks of ob channels.
-    m = AT[0].shape[0]
-    alpha = m + 2
-    A2 = alpha * alpha
-    C = x.shape[1]
-    O = y.shape[1]
-    Cg = U.shape[3]
-    G = C // Cg
-    Og = O // G
+    m, A2, C, O, Cg, G, Og = _fwd_dims(x, U, y, AT)
     P = pieces.shape[0]
     nb = V.shape[2]
     for it in prange(ceil_div(C, cb)):
@@ -612,12 +607,11 @@ def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2):
     dbt : ndarray (O,) shared or (N, O) per sample: ``dY`` summed over pixels
     """
     m = _check_m(m)
-    O, F = wt.shape[-2], wt.shape[-1]
+    O = wt.shape[-2]
     shared = wt.ndim == 2
-    dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None
     if g.N == 0:
-        gw = np.zeros(wt.shape if shared else (0, O, F), dtype=x.dtype) if need_dw else None
-        return dx, gw, np.zeros((O,) if shared else (0, O), dtype=x.dtype)
+        return empty_backward(g, wt, x.dtype, need_dx, need_dw)
+    dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None
     if need_dx:
         U = _transformed(wt, groups, m, True, x.dtype)
         _correlate(dy, U, np.zeros((0, g.C), x.dtype), dx, g.ph - 2, g.pw - 2, m)
