@@ -31,35 +31,9 @@ from __future__ import annotations
 
 import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange
-from numba.extending import overload
-from numba.np.linalg import _BLAS, get_blas_kind
 
-from .conv import SLOTS, _pixel_sums, _scratch, empty_backward
-from .products import blas_single_thread
-
-
-def gemm_view(ta, tb, M, N, K, a, a0, lda, b, b0, ldb, c, c0, ldc, beta):
-    """``C = op(A) @ op(B) + beta*C`` on row-major matrices inside flat arrays, one BLAS
-    call, in compiled code only: A stored ``(M, K)`` (``(K, M)`` with `ta`, transposed)
-    from ``a[a0]`` with row stride `lda`; B stored ``(K, N)`` (``(N, K)`` with `tb`) from
-    ``b[b0]`` (`ldb`); C ``(M, N)`` at ``c[c0]`` (`ldc`). The row strides are what let
-    BLAS read and write the shifted views of a padded plane in place."""
-    raise TypeError("gemm_view runs in compiled code only")
-
-
-@overload(gemm_view)
-def _gemm_view(ta, tb, M, N, K, a, a0, lda, b, b0, ldb, c, c0, ldc, beta):
-    xxgemm = _BLAS().numba_xxgemm(a.dtype)
-    kind = ord(get_blas_kind(a.dtype))
-
-    def impl(ta, tb, M, N, K, a, a0, lda, b, b0, ldb, c, c0, ldc, beta):
-        scal = np.empty(2, a.dtype)
-        scal[0] = 1
-        scal[1] = beta
-        # row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T
-        xxgemm(kind, ord("t") if tb else ord("n"), ord("t") if ta else ord("n"), N, M, K, scal[0:].ctypes,
-               b[b0:].ctypes, ldb, a[a0:].ctypes, lda, scal[1:].ctypes, c[c0:].ctypes, ldc)
-    return impl
+from .conv import SLOTS, _padded_plane, _pixel_sums, _scratch, empty_backward
+from .products import blas_single_thread, gemm_view
 
 
 @njit(inline="always")
@@ -194,17 +168,10 @@ def _bwd(x, wt, dy, dx, gw, dbt, ws, S, G, need_dx, need_dw, window, plane):
 
 
 # ----------------------------------------------------------------------------- plans
-def supports(g, groups) -> bool:
-    """True for the windows this module computes: stride 1, of any size, padding,
-    dilation and `groups` (g: a Geometry)."""
-    return (g.sh, g.sw) == (1, 1)
-
-
 def plane(g) -> tuple[int, int, int]:
     """``(Hp, Wp, PS)``: a padded plane's rows and width, and the floats between planes
     (``Hp*Wp`` and a tail of zeros that the last tap's view reads past the last row)."""
-    Hp = max(g.H + g.ph, g.Ho + (g.kh - 1) * g.dh)
-    Wp = max(g.W + g.pw, g.Wo + (g.kw - 1) * g.dw)
+    Hp, Wp = _padded_plane(g)
     return Hp, Wp, Hp * Wp + (g.kw - 1) * g.dw
 
 
@@ -215,8 +182,8 @@ def _floats(g, O: int, F: int) -> int:
 
 
 def forward(x, wt, bt, g, groups):
-    """``y (N, O, Ho, Wo) = conv(x, w) + b`` by shifted views, for a window with
-    ``supports(g, groups)``: the parameters and result of
+    """``y (N, O, Ho, Wo) = conv(x, w) + b`` by shifted views, for a stride-1 window (the
+    planner's rule, ``plan.unsupported``): the parameters and result of
     :func:`~dynconv_np.backends.cpu.conv.conv_forward` (x (N, C, H, W) C-contiguous; wt
     (O, F) shared or (N, O, F) per sample; bt (O,), (N, O) or None)."""
     O, F = wt.shape[-2], wt.shape[-1]

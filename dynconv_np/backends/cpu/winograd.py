@@ -22,7 +22,8 @@ in :mod:`.winograd_transforms`.
 * kernel gradient (``_dw_blocks``): in the transformed domain, ``dU_xi = sum_tiles dM_xi
   V_xi^T`` with ``dM = A dY A^T`` (zero for a gap tile), then ``dg = G^T dU G``. Work
   items are fixed slots of blocks, each summing its blocks in order into its own ``dU``
-  (BLAS accumulating in place, :func:`gemm_nt`) and transforming the sum into its own
+  (BLAS accumulating in place,
+  :func:`~dynconv_np.backends.cpu.products.gemm_view`) and transforming the sum into its own
   partial kernel gradient: one slot per sample for per-sample kernels in batches of
   :data:`~dynconv_np.backends.cpu.conv.SLOTS` or more (more, in order, for smaller
   batches); :data:`~dynconv_np.backends.cpu.conv.SLOTS` slots over the whole batch for a
@@ -63,12 +64,10 @@ import functools
 
 import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange
-from numba.extending import overload
-from numba.np.linalg import _BLAS, get_blas_kind
 
 from .conv import SLOTS, _pixel_sums, _scratch, empty_backward
 from .index import ceil_div, split
-from .products import blas_single_thread
+from .products import blas_single_thread, gemm_view
 from .winograd_transforms import (
     gradient_tiles,
     grid_tiles,
@@ -140,34 +139,6 @@ def _kernels_serial(wt, U, G, flip, ws):
     # _kernels on the calling thread (a shared kernel's transform is too small to share)
     for kr in range(U.shape[0] * U.shape[2]):
         _kernel_row(wt, U, G, flip, ws[0], kr)
-
-
-def gemm_nt(a, b, c, a0, b0, c0, M, N, K, lda, ldb, ldc, beta):
-    """``C = A @ B^T + beta*C`` on row-major matrices inside flat arrays: A (M, K) from
-    ``a[a0]`` with row stride `lda`, B (N, K) from ``b[b0]`` (`ldb`), C (M, N) at ``c[c0]``
-    (`ldc`); one BLAS call, in compiled code only.
-
-    ``np.dot`` cannot accumulate: the kernel gradient's sums over blocks would take a
-    product into a temporary and an extra pass over ``dU`` each (measured a fifth of the
-    kernel gradient on cifar8). This calls the BLAS ``gemm`` that Numba's own ``np.dot``
-    calls (``numba.np.linalg._BLAS``, Numba's wrapper around SciPy's BLAS).
-    """
-    raise TypeError("gemm_nt runs in compiled code only")
-
-
-@overload(gemm_nt)
-def _gemm_nt(a, b, c, a0, b0, c0, M, N, K, lda, ldb, ldc, beta):
-    xxgemm = _BLAS().numba_xxgemm(a.dtype)
-    kind = ord(get_blas_kind(a.dtype))
-
-    def impl(a, b, c, a0, b0, c0, M, N, K, lda, ldb, ldc, beta):
-        scal = np.empty(2, a.dtype)
-        scal[0] = 1
-        scal[1] = beta
-        # row-major C = A B^T is column-major C^T = B A^T
-        xxgemm(kind, ord("t"), ord("n"), N, M, K, scal[0:].ctypes, b[b0:].ctypes, ldb, a[a0:].ctypes, lda,
-               scal[1:].ctypes, c[c0:].ctypes, ldc)
-    return impl
 
 
 @njit(inline="always")
@@ -259,8 +230,8 @@ def _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, h0, w0, c
             beta = 0.0 if b == slots[s, 0] else 1.0
             for xi in range(A2):
                 for g in range(G):
-                    gemm_nt(buf, buf, dUf, at + A2 * C * nb + (xi * O + g * Og) * nb, at + (xi * C + g * Cg) * nb,
-                            (xi * O + g * Og) * Cg, Og, Cg, nb, nb, nb, Cg, beta)
+                    gemm_view(False, True, Og, Cg, nb, buf, at + A2 * C * nb + (xi * O + g * Og) * nb, nb,
+                              buf, at + (xi * C + g * Cg) * nb, nb, dUf, (xi * O + g * Og) * Cg, Cg, beta)
         for o in range(O):
             kernel_gradient_rows(dUf, o * Cg, O * Cg, Cg, alpha, GT, pf, (s * O + o) * F, ts, gs)
 
@@ -330,8 +301,8 @@ def _dw_whole(x, dy, part, dbt, V, dM, ws, pieces, BT, A, GT, h0, w0, cb, ob, OB
         ts = buf[A2 * rows * Cg:A2 * rows * Cg + 3 * alpha * Cg]
         gs = buf[A2 * rows * Cg + 3 * alpha * Cg:A2 * rows * Cg + (3 * alpha + 9) * Cg]
         for xi in range(A2):
-            gemm_nt(dMf, Vf, dU, (xi * O + o0) * nb, (xi * C + g * Cg) * nb, xi * rows * Cg,
-                    rows, Cg, nb, nb, nb, Cg, 0.0)
+            gemm_view(False, True, rows, Cg, nb, dMf, (xi * O + o0) * nb, nb, Vf, (xi * C + g * Cg) * nb, nb,
+                      dU, xi * rows * Cg, Cg, 0.0)
         for o in range(rows):
             kernel_gradient_rows(dU, o * Cg, rows * Cg, Cg, alpha, GT, pf, (o0 + o) * F, ts, gs)
 
