@@ -23,7 +23,6 @@ import contextlib
 import numpy as np
 from numba import njit, prange
 from numba.extending import overload
-from numba.np.linalg import _BLAS, get_blas_kind
 
 from .index import ceil_div
 
@@ -97,6 +96,9 @@ def gemm_view(ta, tb, M, N, K, a, a0, lda, b, b0, ldb, c, c0, ldc, beta):
 
 @overload(gemm_view)
 def _gemm_view(ta, tb, M, N, K, a, a0, lda, b, b0, ldb, c, c0, ldc, beta):
+    # imported when a kernel using gemm_view compiles, not with the package (about 20 ms)
+    from numba.np.linalg import _BLAS, get_blas_kind
+
     xxgemm = _BLAS().numba_xxgemm(a.dtype)
     kind = ord(get_blas_kind(a.dtype))
 
