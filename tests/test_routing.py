@@ -9,7 +9,7 @@ from conftest import DTYPES, assert_close, check_vjp, cuda_only, over_backends
 
 import dynconv_np as dc
 from dynconv_np import reference as ref
-from dynconv_np.ops.routing import batch_norm_update_stats
+from dynconv_np.ops.routing import batch_norm_training, batch_norm_update_stats
 
 F32, F64 = np.float32, np.float64
 
@@ -112,6 +112,25 @@ def test_batch_norm_update_stats(backend, dtype, rng):
                      "var")
         for a, d in zip(args, dev):                                      # inputs untouched
             np.testing.assert_array_equal(backend.get(d), a)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_norm_training_is_the_two_ops_bitwise(backend, dtype, rng):
+    # the layers' one-pass path against batch_norm.vjp + batch_norm_update_stats
+    for shape in [(4, 3, 5, 6), (6, 3), (2, 3, 17, 9)]:
+        args = [3 * rng.standard_normal(shape) + 1, rng.uniform(0.5, 1.5, 3), rng.standard_normal(3),
+                rng.standard_normal(3), rng.uniform(0.5, 2, 3)]
+        x, g, b, rm, rv = dev = [backend.put(a.astype(dtype)) for a in args]
+        dy = backend.put(rng.standard_normal(shape).astype(dtype))
+        y, pb, m, v = batch_norm_training(x, g, b, rm, rv, momentum=0.25, eps=1e-3)
+        y0, pb0 = dc.batch_norm.vjp(x, g, b, training=True, eps=1e-3)
+        m0, v0 = batch_norm_update_stats(x, rm, rv, momentum=0.25)
+        grads, grads0 = pb(dy), pb0(dy)[:3]
+        assert len(grads) == 3
+        for got, want in zip((y, m, v, *grads), (y0, m0, v0, *grads0)):
+            np.testing.assert_array_equal(backend.get(got), backend.get(want))
+        for a, d in zip(args, dev):                                      # inputs untouched
+            np.testing.assert_array_equal(backend.get(d), a.astype(dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -292,7 +292,8 @@ class KernelAPI(ArrayAPI, Protocol):
         """(N, C) -> (N, C, H, W): ``dy / (H*W)`` spread over each plane."""
 
     def batch_stats(self, x, ddof=0):
-        """Per-channel mean and variance (divisor ``count - ddof``) of x (N, C) or (N, C, H, W)."""
+        """Per-channel mean and variance (divisor ``count - ddof``) of x (N, C) or (N, C, H, W);
+        with a tuple `ddof`, ``(mean, (var for each ddof))``."""
 
     def batch_norm_forward(self, x, mean, var, gamma, beta, eps):
         """``(y, xhat, inv)``: ``inv = 1/sqrt(var + eps)`` (C,), ``xhat = (x - mean) * inv``,

@@ -16,7 +16,7 @@ import numpy as np
 from .. import _args
 from .. import arrays as xp
 from ..ops import batch_norm, conv2d, global_avg_pool, linear, relu
-from ..ops.routing import batch_norm_update_stats
+from ..ops.routing import batch_norm_training
 from .compose import OpLayer
 from .init import make_rng, uniform_init
 from .module import Module, host_only
@@ -253,9 +253,8 @@ class _BatchNorm(OpLayer):
                 f"batch statistics, got x of shape {tuple(x.shape)}; use a larger batch or spatial "
                 f"size, or call .eval() to use the running statistics")
         if self.training:
-            y, pb = batch_norm.vjp(x, self.weight, self.bias, training=True, eps=self.eps)
-            rm, rv = batch_norm_update_stats(x, xp.astype(self.running_mean, x.dtype),
-                                             xp.astype(self.running_var, x.dtype), self.momentum)
+            y, pb, rm, rv = batch_norm_training(x, self.weight, self.bias, xp.astype(self.running_mean, x.dtype),
+                                                xp.astype(self.running_var, x.dtype), self.momentum, self.eps)
             # the layer owns its running statistics: update them in place
             xp.copy_into(self.running_mean, rm)
             xp.copy_into(self.running_var, rv)
@@ -264,7 +263,7 @@ class _BatchNorm(OpLayer):
                                    training=False, eps=self.eps)
 
         def pullback(dy):
-            dx, dgamma, dbeta, _, _ = pb(dy)
+            dx, dgamma, dbeta = pb(dy)[:3]
             return dx, ({"weight": dgamma, "bias": dbeta} if self.affine else {})
 
         return y, pullback

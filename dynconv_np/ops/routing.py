@@ -256,6 +256,13 @@ def batch_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean:
         mean, var = be.batch_stats(x)                         # (C,), biased variance
     else:
         mean, var = running_mean, running_var
+    return _normalised(be, x, gamma, beta, mean, var, training, eps, running_mean is not None,
+                       running_var is not None)
+
+
+def _normalised(be, x, gamma, beta, mean, var, training, eps, has_rm, has_rv):
+    # batch_norm's (y, pullback) once its statistics are known: mean, var (C,)
+    C, dtype = x.shape[1], x.dtype
     y, xhat, inv = be.batch_norm_forward(x, mean, var, gamma, beta, eps)   # x's shape, (C,)
 
     def pullback(dy):
@@ -263,11 +270,50 @@ def batch_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean:
         dx, dgamma, dbeta, drm, drv = be.batch_norm_backward(dy, xhat, gamma, inv, training)
         if training:
             # the output does not depend on the running statistics
-            drm = None if running_mean is None else be.zeros((C,), dtype)
-            drv = None if running_var is None else be.zeros((C,), dtype)
+            drm = be.zeros((C,), dtype) if has_rm else None
+            drv = be.zeros((C,), dtype) if has_rv else None
         return dx, dgamma, dbeta, drm, drv
 
     return y, pullback
+
+
+def batch_norm_training(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
+                        running_var: np.ndarray, momentum: float = 0.1, eps: float = 1e-5):
+    """A batch-norm layer's training forward: ``batch_norm.vjp(x, gamma, beta,
+    training=True, eps=eps)`` and ``batch_norm_update_stats(x, running_mean, running_var,
+    momentum)`` from one pass over x for the statistics (the two computed them apart);
+    bitwise the same results.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W) or (N, C)
+    gamma, beta, running_mean, running_var : ndarray (C,)
+    momentum : float in [0, 1]
+    eps : float
+
+    Returns
+    -------
+    y : ndarray, x's shape
+    pullback : callable
+        ``pullback(dy) -> (dx, dgamma, dbeta)``.
+    new_mean, new_var : ndarray (C,)
+        The updated running statistics (inputs untouched).
+    """
+    x, gamma, beta, running_mean, running_var = (_args.host_array(a) for a in
+                                                 (x, gamma, beta, running_mean, running_var))
+    C, _, be = _bn_checks(x, gamma, beta, running_mean, running_var)
+    m = _args.unit_interval("momentum", momentum)
+    eps = _args.positive_float("eps", eps)
+    if _size(x) // max(C, 1) < 2:
+        raise ValueError(f"batch_norm in training mode needs more than one value per channel, "
+                         f"got x of shape {tuple(x.shape)}")
+    mean, (var, unbiased) = be.batch_stats(x, ddof=(0, 1))  # (C,) each
+    y, pb = _normalised(be, x, gamma, beta, mean, var, True, eps, False, False)
+
+    def pullback(dy):
+        return pb(_args.host_array(dy))[:3]
+
+    return y, pullback, be.running_update(running_mean, mean, m), be.running_update(running_var, unbiased, m)
 
 
 def batch_norm_update_stats(x: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,

@@ -90,8 +90,8 @@ def _rdot(a, b):
 
 
 @njit(parallel=True, cache=True)
-def _stats(x, mean, var, ddof):
-    # x (N, C, P) -> mean (C,), var (C,) with divisor N*P - ddof
+def _stats(x, mean, var, ddofs):
+    # x (N, C, P) -> mean (C,), var (D, C): var[j] with divisor N*P - ddofs[j]
     N, C, P = x.shape
     for c in prange(C):
         s = 0.0
@@ -102,7 +102,8 @@ def _stats(x, mean, var, ddof):
         for n in range(N):
             q += _rsq(x[n, c], mu)
         mean[c] = mu
-        var[c] = q / (N * P - ddof)
+        for j in range(ddofs.shape[0]):
+            var[j, c] = q / (N * P - ddofs[j])
 
 
 @njit(parallel=True, cache=True)
@@ -168,16 +169,19 @@ def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
-def batch_stats(x: np.ndarray, ddof: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and variance (divisor ``count - ddof``) of x (N, C) or (N, C, H, W): two (C,)."""
+def batch_stats(x: np.ndarray, ddof: int | tuple = 0) -> tuple:
+    """Per-channel mean and variance (divisor ``count - ddof``) of x (N, C) or (N, C, H, W): two (C,).
+    With a tuple `ddof`: ``(mean, (var for each ddof))`` from one pass of the deviations."""
+    ddofs = np.array(ddof if isinstance(ddof, tuple) else (ddof,), dtype=np.int64)
     x3 = _rows(x)
     C = x3.shape[1]
-    mean, var = np.empty(C), np.empty(C)
+    mean, var = np.empty(C), np.empty((len(ddofs), C))
     if x3.size:
-        _stats(x3, mean, var, ddof)
+        _stats(x3, mean, var, ddofs)
     else:
         mean[:] = var[:] = np.nan
-    return mean.astype(x.dtype), var.astype(x.dtype)
+    vs = tuple(v.astype(x.dtype) for v in var)
+    return mean.astype(x.dtype), (vs if isinstance(ddof, tuple) else vs[0])
 
 
 def batch_norm_forward(x, mean, var, gamma, beta, eps: float):

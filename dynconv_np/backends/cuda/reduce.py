@@ -234,13 +234,16 @@ def mean_pool(x):
     return _per_channel(_channel_sums, x.reshape(1, N * C, H * W), d=H * W).reshape(N, C)
 
 
-def batch_stats(x, ddof: int = 0):
+def batch_stats(x, ddof=0):
     """Per-channel mean and variance (divisor ``count - ddof``) of x (N, C) or (N, C, H, W):
-    two (C,), the variance a second pass over the deviations, as NumPy's."""
+    two (C,), the variance a second pass over the deviations, as NumPy's. With a tuple
+    `ddof`: ``(mean, (var for each ddof))``."""
     x3 = _channels(x)
     M = x3.shape[0] * x3.shape[2]
     mean = _per_channel(_channel_sums, x3, d=M)
-    return mean, _per_channel(_channel_sq_devs, x3, shift=mean, d=M - ddof)
+    vs = tuple(_per_channel(_channel_sq_devs, x3, shift=mean, d=M - d)
+               for d in (ddof if isinstance(ddof, tuple) else (ddof,)))
+    return mean, (vs if isinstance(ddof, tuple) else vs[0])
 
 
 # ----------------------------------------------------------------------------- batch norm
