@@ -18,6 +18,11 @@ reported: the median step in ms, and ``torch/ours`` (above 1: ours is faster).
 Usage::
 
     python benchmarks/train_step.py --threads 1 2 --repeat 20
+    python benchmarks/train_step.py --threads 1 --repeat 50 --layers
+
+``--layers``: ours alone, the median time of each layer's forward and backward in a
+step (the layers' methods timed in place), and the rest of the step (loss, optimizer,
+the calls between layers): where a step's time goes.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ def ours_net(kind: str, device: str = "cpu"):
         opt.step()
         return loss
 
+    step.model = model
     return step
 
 
@@ -139,16 +145,62 @@ def measure(kind: str, engines, repeat: int, warmup: int = 3) -> dict:
     return {e: float(np.median(v)) for e, v in times.items()}
 
 
+def layer_times(kind: str, repeat: int, warmup: int = 3) -> tuple[list, float]:
+    """``([(layer, forward s, backward s)], step s)``: medians over `repeat` steps of ours."""
+    step = ours_net(kind)
+    layers = list(step.model)
+    spent = {}
+
+    def timed(layer, name):
+        method = getattr(layer, name)
+
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = method(*args, **kwargs)
+            spent[(id(layer), name)] = spent.get((id(layer), name), 0.0) + time.perf_counter() - t0
+            return out
+        return run
+
+    for layer in layers:
+        for name in ("forward", "backward"):
+            object.__setattr__(layer, name, timed(layer, name))
+    for _ in range(warmup):
+        step()
+    per, total = [], []
+    for _ in range(repeat):
+        spent.clear()
+        t0 = time.perf_counter()
+        step()
+        total.append(time.perf_counter() - t0)
+        per.append(dict(spent))
+    rows = [(layer, *(float(np.median([p.get((id(layer), n), 0.0) for p in per])) for n in ("forward", "backward")))
+            for layer in layers]
+    return rows, float(np.median(total))
+
+
+def print_layer_times(kind: str, repeat: int) -> None:
+    rows, total = layer_times(kind, repeat)
+    print(f"\n{kind} net, ours, median of {repeat} steps (ms); load average "
+          + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    print("| layer | forward | backward |\n|---|---|---|")
+    for i, (layer, f, b) in enumerate(rows):
+        print(f"| {i} {type(layer).__name__} | {f * 1e3:.3f} | {b * 1e3:.3f} |")
+    rest = total - sum(f + b for _, f, b in rows)
+    print(f"| rest (loss, optimizer, between layers) | {rest * 1e3:.3f} | |\n| step | {total * 1e3:.3f} | |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[2],
                     help="thread counts; several run one after the other, each in a fresh process")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--kinds", nargs="+", choices=KIND, default=list(KIND))
+    ap.add_argument("--layers", action="store_true", help="ours alone: the time of each layer in a step")
     args = ap.parse_args(argv)
     if len(args.threads) > 1:
         for t in args.threads:
             child = ["--threads", str(t), "--repeat", str(args.repeat), "--kinds", *args.kinds]
+            child += ["--layers"] * args.layers
             rc = subprocess.run([sys.executable, os.path.abspath(__file__), *child]).returncode
             if rc:
                 return rc
@@ -161,6 +213,10 @@ def main(argv=None) -> int:
     import numba
 
     numba.set_num_threads(threads)
+    if args.layers:
+        for kind in args.kinds:
+            print_layer_times(kind, args.repeat)
+        return 0
     engines = ["ours"]
     if have_torch():
         import torch

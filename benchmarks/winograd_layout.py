@@ -6,14 +6,19 @@ admits everything; each strategy forced; ``tiles`` for reference).
 Usage::
 
     python benchmarks/winograd_layout.py --threads 1 2 --repeat 9
+    python benchmarks/winograd_layout.py --kernels --threads 1 2 --repeat 30
 
 Prints per shape and thread count the median forward and backward ms of each, and each
-layout's transformed-tile footprint (the quantity the budgets bound).
+layout's transformed-tile footprint (the quantity the budgets bound). ``--kernels``: the
+shared kernel's transforms alone (``winograd._transformed``, as the forward and, rotated,
+as the input gradient take them), on the calling thread against in a parallel region
+(``winograd.PARALLEL_KERNELS`` set past or to 0).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -74,19 +79,47 @@ def run(threads: int, repeat: int) -> None:
             print(f"| {name} | {strategy} | {layout} | {mib} | {tf:.2f} | {tb:.2f} |", flush=True)
 
 
+def run_kernels(threads: int, repeat: int) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import dynconv_np as dc
+    from dynconv_np.backends.cpu import winograd
+
+    dc.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    print(f"\n{threads} thread(s), median of {repeat}; load average "
+          + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    print("| shape | kernels | m | rotated | serial ms | parallel ms |")
+    print("|---|---|---|---|---|---|")
+    saved = winograd.PARALLEL_KERNELS
+    try:
+        for name, (_, C, O, _) in SHAPES.items():
+            wt = rng.standard_normal((O, C * 9), dtype=np.float32)
+            for m in (2, 4):
+                for flip in (False, True):
+                    ms = []
+                    for limit in (2**62, 0):
+                        winograd.PARALLEL_KERNELS = limit
+                        f = functools.partial(winograd._transformed, wt, 1, m, flip, np.float32)
+                        ms.append(_median_ms(f, repeat))
+                    print(f"| {name} | {O * C} | {m} | {flip} | {ms[0]:.3f} | {ms[1]:.3f} |", flush=True)
+    finally:
+        winograd.PARALLEL_KERNELS = saved
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[2])
     ap.add_argument("--repeat", type=int, default=9)
+    ap.add_argument("--kernels", action="store_true", help="time the kernel transforms alone")
     ap.add_argument("--_child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child is not None:
-        run(args._child, args.repeat)
+        (run_kernels if args.kernels else run)(args._child, args.repeat)
         return 0
     for t in args.threads:     # a fresh process per thread count (thread pools size at start-up)
         env = dict(os.environ, NUMBA_NUM_THREADS=str(max(args.threads)))
-        subprocess.run([sys.executable, __file__, "--_child", str(t), "--repeat", str(args.repeat)], env=env,
-                       check=True)
+        subprocess.run([sys.executable, __file__, "--_child", str(t), "--repeat", str(args.repeat)]
+                       + ["--kernels"] * args.kernels, env=env, check=True)
     return 0
 
 
