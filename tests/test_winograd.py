@@ -121,6 +121,30 @@ def test_split_rows_and_channels(monkeypatch, cfg, budget):
             _check(cfg, m, np.float64)
 
 
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+@pytest.mark.parametrize("cfg", [(4, 6, 4, 7, 9, 1, 1, True, "sample"), (5, 6, 9, 6, 5, 0, 3, True, None),
+                                 (6, 4, 8, 5, 12, 2, 2, True, "shared")])
+def test_per_sample_kernels_transformed_in_the_work_item(monkeypatch, cfg, m):
+    # batches of 4 and more: each sample's kernels transformed (rotated for dx, channels
+    # per group swapped) in the item that uses them, bitwise what the batch's transform
+    # gives, and right against the reference
+    N, C, O = cfg[:3]
+    groups = cfg[6]
+    assert winograd.fused(N, O, C // groups, m, 8, True) and winograd.fused(N, C, O // groups, m, 8, True)
+    fused = _check(cfg, m, np.float64)
+    monkeypatch.setattr(winograd, "FUSED_MIN_SAMPLES", 10**9)
+    assert not winograd.fused(N, O, C // groups, m, 8, True)
+    for a, b in zip(fused, _check(cfg, m, np.float64)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fused_follows_the_shapes():
+    assert winograd.fused(128, 64, 64, 2, 4, True)                 # cifar16's dynamic layer
+    assert not winograd.fused(128, 64, 64, 2, 4, False)            # a shared kernel
+    assert not winograd.fused(3, 64, 64, 2, 4, True)               # a batch of 3
+    assert not winograd.fused(128, 128, 128, 4, 4, True)           # 2.25 MiB of transformed kernels a sample
+
+
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_gradients_on_request(per_sample):
     cfg = (3, 4, 4, 6, 7, 1, 2, per_sample, "shared")
@@ -165,9 +189,10 @@ SCRIPT = textwrap.dedent("""
     h = hashlib.sha256()
     r = np.random.default_rng(5)
     # (N, C, O, H, W, padding, groups, per-sample): slots of whole samples, several slots
-    # a sample, blocks across samples; each in blocks and, where it can, as one block
+    # a sample, blocks across samples, per-sample kernels transformed in the work item
+    # (batches of 4 and more); each in blocks and, where it can, as one block
     cases = [(11, 8, 6, 13, 10, 1, 2, False), (3, 6, 8, 12, 9, 1, 1, True), (9, 4, 4, 23, 19, 2, 1, True),
-             (1, 40, 24, 15, 17, 1, 2, True)]
+             (1, 40, 24, 15, 17, 1, 2, True), (7, 12, 8, 9, 11, 1, 2, True)]
     for (N, C, O, H, W, p, G, ps), budget in [(c, b) for b in (0, 2**62) for c in cases]:
         winograd.WHOLE_BYTES = winograd.WHOLE_GRAD_BYTES = budget
         winograd.DU_BLOCK_BYTES = 3000

@@ -69,13 +69,14 @@ from .conv import SLOTS, _pixel_sums, _scratch, empty_backward
 from .index import ceil_div, split
 from .products import blas_single_thread, gemm_view
 from .winograd_transforms import (
+    gather_kernels,
     gradient_tiles,
     grid_tiles,
     input_tiles,
     kernel_gradient_rows,
-    kernel_rows,
     matrices,
     output_tiles,
+    transform_kernels,
 )
 
 #: Budget, in bytes, of one block's transformed input and products (``V`` and ``M``).
@@ -104,6 +105,12 @@ WHOLE_GRAD_BYTES = 16 * 2**20
 #: of a 256-channel layer (4 MiB in F(2x2)) had made the batch of one's peak memory
 #: exceed PyTorch's.
 DU_BLOCK_BYTES = 2**20
+#: Per-sample kernels are transformed in the work item that uses them (``_fwd_samples``)
+#: in batches of at least this many samples (a work item a sample)...
+FUSED_MIN_SAMPLES = 4
+#: ... when one sample's transformed kernels take at most this many bytes (in the
+#: thread's buffer).
+FUSED_KERNEL_BYTES = 2**20
 #: Kernels transformed in a parallel region from this many on (about 8 ns a kernel at
 #: one thread: a 256-channel layer's 65536 took 0.45 ms, 0.8 ms rotated, on the calling
 #: thread alone, a fifth of a batch of one's step).
@@ -112,20 +119,22 @@ PARALLEL_KERNELS = 8192
 
 # ----------------------------------------------------------------------------- kernels
 @njit(cache=True)
-def _kernel_row(wt, U, G, flip, buf, kr):
-    # Row kr of U, its kernels transformed side by side (see _kernels); buf: scratch of
-    # (9 + 3*alpha)*S floats.
-    K, O, F = wt.shape
+def _kernel_rows(wt, k, U, ku, G, flip, buf, r0, r1):
+    # Rows r0..r1-1 of U[ku], the transforms of wt[k]'s kernels (see _kernels), side by
+    # side; buf: scratch of (9 + 3*alpha)*(r1 - r0)*S floats.
+    O, F = wt.shape[1], wt.shape[2]
     Cg = F // 9
     A2, R, S = U.shape[1], U.shape[2], U.shape[3]
-    k, r = split(kr, R)
-    if flip:
-        gi, c = split(r, Cg)
-        w0, lstep = (k * O + gi * S) * F + c * 9, F
-    else:
-        w0, lstep = (k * O + r) * F, 9
-    kernel_rows(wt.reshape(wt.size), w0, lstep, flip, S, G, U.reshape(U.size), (k * A2 * R + r) * S, R * S,
-                buf[:9 * S], buf[9 * S:])
+    Lv = (r1 - r0) * S
+    wf = wt.reshape(wt.size)
+    gs = buf[:9 * Lv]
+    for r in range(r0, r1):
+        if flip:
+            gi, c = split(r, Cg)
+            gather_kernels(wf, (k * O + gi * S) * F + c * 9, F, True, S, gs, (r - r0) * S, Lv)
+        else:
+            gather_kernels(wf, (k * O + r) * F, 9, False, S, gs, (r - r0) * S, Lv)
+    transform_kernels(G, gs, Lv, U.reshape(U.size), (ku * A2 * R + r0) * S, R * S, buf[9 * Lv:(9 + 3 * A2) * Lv])
 
 
 @njit(parallel=True, cache=True)
@@ -134,15 +143,19 @@ def _kernels(wt, U, G, flip, ws):
     # flip: U (K, alpha^2, C, Og), U[k, :, gi*Cg + c, oo] = G rot180(g) G^T with
     # g = wt[k, gi*Og + oo, c*9:], the kernels of the input gradient. A work item is a row
     # (k, o) or (k, gi*Cg + c) of U; ws (threads, (9 + 3*alpha)*S) scratch.
-    for kr in prange(U.shape[0] * U.shape[2]):
-        _kernel_row(wt, U, G, flip, ws[get_thread_id()], kr)
+    R = U.shape[2]
+    for kr in prange(U.shape[0] * R):
+        k, r = split(kr, R)
+        _kernel_rows(wt, k, U, k, G, flip, ws[get_thread_id()], r, r + 1)
 
 
 @njit(cache=True)
 def _kernels_serial(wt, U, G, flip, ws):
-    # _kernels on the calling thread (a shared kernel's transform is too small to share)
-    for kr in range(U.shape[0] * U.shape[2]):
-        _kernel_row(wt, U, G, flip, ws[0], kr)
+    # _kernels on the calling thread (a few kernels are not worth a parallel region)
+    R = U.shape[2]
+    for k in range(U.shape[0]):
+        for r in range(R):
+            _kernel_rows(wt, k, U, k, G, flip, ws[0], r, r + 1)
 
 
 @njit(inline="always")
@@ -169,22 +182,55 @@ def _fwd_blocks(x, U, bt, y, ws, pieces, blocks, BT, AT, h0, w0, cb, ob):
     # (n, ti0, ti1, tj0, tj1); blocks (B, 2) ranges of pieces. Tile (ti, tj) reads x from
     # row h0 + ti*m, column w0 + tj*m; the tiles are transformed cb input / ob output
     # channels at a time.
-    m, A2, C, O, Cg, G, Og = _fwd_dims(x, U, y, AT)
     for it in prange(blocks.shape[0]):
+        p0 = blocks[it, 0]
+        _fwd_block(x, U[pieces[p0, 0] if U.shape[0] > 1 else 0], bt, y, ws[get_thread_id()], 0, pieces, p0,
+                   blocks[it, 1], BT, AT, h0, w0, cb, ob)
+
+
+@njit(inline="always")
+def _fwd_block(x, u, bt, y, buf, at, pieces, p0, p1, BT, AT, h0, w0, cb, ob):
+    # one block of _fwd_blocks (pieces p0..p1-1) with the transformed kernels u
+    # (alpha^2, O, Cg), in buf[at:]
+    m = AT[0].shape[0]
+    A2 = (m + 2) * (m + 2)
+    C, O, Cg = x.shape[1], y.shape[1], u.shape[2]
+    G = C // Cg
+    Og = O // G
+    nb = grid_tiles(pieces, p0, p1)
+    V = buf[at:at + A2 * C * nb].reshape(A2, C, nb)
+    M = buf[at + A2 * C * nb:at + A2 * (C + O) * nb].reshape(A2, O, nb)
+    s1, s2, s3 = _buffers(buf, at + A2 * (C + O) * nb, m, cb, nb, ob)
+    for c0 in range(0, C, cb):
+        input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, min(C, c0 + cb), s1, s2, s3)
+    for xi in range(A2):
+        for g in range(G):
+            np.dot(u[xi, g * Og:(g + 1) * Og], V[xi, g * Cg:(g + 1) * Cg], M[xi, g * Og:(g + 1) * Og])
+    for o0 in range(0, O, ob):
+        output_tiles(M, y, bt, pieces, p0, p1, AT, o0, min(O, o0 + ob), s1, s2)
+
+
+@njit(parallel=True, cache=True)
+def _fwd_samples(x, wt, GK, flip, Cg, bt, y, ws, pieces, blocks, first, BT, AT, h0, w0, cb, ob):
+    # _fwd_blocks for per-sample kernels wt (N, O', F), a sample a work item: its kernels
+    # transformed into the thread's buffer (U_n (alpha^2, O, Cg) as _kernels makes them,
+    # rotated with `flip`; GK the kernel transform), then its blocks first[n]..first[n+1]-1
+    # in order. The transformed kernels of the whole batch (N times 16/9 or 4 times the
+    # kernels) were written out and read back, the step's largest memory traffic.
+    # Cg: x's channels per group; ws (threads, alpha^2*O*Cg + (9 + 3*alpha)*Cg + a
+    # block's floats).
+    m = AT[0].shape[0]
+    alpha = m + 2
+    A2 = alpha * alpha
+    O = y.shape[1]
+    at = A2 * O * Cg + (9 + 3 * alpha) * Cg
+    for n in prange(x.shape[0]):
         buf = ws[get_thread_id()]
-        p0, p1 = blocks[it, 0], blocks[it, 1]
-        nb = grid_tiles(pieces, p0, p1)
-        V = buf[:A2 * C * nb].reshape(A2, C, nb)
-        M = buf[A2 * C * nb:A2 * (C + O) * nb].reshape(A2, O, nb)
-        s1, s2, s3 = _buffers(buf, A2 * (C + O) * nb, m, cb, nb, ob)
-        for c0 in range(0, C, cb):
-            input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, min(C, c0 + cb), s1, s2, s3)
-        u = U[pieces[p0, 0] if U.shape[0] > 1 else 0]
-        for xi in range(A2):
-            for g in range(G):
-                np.dot(u[xi, g * Og:(g + 1) * Og], V[xi, g * Cg:(g + 1) * Cg], M[xi, g * Og:(g + 1) * Og])
-        for o0 in range(0, O, ob):
-            output_tiles(M, y, bt, pieces, p0, p1, AT, o0, min(O, o0 + ob), s1, s2)
+        U = buf[:A2 * O * Cg].reshape(1, A2, O, Cg)
+        for r in range(O):
+            _kernel_rows(wt, n, U, 0, GK, flip, buf[A2 * O * Cg:at], r, r + 1)
+        for b in range(first[n], first[n + 1]):
+            _fwd_block(x, U[0], bt, y, buf, at, pieces, blocks[b, 0], blocks[b, 1], BT, AT, h0, w0, cb, ob)
 
 
 @njit(parallel=True, cache=True)
@@ -423,7 +469,7 @@ def _transformed(wt, groups, m, flip, dtype):
     U = np.empty(shape, dtype=dtype)
     ws = _scratch(get_num_threads(), (9 + 3 * (m + 2)) * shape[3], dtype)
     # every parallel region costs a wake-up of the threads: a few kernels are transformed
-    # on this one (every row is computed alike either way, so the result is the same)
+    # on this one (every kernel is computed alike either way, so the result is the same)
     parallel = K * shape[2] * shape[3] >= PARALLEL_KERNELS
     (_kernels if parallel else _kernels_serial)(np.ascontiguousarray(w3), U, matrices(m, dtype)[1], flip, ws)
     return U
@@ -467,11 +513,34 @@ def _one_block(N: int, Ho: int, Wo: int, m: int) -> np.ndarray:
     return _blocks(N, tH, tW, N * tH * (tW + 1) + 1, False, 1)[0]
 
 
-def _correlate(x, U, b2, out, h0, w0, m):
-    # out (N, O, Ho, Wo) = x correlated with the transformed kernels U, plus b2
+def fused(N: int, O: int, Cg: int, m: int, itemsize: int, per_sample: bool) -> bool:
+    """True when a per-sample correlation transforms each sample's kernels in the work
+    item that uses them (``_fwd_samples``): a batch of :data:`FUSED_MIN_SAMPLES` or more
+    whose transformed kernels of one sample fit :data:`FUSED_KERNEL_BYTES`. O and Cg are
+    the correlation's (C and O//groups for the input gradient). A function of the
+    shapes only."""
+    return per_sample and N >= FUSED_MIN_SAMPLES and (m + 2) ** 2 * O * Cg * itemsize <= FUSED_KERNEL_BYTES
+
+
+def _correlate(x, wt, flip, groups, b2, out, h0, w0, m):
+    # out (N, O, Ho, Wo) = x correlated with the kernels wt (O', F) or (N, O', F)
+    # transformed (rotated with flip: the input gradient), plus b2
     N, C = x.shape[:2]
     O, Ho, Wo = out.shape[1:]
-    BT, _, _, AT, _ = matrices(m, x.dtype)
+    BT, GK, _, AT, _ = matrices(m, x.dtype)
+    per_sample = wt.ndim == 3 and wt.shape[0] > 1
+    tH, tW = _tiles(Ho, Wo, m)
+    if fused(N, O, C // groups, m, x.dtype.itemsize, per_sample):
+        pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), True, MIN_ITEMS)
+        first = np.searchsorted(pieces[blocks[:, 0], 0], np.arange(N + 1)).astype(np.int64)
+        cb, ob, floats = _workspace(C, O, m, pieces, blocks)
+        ws = _scratch(get_num_threads(), (m + 2) ** 2 * O * (C // groups) + (9 + 3 * (m + 2)) * (C // groups)
+                      + floats, x.dtype)
+        with blas_single_thread():
+            _fwd_samples(x, np.ascontiguousarray(wt), GK, flip, C // groups, b2, out, ws, pieces, blocks, first, BT, AT,
+                         h0, w0, cb, ob)
+        return out
+    U = _transformed(wt, groups, m, flip, x.dtype)
     if whole(N, C, O, Ho, Wo, m, x.dtype.itemsize, U.shape[0] == 1):
         pieces = _one_block(N, Ho, Wo, m)
         nb, A2 = _grid(N, Ho, Wo, m), (m + 2) ** 2
@@ -481,7 +550,6 @@ def _correlate(x, U, b2, out, h0, w0, m):
         with blas_single_thread():
             _fwd_whole(x, U, b2, out, V, M, ws, pieces, BT, AT, h0, w0, cb, ob)
         return out
-    tH, tW = _tiles(Ho, Wo, m)
     pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), U.shape[0] > 1, MIN_ITEMS)
     cb, ob, floats = _workspace(C, O, m, pieces, blocks)
     ws = _scratch(get_num_threads(), floats, x.dtype)
@@ -513,9 +581,8 @@ def forward(x, wt, bt, g, groups, m=2):
     y = np.empty((g.N, O, g.Ho, g.Wo), dtype=x.dtype)
     if g.N == 0:
         return y
-    U = _transformed(wt, groups, m, False, x.dtype)
     b2 = np.zeros((0, O), x.dtype) if bt is None else np.ascontiguousarray(bt.reshape(-1, O))
-    return _correlate(x, U, b2, y, -g.ph, -g.pw, m)
+    return _correlate(x, wt, False, groups, b2, y, -g.ph, -g.pw, m)
 
 
 def _kernel_gradient(x, dy, dbt, g, groups, shared, m):
@@ -589,11 +656,10 @@ def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2):
         return empty_backward(g, wt, x.dtype, need_dx, need_dw)
     dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None
     if need_dx:
-        U = _transformed(wt, groups, m, True, x.dtype)
-        _correlate(dy, U, np.zeros((0, g.C), x.dtype), dx, g.ph - 2, g.pw - 2, m)
-        # the transformed kernels ((m+2)^2/9 times the kernels) go before the kernel
-        # gradient's buffers come: a batch of one's peak memory is otherwise theirs summed
-        del U
+        # the transformed kernels ((m+2)^2/9 times the kernels) are gone (with
+        # _correlate's frame) before the kernel gradient's buffers come: a batch of one's
+        # peak memory is otherwise theirs summed
+        _correlate(dy, wt, True, groups, np.zeros((0, g.C), x.dtype), dx, g.ph - 2, g.pw - 2, m)
     dbt = np.empty((g.N, O), dtype=x.dtype)
     if need_dw:
         gw = _kernel_gradient(x, dy, dbt, g, groups, shared, m)
