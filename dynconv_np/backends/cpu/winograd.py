@@ -16,7 +16,11 @@ in :mod:`.winograd_transforms`.
   tiles into its thread's buffer, runs the alpha^2 GEMMs with single-threaded BLAS and
   transforms the products into its tiles of ``y``. A shared kernel's blocks may span
   samples; a per-sample kernel's never do. The kernels are transformed first
-  (``_kernels``), once per sample for per-sample kernels.
+  (``_kernels``; in a parallel region from :data:`PARALLEL_KERNELS` kernels on), once
+  per sample for per-sample kernels; in batches of :data:`FUSED_MIN_SAMPLES` or more
+  (:func:`fused`), per-sample kernels are instead transformed in the work item that uses
+  them (``_fwd_samples``, a sample an item, into its thread's buffer), so that the
+  batch's transformed kernels are never written out whole.
 * input gradient: the forward on ``dy`` with the kernels rotated by 180 degrees and their
   input and output channels swapped, top/left padding ``2 - p``.
 * kernel gradient (``_dw_blocks``): in the transformed domain, ``dU_xi = sum_tiles dM_xi
