@@ -193,6 +193,21 @@ def _fwd_blocks(x, U, bt, y, ws, pieces, blocks, BT, AT, h0, w0, cb, ob):
 
 
 @njit(inline="always")
+def _block_input(x, O, buf, at, pieces, p0, p1, BT, m, h0, w0, cb, ob):
+    # A block's buffers carved from buf[at:] (V (alpha^2, C, nb), M (alpha^2, O, nb), two
+    # transform buffers) and its input tiles transformed into V, cb channels at a time
+    A2 = (m + 2) * (m + 2)
+    C = x.shape[1]
+    nb = grid_tiles(pieces, p0, p1)
+    V = buf[at:at + A2 * C * nb].reshape(A2, C, nb)
+    M = buf[at + A2 * C * nb:at + A2 * (C + O) * nb].reshape(A2, O, nb)
+    s1, s2, s3 = _buffers(buf, at + A2 * (C + O) * nb, m, cb, nb, ob)
+    for c0 in range(0, C, cb):
+        input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, min(C, c0 + cb), s1, s2, s3)
+    return V, M, s1, s2
+
+
+@njit(inline="always")
 def _fwd_block(x, u, bt, y, buf, at, pieces, p0, p1, BT, AT, h0, w0, cb, ob):
     # one block of _fwd_blocks (pieces p0..p1-1) with the transformed kernels u
     # (alpha^2, O, Cg), in buf[at:]
@@ -201,12 +216,7 @@ def _fwd_block(x, u, bt, y, buf, at, pieces, p0, p1, BT, AT, h0, w0, cb, ob):
     C, O, Cg = x.shape[1], y.shape[1], u.shape[2]
     G = C // Cg
     Og = O // G
-    nb = grid_tiles(pieces, p0, p1)
-    V = buf[at:at + A2 * C * nb].reshape(A2, C, nb)
-    M = buf[at + A2 * C * nb:at + A2 * (C + O) * nb].reshape(A2, O, nb)
-    s1, s2, s3 = _buffers(buf, at + A2 * (C + O) * nb, m, cb, nb, ob)
-    for c0 in range(0, C, cb):
-        input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, min(C, c0 + cb), s1, s2, s3)
+    V, M, s1, s2 = _block_input(x, O, buf, at, pieces, p0, p1, BT, m, h0, w0, cb, ob)
     for xi in range(A2):
         for g in range(G):
             np.dot(u[xi, g * Og:(g + 1) * Og], V[xi, g * Cg:(g + 1) * Cg], M[xi, g * Og:(g + 1) * Og])
@@ -272,12 +282,8 @@ def _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, h0, w0, c
         at += (3 * alpha + 9) * Cg
         for b in range(slots[s, 0], slots[s, 1]):
             p0, p1 = blocks[b, 0], blocks[b, 1]
-            nb = grid_tiles(pieces, p0, p1)
-            V = buf[at:at + A2 * C * nb].reshape(A2, C, nb)
-            dM = buf[at + A2 * C * nb:at + A2 * (C + O) * nb].reshape(A2, O, nb)
-            s1, s2, s3 = _buffers(buf, at + A2 * (C + O) * nb, m, cb, nb, ob)
-            for c0 in range(0, C, cb):
-                input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, min(C, c0 + cb), s1, s2, s3)
+            V, dM, s1, s2 = _block_input(x, O, buf, at, pieces, p0, p1, BT, m, h0, w0, cb, ob)
+            nb = V.shape[2]
             for o0 in range(0, O, ob):
                 gradient_tiles(dy, pieces, p0, p1, A, dM, o0, min(O, o0 + ob), s1, s2)
             # dU[xi] (+)= dM[xi] V[xi]^T, group by group: the slot's first block sets
