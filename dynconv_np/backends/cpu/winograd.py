@@ -123,22 +123,20 @@ PARALLEL_KERNELS = 8192
 
 # ----------------------------------------------------------------------------- kernels
 @njit(cache=True)
-def _kernel_rows(wt, k, U, ku, G, flip, buf, r0, r1):
-    # Rows r0..r1-1 of U[ku], the transforms of wt[k]'s kernels (see _kernels), side by
-    # side; buf: scratch of (9 + 3*alpha)*(r1 - r0)*S floats.
+def _kernel_row(wt, k, U, ku, G, flip, buf, r):
+    # Row r of U[ku], the transforms of wt[k]'s kernels (see _kernels), side by side;
+    # buf: scratch of (9 + 3*alpha)*S floats.
     O, F = wt.shape[1], wt.shape[2]
     Cg = F // 9
     A2, R, S = U.shape[1], U.shape[2], U.shape[3]
-    Lv = (r1 - r0) * S
     wf = wt.reshape(wt.size)
-    gs = buf[:9 * Lv]
-    for r in range(r0, r1):
-        if flip:
-            gi, c = split(r, Cg)
-            gather_kernels(wf, (k * O + gi * S) * F + c * 9, F, True, S, gs, (r - r0) * S, Lv)
-        else:
-            gather_kernels(wf, (k * O + r) * F, 9, False, S, gs, (r - r0) * S, Lv)
-    transform_kernels(G, gs, Lv, U.reshape(U.size), (ku * A2 * R + r0) * S, R * S, buf[9 * Lv:(9 + 3 * A2) * Lv])
+    gs = buf[:9 * S]
+    if flip:
+        gi, c = split(r, Cg)
+        gather_kernels(wf, (k * O + gi * S) * F + c * 9, F, True, S, gs, 0, S)
+    else:
+        gather_kernels(wf, (k * O + r) * F, 9, False, S, gs, 0, S)
+    transform_kernels(G, gs, S, U.reshape(U.size), (ku * A2 * R + r) * S, R * S, buf[9 * S:(9 + 3 * A2) * S])
 
 
 @njit(parallel=True, cache=True)
@@ -150,7 +148,7 @@ def _kernels(wt, U, G, flip, ws):
     R = U.shape[2]
     for kr in prange(U.shape[0] * R):
         k, r = split(kr, R)
-        _kernel_rows(wt, k, U, k, G, flip, ws[get_thread_id()], r, r + 1)
+        _kernel_row(wt, k, U, k, G, flip, ws[get_thread_id()], r)
 
 
 @njit(cache=True)
@@ -159,7 +157,7 @@ def _kernels_serial(wt, U, G, flip, ws):
     R = U.shape[2]
     for k in range(U.shape[0]):
         for r in range(R):
-            _kernel_rows(wt, k, U, k, G, flip, ws[0], r, r + 1)
+            _kernel_row(wt, k, U, k, G, flip, ws[0], r)
 
 
 @njit(inline="always")
@@ -242,7 +240,7 @@ def _fwd_samples(x, wt, GK, flip, Cg, bt, y, ws, pieces, blocks, first, BT, AT, 
         buf = ws[get_thread_id()]
         U = buf[:A2 * O * Cg].reshape(1, A2, O, Cg)
         for r in range(O):
-            _kernel_rows(wt, n, U, 0, GK, flip, buf[A2 * O * Cg:at], r, r + 1)
+            _kernel_row(wt, n, U, 0, GK, flip, buf[A2 * O * Cg:at], r)
         for b in range(first[n], first[n + 1]):
             _fwd_block(x, U[0], bt, y, buf, at, pieces, blocks[b, 0], blocks[b, 1], BT, AT, h0, w0, cb, ob)
 
