@@ -46,7 +46,9 @@ def _median_ms(f, repeat: int) -> float:
     return 1e3 * float(np.median(times))
 
 
-def run(threads: int, repeat: int) -> None:
+def _setup(threads: int, repeat: int):
+    # (dynconv_np, its Winograd module, a seeded generator) for this checkout at `threads`,
+    # and the table's heading line
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import dynconv_np as dc
     from dynconv_np.backends.cpu import winograd
@@ -55,6 +57,11 @@ def run(threads: int, repeat: int) -> None:
     rng = np.random.default_rng(0)
     print(f"\n{threads} thread(s), median of {repeat}; load average "
           + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    return dc, winograd, rng
+
+
+def run(threads: int, repeat: int) -> None:
+    dc, winograd, rng = _setup(threads, repeat)
     print("| shape | strategy | layout | footprint MiB | forward ms | backward ms |")
     print("|---|---|---|---|---|---|")
     for name, (N, C, O, H) in SHAPES.items():
@@ -80,14 +87,7 @@ def run(threads: int, repeat: int) -> None:
 
 
 def run_kernels(threads: int, repeat: int) -> None:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import dynconv_np as dc
-    from dynconv_np.backends.cpu import winograd
-
-    dc.set_num_threads(threads)
-    rng = np.random.default_rng(0)
-    print(f"\n{threads} thread(s), median of {repeat}; load average "
-          + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    _, winograd, rng = _setup(threads, repeat)
     print("| shape | kernels | m | rotated | serial ms | parallel ms |")
     print("|---|---|---|---|---|---|")
     saved = winograd.PARALLEL_KERNELS

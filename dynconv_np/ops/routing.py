@@ -206,6 +206,14 @@ def _bn_checks(x, gamma, beta, running_mean, running_var):
     return C, dtype, backends.get(device)
 
 
+def _two_values_per_channel(x, C: int) -> None:
+    # batch statistics need more than one value per channel
+    M = _size(x) // max(C, 1)
+    if M < 2:
+        raise ValueError(f"batch_norm in training mode needs more than one value per channel, "
+                         f"got x of shape {tuple(x.shape)} (N*H*W = {M}); use a larger batch or eval mode")
+
+
 @op("x", "gamma", "beta", "running_mean", "running_var")
 def batch_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray | None = None,
                running_var: np.ndarray | None = None, training: bool = True, momentum: float = 0.1,
@@ -244,10 +252,8 @@ def batch_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean:
     training = _args.flag("training", training)
     _args.unit_interval("momentum", momentum)
     eps = _args.positive_float("eps", eps)
-    M = _size(x) // max(C, 1)
-    if training and M < 2:
-        raise ValueError(f"batch_norm in training mode needs more than one value per channel, "
-                         f"got x of shape {tuple(x.shape)} (N*H*W = {M}); use a larger batch or eval mode")
+    if training:
+        _two_values_per_channel(x, C)
     if not training and (running_mean is None or running_var is None):
         missing = "running_mean" if running_mean is None else "running_var"
         raise ValueError(f"batch_norm with training=False needs {missing}, got None")
@@ -304,9 +310,7 @@ def batch_norm_training(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runn
     C, _, be = _bn_checks(x, gamma, beta, running_mean, running_var)
     m = _args.unit_interval("momentum", momentum)
     eps = _args.positive_float("eps", eps)
-    if _size(x) // max(C, 1) < 2:
-        raise ValueError(f"batch_norm in training mode needs more than one value per channel, "
-                         f"got x of shape {tuple(x.shape)}")
+    _two_values_per_channel(x, C)
     mean, (var, unbiased) = be.batch_stats(x, ddof=(0, 1))  # (C,) each
     y, pb = _normalised(be, x, gamma, beta, mean, var, True, eps, False, False)
 

@@ -133,10 +133,10 @@ def _kernel_row(wt, k, U, ku, G, flip, buf, r):
     gs = buf[:9 * S]
     if flip:
         gi, c = split(r, Cg)
-        gather_kernels(wf, (k * O + gi * S) * F + c * 9, F, True, S, gs, 0, S)
+        gather_kernels(wf, (k * O + gi * S) * F + c * 9, F, True, S, gs)
     else:
-        gather_kernels(wf, (k * O + r) * F, 9, False, S, gs, 0, S)
-    transform_kernels(G, gs, S, U.reshape(U.size), (ku * A2 * R + r) * S, R * S, buf[9 * S:(9 + 3 * A2) * S])
+        gather_kernels(wf, (k * O + r) * F, 9, False, S, gs)
+    transform_kernels(G, gs, S, U.reshape(U.size), (ku * A2 * R + r) * S, R * S, buf[9 * S:])
 
 
 @njit(parallel=True, cache=True)

@@ -352,20 +352,20 @@ def gradient_tiles(dy, pieces, p0, p1, A, dM, o0, o1, ds, ss):
 
 
 @njit(cache=True)
-def gather_kernels(wf, w0, lstep, flip, n, gs, g0, Lv):
-    # gs[tap*Lv + g0 + l] = g_l[tap] for l < n: the 3x3 kernels g_l = wf[w0 + l*lstep:][:9]
+def gather_kernels(wf, w0, lstep, flip, Lv, gs):
+    # gs[tap*Lv + l] = g_l[tap] for l < Lv: the 3x3 kernels g_l = wf[w0 + l*lstep:][:9]
     # (rotated by 180 degrees with `flip`), a kernel's nine taps read together (nine
     # passes of strided loads, one a tap, took twice as long; rotated kernels lie a row
     # of wt apart)
     lv = np.uint64(Lv)
-    for l in range(n):
+    for l in range(Lv):
         q = np.uint64(w0 + l * lstep)
         a0, a1, a2 = wf[q], wf[q + np.uint64(1)], wf[q + np.uint64(2)]
         a3, a4, a5 = wf[q + np.uint64(3)], wf[q + np.uint64(4)], wf[q + np.uint64(5)]
         a6, a7, a8 = wf[q + np.uint64(6)], wf[q + np.uint64(7)], wf[q + np.uint64(8)]
         if flip:
             a0, a1, a2, a3, a5, a6, a7, a8 = a8, a7, a6, a5, a3, a2, a1, a0
-        d = np.uint64(g0 + l)
+        d = np.uint64(l)
         gs[d], gs[d + lv], gs[d + 2 * lv] = a0, a1, a2
         gs[d + 3 * lv], gs[d + 4 * lv], gs[d + 5 * lv] = a3, a4, a5
         gs[d + 6 * lv], gs[d + 7 * lv], gs[d + 8 * lv] = a6, a7, a8
@@ -375,8 +375,6 @@ def gather_kernels(wf, w0, lstep, flip, n, gs, g0, Lv):
 def transform_kernels(G, gs, Lv, Uf, u0, ustep, ts):
     # Uf[u0 + xi*ustep + l] = (G g_l G^T)[xi] for l < Lv, the kernels gathered side by
     # side in gs (9*Lv floats, see gather_kernels); ts 1-D scratch of 3*alpha*Lv floats.
-    # Each entry is computed alike whatever Lv is: the result does not depend on how the
-    # kernels are grouped.
     alpha = G[0].shape[0]
     combine(G, gs, 0, 3 * Lv, ts, 0, 3 * Lv, 3 * Lv, 0, 0)      # ts[i, v] = sum_u G[i, u] gs[u, v]
     for i in range(alpha):                                      # U[i, j] = sum_v G[j, v] ts[i, v]
