@@ -136,10 +136,13 @@ def test_workspace_budget_roundtrip():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("M, J, D", [(1, 1, 9000), (3, 8, cpu.products.THIN_CHUNK * 5 + 17), (64, 2, 8192)])
+@pytest.mark.parametrize("M, J, D", [(1, 1, 9000), (3, 8, cpu.products.THIN_CHUNK * 5 + 17), (64, 2, 8192),
+                                     (5, 13, cpu.products.THIN_CHUNK * 4 + 3), (300, 4, 8200), (6, 300, 8192)])
 def test_thin_products_match_blas(M, J, D, dtype, rng):
     a = rng.standard_normal((M, J)).astype(dtype)
     b = rng.standard_normal((J, D)).astype(dtype)
+    # every case runs the thin kernel (rows of b added 8, 4 and 1 at a time; a wide batch)
+    assert cpu.products._is_thin(a, b)
     g = rng.standard_normal((M, D)).astype(dtype)
     ref = a.astype(np.float64) @ b.astype(np.float64)
     assert_close(cpu.gemm(a, b), ref, dtype, "a @ b")

@@ -45,6 +45,10 @@ SCRIPT = textwrap.dedent("""
     run(dc.odconv2d, (x, W, *att), dict(stride=2, padding=1, groups=2))
     run(dc.odconv2d, (x[:1], W, *(a[:1] for a in att)), dict(padding=1, groups=2))
     run(dc.dynamic_conv1d, (x[:, :, 0], W[..., 0], pi, b), dict(padding=1, dilation=2, groups=2))
+    # the thin mixing products of a batch wider than 64 (pi @ W and pi^T @ G in chunks)
+    xw = r.standard_normal((80, 32, 5, 5)).astype(np.float32)
+    Ww = r.standard_normal((4, 32, 32, 3, 3)).astype(np.float32)
+    run(dc.dynamic_conv2d, (xw, Ww, r.random((80, 4)).astype(np.float32)), dict(padding=1))
     # batch norm's per-channel sums and the ReLU gradient (Numba kernels), over every thread
     run(dc.batch_norm, (x, b[0], b[1]), {})
     run(dc.relu, (x,), {})

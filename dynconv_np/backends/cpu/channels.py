@@ -9,11 +9,15 @@ Each kernel here makes the fewest passes its data dependencies allow: statistics
 (mean, then squared deviations), the normalisation one, the backward two (the channel
 sums, then ``dx``).
 
-Sums run in float64 whatever the input dtype, in a fixed order: each row ``(n, c)`` of
-``P`` pixels summed on its own, then the rows of a channel in ``n`` order. A channel is
-one work item, so the result is bitwise the same for every thread count; the error is
-that of ``P + N`` sequential float64 additions, below NumPy's float32 pairwise sums for
-float32 input and comparable to them for float64.
+Sums run in float64 whatever the input dtype, in a fixed order: a channel's ``N`` rows
+of ``P`` pixels are added pixel by pixel, in ``n`` order, into a float64 row of ``P``
+(a loop over contiguous pixels, which vectorises), then that row is summed with eight
+interleaved accumulators. A channel is one work item, so the result is bitwise the same
+for every thread count; the error is that of ``N + P`` sequential float64 additions,
+below NumPy's float32 pairwise sums for float32 input and comparable to them for
+float64. (Summing each row ``(n, c)`` on its own first, eight scalar accumulators a
+row, did not vectorise: 3 to 4x slower on the digits net's layers, 1.3 to 6x on
+CIFAR-scale ones; docs/performance.md, "Batch statistics".)
 """
 
 from __future__ import annotations
@@ -22,10 +26,9 @@ import numpy as np
 from numba import njit, prange
 
 
-# Sums of a row in eight interleaved float64 accumulators, combined pairwise: a fixed
-# order (the row's length decides it) that the compiler vectorises, where one running
-# sum is bound by the latency of each addition (measured 2.3x slower). Plain functions,
-# each compiled once (one inlined helper with a mode compiled slower).
+# The sum of a row in eight interleaved float64 accumulators, combined pairwise: a fixed
+# order (the row's length decides it) with eight independent additions in flight, where
+# one running sum is bound by the latency of each addition (measured 2.3x slower).
 @njit(cache=True)
 def _rsum(a):
     # sum of a (P,)
@@ -47,60 +50,23 @@ def _rsum(a):
     return r
 
 
-@njit(cache=True)
-def _rsq(a, mu):
-    # sum of (a - mu)^2 over a (P,)
-    P = a.shape[0]
-    P8 = P - P % 8
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    for p in range(0, P8, 8):
-        s0 += (a[p] - mu) ** 2
-        s1 += (a[p + 1] - mu) ** 2
-        s2 += (a[p + 2] - mu) ** 2
-        s3 += (a[p + 3] - mu) ** 2
-        s4 += (a[p + 4] - mu) ** 2
-        s5 += (a[p + 5] - mu) ** 2
-        s6 += (a[p + 6] - mu) ** 2
-        s7 += (a[p + 7] - mu) ** 2
-    r = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-    for p in range(P8, P):
-        r += (a[p] - mu) ** 2
-    return r
-
-
-@njit(cache=True)
-def _rdot(a, b):
-    # sum of a * b over (P,) rows
-    P = a.shape[0]
-    P8 = P - P % 8
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    for p in range(0, P8, 8):
-        s0 += a[p] * b[p]
-        s1 += a[p + 1] * b[p + 1]
-        s2 += a[p + 2] * b[p + 2]
-        s3 += a[p + 3] * b[p + 3]
-        s4 += a[p + 4] * b[p + 4]
-        s5 += a[p + 5] * b[p + 5]
-        s6 += a[p + 6] * b[p + 6]
-        s7 += a[p + 7] * b[p + 7]
-    r = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-    for p in range(P8, P):
-        r += a[p] * b[p]
-    return r
-
-
 @njit(parallel=True, cache=True)
 def _stats(x, mean, var, ddofs):
     # x (N, C, P) -> mean (C,), var (D, C): var[j] with divisor N*P - ddofs[j]
     N, C, P = x.shape
     for c in prange(C):
-        s = 0.0
+        acc = np.zeros(P)
         for n in range(N):
-            s += _rsum(x[n, c])
-        mu = s / (N * P)
-        q = 0.0
+            r = x[n, c]
+            for p in range(P):
+                acc[p] += r[p]
+        mu = _rsum(acc) / (N * P)
+        acc[:] = 0.0
         for n in range(N):
-            q += _rsq(x[n, c], mu)
+            r = x[n, c]
+            for p in range(P):
+                acc[p] += (r[p] - mu) ** 2
+        q = _rsum(acc)
         mean[c] = mu
         for j in range(ddofs.shape[0]):
             var[j, c] = q / (N * P - ddofs[j])
@@ -125,13 +91,15 @@ def _grad_sums(dy, xhat, dbeta, dgamma):
     # dbeta (C,) = sum dy, dgamma (C,) = sum dy * xhat over N and P
     N, C, P = dy.shape
     for c in prange(C):
-        sb = 0.0
-        sg = 0.0
+        ab = np.zeros(P)
+        ag = np.zeros(P)
         for n in range(N):
-            sb += _rsum(dy[n, c])
-            sg += _rdot(dy[n, c], xhat[n, c])
-        dbeta[c] = sb
-        dgamma[c] = sg
+            d, h = dy[n, c], xhat[n, c]
+            for p in range(P):
+                ab[p] += d[p]
+                ag[p] += d[p] * h[p]
+        dbeta[c] = _rsum(ab)
+        dgamma[c] = _rsum(ag)
 
 
 @njit(parallel=True, cache=True)

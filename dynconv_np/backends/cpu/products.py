@@ -28,9 +28,16 @@ from .index import ceil_div
 
 #: Column chunk of the thin-product kernel (floats): a chunk of every row fits in L2.
 THIN_CHUNK = 2048
-#: Products whose short sides are at most this and whose long side is at least
-#: :data:`THIN_MIN_LONG` go to ``_thin_nn``; others to BLAS.
+#: Products ``(M, J) @ (J, D)`` with a long side D of at least :data:`THIN_MIN_LONG` go
+#: to ``_thin_nn`` when both short sides are at most :data:`THIN_MAX_SHORT`, or one is at
+#: most :data:`THIN_NARROW` (the experts) and the other at most :data:`THIN_MAX_WIDE`
+#: (the batch); others to BLAS. With 4 or 8 experts and a batch of 128 to 512, the
+#: kernel beat single-threaded BLAS by 1.1 to 2x at one thread (2 to 3.5x at two); with
+#: 16 rows against 256, BLAS was as fast or faster (docs/performance.md, "Mixing
+#: products").
 THIN_MAX_SHORT = 64
+THIN_NARROW = 8
+THIN_MAX_WIDE = 512
 THIN_MIN_LONG = 8192
 
 _blas_libraries = None
@@ -112,34 +119,84 @@ def _gemm_view(ta, tb, M, N, K, a, a0, lda, b, b0, ldb, c, c0, ldc, beta):
     return impl
 
 
+@njit(inline="always")
+def _rows4(o, first, a, m, j, b, d0, w):
+    # o[:w] = (first: 0, else o) + a[m, j] b[j] + ... + a[m, j+3] b[j+3], columns d0.. of
+    # b, added one row after the other in a register: the order of rows added one by
+    # one, without a pass over o for each row
+    a0, a1, a2, a3 = a[m, j], a[m, j + 1], a[m, j + 2], a[m, j + 3]
+    b0, b1, b2, b3 = b[j, d0:d0 + w], b[j + 1, d0:d0 + w], b[j + 2, d0:d0 + w], b[j + 3, d0:d0 + w]
+    if first:
+        for d in range(w):
+            s = a0 * b0[d]
+            s += a1 * b1[d]
+            s += a2 * b2[d]
+            s += a3 * b3[d]
+            o[d] = s
+    else:
+        for d in range(w):
+            s = o[d]
+            s += a0 * b0[d]
+            s += a1 * b1[d]
+            s += a2 * b2[d]
+            s += a3 * b3[d]
+            o[d] = s
+
+
 @njit(parallel=True, cache=True)
 def _thin_nn(a, b, out):
     # out (M, D) = a (M, J) @ b (J, D), all C-contiguous: each column chunk by one
-    # thread, the sum over j in order.
+    # thread, the sum over j in order. Rows of b are added eight (then four, then one)
+    # at a time in a register: one row a pass over the chunk did not vectorise and
+    # re-read the chunk of out for every row (1.5 to 2x slower, and slower than BLAS).
     M, J = a.shape
     D = b.shape[1]
-    bf = b.reshape(b.size)
-    of = out.reshape(out.size)
     for c in prange(ceil_div(D, THIN_CHUNK)):
         d0 = c * THIN_CHUNK
         w = min(D, d0 + THIN_CHUNK) - d0
         for m in range(M):
-            o = np.uint64(m * D + d0)
-            a0 = a[m, 0]
-            src = np.uint64(d0)
-            for d in range(w):
-                of[o + np.uint64(d)] = a0 * bf[src + np.uint64(d)]
-            for j in range(1, J):
-                amj = a[m, j]
-                src = np.uint64(j * D + d0)
+            o = out[m, d0:d0 + w]
+            if J >= 8:
+                a0, a1, a2, a3 = a[m, 0], a[m, 1], a[m, 2], a[m, 3]
+                a4, a5, a6, a7 = a[m, 4], a[m, 5], a[m, 6], a[m, 7]
+                b0, b1, b2, b3 = b[0, d0:d0 + w], b[1, d0:d0 + w], b[2, d0:d0 + w], b[3, d0:d0 + w]
+                b4, b5, b6, b7 = b[4, d0:d0 + w], b[5, d0:d0 + w], b[6, d0:d0 + w], b[7, d0:d0 + w]
                 for d in range(w):
-                    of[o + np.uint64(d)] += amj * bf[src + np.uint64(d)]
+                    s = a0 * b0[d]
+                    s += a1 * b1[d]
+                    s += a2 * b2[d]
+                    s += a3 * b3[d]
+                    s += a4 * b4[d]
+                    s += a5 * b5[d]
+                    s += a6 * b6[d]
+                    s += a7 * b7[d]
+                    o[d] = s
+                j = 8
+            elif J >= 4:
+                _rows4(o, True, a, m, 0, b, d0, w)
+                j = 4
+            else:
+                a0 = a[m, 0]
+                b0 = b[0, d0:d0 + w]
+                for d in range(w):
+                    o[d] = a0 * b0[d]
+                j = 1
+            while j + 4 <= J:
+                _rows4(o, False, a, m, j, b, d0, w)
+                j += 4
+            while j < J:
+                aj = a[m, j]
+                bj = b[j, d0:d0 + w]
+                for d in range(w):
+                    o[d] += aj * bj[d]
+                j += 1
 
 
 def _is_thin(a: np.ndarray, b: np.ndarray) -> bool:
     # (M, J) @ (J, D) with short M, J and a long D
     return (a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype
-            and 1 <= max(a.shape) <= THIN_MAX_SHORT and b.shape[1] >= THIN_MIN_LONG)
+            and b.shape[1] >= THIN_MIN_LONG and min(a.shape) >= 1
+            and (max(a.shape) <= THIN_MAX_SHORT or (min(a.shape) <= THIN_NARROW and max(a.shape) <= THIN_MAX_WIDE)))
 
 
 def _transposed(name: str, a: np.ndarray, t: bool) -> np.ndarray:
