@@ -6,7 +6,7 @@ topic module that defines it:
 
 - :mod:`.array`: the array API and the elementwise, per-row, per-channel, layout and
   optimiser primitives, in NumPy;
-- :mod:`.channels`: batch statistics, batch normalisation and the ReLU gradient, as
+- :mod:`.channels`: batch statistics, batch normalisation, the ReLU and its gradient, as
   Numba kernels (fewer passes over memory than the NumPy expressions);
 - :mod:`.products`: ``gemm`` and ``gemm_nt_sum``, and the BLAS threading policy;
 - :mod:`.conv`: the conv template (``conv_forward``, ``conv_backward``, ``conv_plan``),

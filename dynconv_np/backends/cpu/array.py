@@ -102,11 +102,6 @@ def total(a: np.ndarray):
     return a.sum()
 
 
-def relu(z: np.ndarray) -> np.ndarray:
-    """``max(z, 0)``."""
-    return np.asarray(np.maximum(z, 0))
-
-
 def sigmoid(z: np.ndarray, tau: float) -> np.ndarray:
     """``1 / (1 + exp(-z / tau))``, evaluating ``exp(-|u|)`` only (no overflow at any finite z)."""
     u = z / z.dtype.type(tau)

@@ -1,4 +1,4 @@
-"""CPU per-channel statistics, batch normalisation and the ReLU gradient as Numba kernels.
+"""CPU per-channel statistics, batch normalisation, the ReLU and its gradient as Numba kernels.
 
 The NumPy expressions these replace made one pass over the array per operator and
 temporary (about ten for a batch-norm forward and backward), and ``np.where`` with a
@@ -126,7 +126,20 @@ def _masked(z, dy, out, chunk):
             os[i] = ds[i] if zs[i] > 0 else 0.0
 
 
-#: Entries a work item of the ReLU gradient takes: big enough to amortise the scheduling
+@njit(parallel=True, cache=True)
+def _relu(z, out, chunk):
+    # out = max(z, 0) as np.maximum(z, 0) gives it (0 for -0.0, NaN for NaN), flat
+    # arrays in chunks of `chunk` entries (np.maximum ran at a quarter of copy speed)
+    n = z.shape[0]
+    for b in prange((n + chunk - 1) // chunk):
+        lo, hi = b * chunk, min(n, (b + 1) * chunk)
+        zs, os = z[lo:hi], out[lo:hi]
+        for i in range(hi - lo):
+            v = zs[i]
+            os[i] = 0.0 if v <= 0 else v
+
+
+#: Entries a work item of the ReLU and its gradient takes: big enough to amortise the scheduling
 #: of a parallel loop, small enough to share a 64 x 16 x 16 x 16 batch among threads.
 CHUNK = 1 << 15
 
@@ -200,6 +213,17 @@ def batch_norm_backward(dy, xhat, gamma, inv, training: bool):
         drm = -gi * dbeta
         drv = -t(0.5) * gamma * inv * inv * dgamma            # d xhat / d var = -xhat * inv**2 / 2
     return dx.reshape(dy.shape), dgamma, dbeta, drm, drv
+
+
+def relu(z: np.ndarray) -> np.ndarray:
+    """``max(z, 0)``, as ``np.maximum(z, 0)`` (a new array)."""
+    z = np.asarray(z)
+    out = np.empty(z.shape, dtype=z.dtype)
+    if z.dtype.kind != "f":
+        np.maximum(z, 0, out=out)
+    elif out.size:
+        _relu(np.ascontiguousarray(z).reshape(-1), out.reshape(-1), CHUNK)
+    return out
 
 
 def relu_backward(z: np.ndarray, dy: np.ndarray) -> np.ndarray:
