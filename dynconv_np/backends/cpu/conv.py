@@ -57,7 +57,7 @@ from numba import get_num_threads, get_thread_id, njit, prange
 
 from . import plan
 from .index import ceil_div, split
-from .products import blas_single_thread
+from .products import blas_single_thread, gemm_view
 from .unfold import col2im_part, col2im_planes, col2im_rows, im2col_part, im2col_planes, im2col_rows, plane_shape
 
 
@@ -219,13 +219,19 @@ def _fwd_items(x, wt, bt, y, ws, R, B, G, pointwise, window, idx):
 
 
 @njit
-def _bwd_item(x, w_n, dy, dx, g_n, dbt, buf, n0, nb, first, R, G, pointwise, need_dx, need_dw, window, idx):
+def _bwd_item(x, w_n, dy, dx, g_n, dbt, buf, n0, nb, first, transposed, R, G, pointwise, need_dx, need_dw,
+              window, idx):
     # Samples n0..n0+nb-1 of the backward (nb = 1: one sample, tile by tile; nb > 1: the
     # block's columns side by side, R = Ho): one unfold per tile, g_n (O, Fg) =
     # (first: set, else: add) dY X^T, the tile's dX folded into dx, the bias sums.
+    # transposed (a shared kernel's slot): g_n is (G*Fg, Og), group gi's rows
+    # gi*Fg.. holding its gradient transposed, and each tile adds X_g dY_g^T to them in
+    # BLAS (dY transposed into the buffer first): with Fg > Og this product ran 15 to
+    # 40 % faster than dY X^T into a temporary added to the slot's sum.
     kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = window
     C = x.shape[1]
-    O, Fg = w_n.shape
+    O = w_n.shape[0]
+    Fg = w_n.shape[1]
     Og = O // G
     CT = C * kh * kw
     P = Ho * Wo
@@ -253,13 +259,22 @@ def _bwd_item(x, w_n, dy, dx, g_n, dbt, buf, n0, nb, first, R, G, pointwise, nee
             else:
                 cols = buf[:CT * L].reshape(CT, L)
                 _unfold_item(x, cols, n0, nb, Pt, i0, i1, window, plane, idx)
-            direct = first and i0 == 0
-            tmp = g_n if direct else buf[at:at + O * Fg].reshape(O, Fg)
-            for g in range(G):
-                np.dot(dyt[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg].T,
-                       tmp[g * Og:(g + 1) * Og])
-            if not direct:
-                g_n += tmp
+            if transposed:
+                dyT = buf[at:at + L * O]
+                _transpose_into(dyt, dyT)
+                colsf = cols.reshape(cols.size)
+                gf = g_n.reshape(g_n.size)
+                for g in range(G):
+                    gemm_view(False, False, Fg, Og, L, colsf, g * Fg * L, L, dyT, g * Og, O, gf, g * Fg * Og, Og,
+                              1.0)
+            else:
+                direct = first and i0 == 0
+                tmp = g_n if direct else buf[at:at + O * Fg].reshape(O, Fg)
+                for g in range(G):
+                    np.dot(dyt[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg].T,
+                           tmp[g * Og:(g + 1) * Og])
+                if not direct:
+                    g_n += tmp
         if need_dx:
             dcols = dx[n0].reshape(C, P) if direct_x else buf[:CT * L].reshape(CT, L)
             for g in range(G):
@@ -269,10 +284,21 @@ def _bwd_item(x, w_n, dy, dx, g_n, dbt, buf, n0, nb, first, R, G, pointwise, nee
                 _fold_item(dcols, dx, n0, nb, Pt, i0, i1, window, plane, idx)
 
 
+@njit(inline="always")
+def _transpose_into(a, out):
+    # out (flat, L*O) <- a (O, L) transposed, written in order (a row of a at a time
+    # scattered the writes: 2 to 3.5x slower)
+    O, L = a.shape
+    for p in range(L):
+        for o in range(O):
+            out[np.uint64(p * O + o)] = a[o, p]
+
+
 @njit(parallel=True, cache=True)
-def _bwd_samples(x, wt, dy, dx, gw, dbt, ws, S, R, B, G, pointwise, need_dx, need_dw, window, idx):
+def _bwd_samples(x, wt, dy, dx, gw, dbt, ws, S, R, B, G, pointwise, need_dx, need_dw, transposed, window, idx):
     # x (N, C, H, W); wt (N or 1, O, Fg); dy (N, O, Ho*Wo); dx (N, C, H, W);
-    # gw (N, O, Fg) per sample, or (S, O, Fg) slot partials for a shared kernel;
+    # gw (N, O, Fg) per sample, or (S, O, Fg) slot partials for a shared kernel
+    # ((S, G*Fg, Og), each group's transposed, with `transposed`);
     # dbt (N, O), the pixel sums of dy, accumulated in float64 in a fixed order.
     # _bwd_item is called, not inlined, with the same argument types from both loops:
     # compiled once (inlined twice, it was most of a first run's compile time).
@@ -288,13 +314,14 @@ def _bwd_samples(x, wt, dy, dx, gw, dbt, ws, S, R, B, G, pointwise, need_dx, nee
             for blk in range(s, ceil_div(N, B), S):
                 n0 = blk * B
                 _bwd_item(x, wt[0], dy, dx, gw[s], dbt, ws[s], np.int64(n0), np.int64(min(N, n0 + B) - n0),
-                          per_sample, np.int64(R), np.int64(G), pointwise, need_dx, need_dw, window, idx)
+                          per_sample, transposed, np.int64(R), np.int64(G), pointwise, need_dx, need_dw, window,
+                          idx)
     else:
         # Per-sample kernels: a sample owns all it writes, so any thread may take it,
         # working in its own buffer. ws (threads, workspace floats).
         for n in prange(N):
             _bwd_item(x, wt[n], dy, dx, gw[n], dbt, ws[get_thread_id()], np.int64(n), np.int64(1), per_sample,
-                      np.int64(R), np.int64(G), pointwise, need_dx, need_dw, window, idx)
+                      False, np.int64(R), np.int64(G), pointwise, need_dx, need_dw, window, idx)
 
 
 @njit(parallel=True, cache=True)
@@ -371,6 +398,10 @@ GATHER_MAX_WO = 16
 MIN_BATCH = 4
 #: The forward splits a small batch into at least this many (sample, row tile) items.
 MIN_ITEMS = 4
+#: A shared kernel's gradient is formed transposed where that is faster (see
+#: ``_bwd_item``); False runs the plain product everywhere, for comparison
+#: (``benchmarks/primitives.py``). Results differ in rounding only.
+TRANSPOSED_GRADIENT = True
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -608,13 +639,23 @@ def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
         R, B = _layout(strategy, g, itemsize)
         idx = _plane_index(g, R)
         S = min(ceil_div(g.N, B), SLOTS)
-        ws = _item_workspace(g, R, B, idx, x.dtype, S if shared else get_num_threads(), O * B * R * g.Wo + O * F)
-        gw = np.empty((S if shared else g.N, O, F), dtype=x.dtype)
+        Og = O // G
+        # a shared kernel's gradient transposed (see _bwd_item) where that was faster:
+        # more columns than output channels a group, an unfold (for a 1x1 layer's own
+        # columns it measured 5 % slower)
+        transposed = TRANSPOSED_GRADIENT and shared and need_dw and F > Og and not pointwise
+        ws = _item_workspace(g, R, B, idx, x.dtype, S if shared else get_num_threads(),
+                             (2 if transposed else 1) * O * B * R * g.Wo + O * F)
+        gw = np.empty((S, G * F, Og) if transposed else (S if shared else g.N, O, F), dtype=x.dtype)
         with blas_single_thread():
-            _bwd_samples(x, w3, dyr, dx_, gw, dbt, ws, S, R, B, G, pointwise, need_dx, need_dw, g.window, idx)
+            _bwd_samples(x, w3, dyr, dx_, gw, dbt, ws, S, R, B, G, pointwise, need_dx, need_dw, transposed,
+                         g.window, idx)
         if shared:
             # Slot partials summed in slot order: a fixed order, whatever the threads.
             gw = np.add.reduce(gw, axis=0)
+            if transposed:
+                # (G*Fg, Og), each group's gradient transposed -> (O, Fg)
+                gw = np.ascontiguousarray(gw.reshape(G, F, Og).transpose(0, 2, 1)).reshape(O, F)
     if not need_dw:
         gw = None  # never written by the kernels
     if shared:

@@ -1,0 +1,149 @@
+"""The CPU backend's memory-bound primitives against what they replace, alternating in one
+process after warm-up:
+
+* ``mixing``: the thin mixing products of ``dynamic_conv2d`` (``pi @ W`` forward,
+  ``pi^T @ G`` for the experts' gradient; ``products.gemm`` sends them to the Numba
+  kernel ``_thin_nn``) against single-threaded BLAS (``np.matmul`` under
+  ``blas_single_thread``, where such products went before);
+* ``channels``: batch statistics (``batch_stats`` with ``ddof=(0, 1)``, float64 sums)
+  against NumPy's float32 ``mean`` and ``var``, and the ReLU (``relu``) against
+  ``np.maximum(z, 0)``;
+* ``gradient``: a shared kernel's backward (``conv_backward``, the cost model's
+  strategy) with its gradient formed transposed (``conv.TRANSPOSED_GRADIENT``, the
+  default) against the plain product.
+
+Usage::
+
+    python benchmarks/primitives.py --threads 1 2 --repeat 30
+
+Prints, per thread count, the median ms of each side and their ratio (above 1: ours, or
+the default, is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from functools import partial
+
+import numpy as np
+
+#: The eight shapes' mixing products: (N, K, O*C*k*k), from benchmarks/compare.py.
+MIXING = {
+    "batch1": (1, 8, 256 * 256 * 9),
+    "stride2": (32, 4, 128 * 128 * 9),
+    "cifar32": (128, 4, 32 * 32 * 9),
+    "cifar16": (128, 4, 64 * 64 * 9),
+    "cifar8": (128, 4, 128 * 128 * 9),
+}
+#: Activations (N, C, H, W) of the digits net's first layer and of cifar16.
+CHANNELS = {"digits1": (64, 16, 16, 16), "digits3": (64, 32, 8, 8), "cifar16": (128, 64, 16, 16)}
+#: Shared-kernel layers (N, C, O, H=W, stride), 3x3, padding 1.
+GRADIENT = {"digits2": (64, 16, 32, 16, 2), "cifar_s2": (128, 64, 128, 16, 2), "stride2": (32, 128, 128, 28, 2)}
+
+
+def _median_ms(f, repeat: int) -> float:
+    f()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def _pair(a, b, repeat: int) -> tuple[float, float]:
+    # medians of a and b, alternating in rounds
+    ta, tb = [], []
+    for _ in range(3):
+        ta.append(_median_ms(a, repeat))
+        tb.append(_median_ms(b, repeat))
+    return float(np.median(ta)), float(np.median(tb))
+
+
+def _row(name: str, ours: float, other: float) -> None:
+    print(f"| {name} | {ours:.3f} | {other:.3f} | {other / ours:.2f} |")
+
+
+def run(threads: int, repeat: int, parts) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import dynconv_np as dc
+    from dynconv_np.backends import cpu
+    from dynconv_np.backends.cpu import conv
+
+    dc.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    print(f"\n{threads} thread(s), median of {repeat} (3 alternating rounds); load average "
+          + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    if "mixing" in parts:
+        print("| mixing product | thin kernel ms | BLAS ms | BLAS/kernel |\n|---|---|---|---|")
+        for name, (N, K, D) in MIXING.items():
+            pi = rng.random((N, K), dtype=np.float32)
+            W = rng.standard_normal((K, D), dtype=np.float32)
+            G = rng.standard_normal((N, D), dtype=np.float32)
+            _row(f"{name} pi @ W ({N}x{K} @ {K}x{D})",
+                 *_pair(partial(cpu.gemm, pi, W), partial(_blas, pi, W), repeat))
+            _row(f"{name} pi^T @ G ({K}x{N} @ {N}x{D})",
+                 *_pair(partial(cpu.gemm, pi, G, ta=True), partial(_blas, pi.T, G), repeat))
+    if "channels" in parts:
+        print("| channels | ours ms | NumPy ms | NumPy/ours |\n|---|---|---|---|")
+        for name, shape in CHANNELS.items():
+            x = rng.standard_normal(shape, dtype=np.float32)
+            _row(f"{name} batch_stats / mean+var",
+                 *_pair(partial(cpu.batch_stats, x, ddof=(0, 1)), partial(_numpy_stats, x), repeat))
+            _row(f"{name} relu / np.maximum", *_pair(partial(cpu.relu, x), partial(np.maximum, x, 0), repeat))
+    if "gradient" in parts:
+        print("| shared kernel backward | transposed ms | plain ms | plain/transposed |\n|---|---|---|---|")
+        for name, (N, C, O, H, s) in GRADIENT.items():
+            x = rng.standard_normal((N, C, H, H), dtype=np.float32)
+            W = rng.standard_normal((O, C, 3, 3), dtype=np.float32)
+            y, pullback = dc.conv2d.vjp(x, W, stride=s, padding=1)
+            dy = rng.standard_normal(y.shape, dtype=np.float32)
+            chosen = dc.explain(dc.conv2d, x, W, stride=s, padding=1)[-1].chosen
+            try:
+                _row(f"{name} ({chosen})", *_pair(partial(_backward, conv, pullback, dy, True),
+                                                  partial(_backward, conv, pullback, dy, False), repeat))
+            finally:
+                conv.TRANSPOSED_GRADIENT = True
+
+
+def _blas(a, b):
+    from dynconv_np.backends.cpu.products import blas_single_thread
+
+    with blas_single_thread():
+        return np.matmul(a, b)
+
+
+def _numpy_stats(x):
+    return x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3)), x.var(axis=(0, 2, 3), ddof=1)
+
+
+def _backward(conv, pullback, dy, transposed: bool):
+    conv.TRANSPOSED_GRADIENT = transposed
+    pullback(dy)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1],
+                    help="thread counts; several run one after the other, each in a fresh process")
+    ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--parts", nargs="+", choices=("mixing", "channels", "gradient"),
+                    default=["mixing", "channels", "gradient"])
+    args = ap.parse_args(argv)
+    if len(args.threads) > 1:
+        for t in args.threads:
+            child = ["--threads", str(t), "--repeat", str(args.repeat), "--parts", *args.parts]
+            rc = subprocess.run([sys.executable, os.path.abspath(__file__), *child]).returncode
+            if rc:
+                return rc
+        return 0
+    run(args.threads[0], args.repeat, args.parts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
