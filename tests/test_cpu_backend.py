@@ -151,6 +151,24 @@ def test_thin_products_match_blas(M, J, D, dtype, rng):
     assert cpu.gemm(a, b).dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_is_np_maximum_bit_for_bit(dtype, rng):
+    # the Numba kernel gives np.maximum(z, 0)'s bits: 0.0 for -0.0, NaN kept, infinities
+    z = rng.standard_normal((3, 5, 7, 11)).astype(dtype)
+    z.flat[:7] = [-0.0, 0.0, np.nan, -np.nan, -np.inf, np.inf, -1e-30]
+    ref = np.maximum(z, 0)
+    for a in (z, z[:, ::2], z[0, 0]):                 # contiguous, strided, 2-D
+        got = cpu.relu(a)
+        want = np.maximum(a, 0)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        assert got.tobytes() == np.ascontiguousarray(want).tobytes()
+    assert cpu.relu(z).tobytes() == ref.tobytes()
+    assert cpu.relu(np.zeros((0, 3), dtype)).shape == (0, 3)
+    z0 = z.copy()
+    cpu.relu(z)
+    assert z.tobytes() == z0.tobytes()                # the input is left alone
+
+
 def test_small_matmul_primitives(rng):
     a = rng.standard_normal((5, 3))
     b = rng.standard_normal((5, 4))
