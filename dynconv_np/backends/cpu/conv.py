@@ -22,7 +22,8 @@ Strategies ``tiles`` and ``batched`` are one pair of kernels with two layouts:
   into the samples' ``dx``) and the bias gradient with one unfold per tile. Per-sample
   kernels spread the samples over all threads; a shared kernel's gradient is summed
   over :data:`SLOTS` fixed slots of items (samples, or ``batched``'s blocks, whose
-  gradient is one GEMM over the block's columns).
+  gradient is one GEMM over the block's columns), formed transposed where a group has
+  more columns than output channels (:data:`TRANSPOSED_GRADIENT`).
 * backward of ``tiles``, smaller batches (``_bwd_blocks``): work items are blocks of
   input channels. An item unfolds its block over the whole image and owns its columns
   of the kernel gradient and its planes of ``dx``.
