@@ -17,7 +17,7 @@ for every thread count; the error is that of ``N + P`` sequential float64 additi
 below NumPy's float32 pairwise sums for float32 input and comparable to them for
 float64. (Summing each row ``(n, c)`` on its own first, eight scalar accumulators a
 row, did not vectorise: 3 to 4x slower on the digits net's layers, 1.3 to 6x on
-CIFAR-scale ones; docs/performance.md, "Batch statistics".)
+CIFAR-scale ones; docs/performance.md, "Memory-bound primitives".)
 """
 
 from __future__ import annotations

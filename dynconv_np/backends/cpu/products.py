@@ -32,9 +32,10 @@ THIN_CHUNK = 2048
 #: to ``_thin_nn`` when both short sides are at most :data:`THIN_MAX_SHORT`, or one is at
 #: most :data:`THIN_NARROW` (the experts) and the other at most :data:`THIN_MAX_WIDE`
 #: (the batch); others to BLAS. With 4 or 8 experts and a batch of 128 to 512, the
-#: kernel beat single-threaded BLAS by 1.1 to 2x at one thread (2 to 3.5x at two); with
-#: 16 rows against 256, BLAS was as fast or faster (docs/performance.md, "Mixing
-#: products").
+#: kernel beat single-threaded BLAS by 1.0 to 2.4x at one thread (1.7 to 3.6x at two); with
+#: 16 rows against 256, BLAS was as fast or faster at one thread (a /tmp timing of
+#: ``gemm``; the presets' products: ``benchmarks/primitives.py``, docs/performance.md,
+#: "Memory-bound primitives").
 THIN_MAX_SHORT = 64
 THIN_NARROW = 8
 THIN_MAX_WIDE = 512
