@@ -67,6 +67,17 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def median_ms(f, repeat: int) -> float:
+    """Median milliseconds of `repeat` calls of ``f()`` after one untimed call."""
+    f()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
 def use_checkout() -> None:
     """Run as a script, benchmark the checkout the script lives in (ahead of an installed
     dynconv_np); under asv, the benchmarked commit's installed package is used instead."""

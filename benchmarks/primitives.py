@@ -26,10 +26,10 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from functools import partial
 
 import numpy as np
+from compare import median_ms
 
 #: The eight shapes' mixing products: (N, K, O*C*k*k), from benchmarks/compare.py.
 MIXING = {
@@ -45,22 +45,12 @@ CHANNELS = {"digits1": (64, 16, 16, 16), "digits3": (64, 32, 8, 8), "cifar16": (
 GRADIENT = {"digits2": (64, 16, 32, 16, 2), "cifar_s2": (128, 64, 128, 16, 2), "stride2": (32, 128, 128, 28, 2)}
 
 
-def _median_ms(f, repeat: int) -> float:
-    f()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
-
-
 def _pair(a, b, repeat: int) -> tuple[float, float]:
     # medians of a and b, alternating in rounds
     ta, tb = [], []
     for _ in range(3):
-        ta.append(_median_ms(a, repeat))
-        tb.append(_median_ms(b, repeat))
+        ta.append(median_ms(a, repeat))
+        tb.append(median_ms(b, repeat))
     return float(np.median(ta)), float(np.median(tb))
 
 

@@ -22,9 +22,9 @@ import functools
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
+from compare import median_ms
 
 #: name: (N, C, O, H=W); 3x3, stride 1, padding 1, shared kernel, float32
 SHAPES = {
@@ -34,16 +34,6 @@ SHAPES = {
     "cifar8_32": (32, 128, 128, 8),
     "late4": (64, 256, 256, 4),
 }
-
-
-def _median_ms(f, repeat: int) -> float:
-    f()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
 
 
 def _setup(threads: int, repeat: int):
@@ -77,9 +67,9 @@ def run(threads: int, repeat: int) -> None:
                 winograd.WHOLE_BYTES = winograd.WHOLE_GRAD_BYTES = budget
             try:
                 with dc.strategy.force(strategy):
-                    tf = _median_ms(lambda x=x, w=w, b=b: dc.conv2d(x, w, b, padding=1), repeat)
+                    tf = median_ms(lambda x=x, w=w, b=b: dc.conv2d(x, w, b, padding=1), repeat)
                     _, pb = dc.conv2d.vjp(x, w, b, padding=1)
-                    tb = _median_ms(lambda pb=pb, dy=dy: pb(dy), repeat)
+                    tb = median_ms(lambda pb=pb, dy=dy: pb(dy), repeat)
             finally:
                 winograd.WHOLE_BYTES, winograd.WHOLE_GRAD_BYTES = saved
             mib = "-" if m is None else f"{(m + 2) ** 2 * (C + O) * winograd._grid(N, H, H, m) * 4 / 2**20:.1f}"
@@ -100,7 +90,7 @@ def run_kernels(threads: int, repeat: int) -> None:
                     for limit in (2**62, 0):
                         winograd.PARALLEL_KERNELS = limit
                         f = functools.partial(winograd._transformed, wt, 1, m, flip, np.float32)
-                        ms.append(_median_ms(f, repeat))
+                        ms.append(median_ms(f, repeat))
                     print(f"| {name} | {O * C} | {m} | {flip} | {ms[0]:.3f} | {ms[1]:.3f} |", flush=True)
     finally:
         winograd.PARALLEL_KERNELS = saved

@@ -231,8 +231,7 @@ def _bwd_item(x, w_n, dy, dx, g_n, dbt, buf, n0, nb, first, transposed, R, G, po
     # 40 % faster than dY X^T into a temporary added to the slot's sum.
     kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = window
     C = x.shape[1]
-    O = w_n.shape[0]
-    Fg = w_n.shape[1]
+    O, Fg = w_n.shape
     Og = O // G
     CT = C * kh * kw
     P = Ho * Wo
