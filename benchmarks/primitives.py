@@ -10,7 +10,11 @@ process after warm-up:
   ``np.maximum(z, 0)``;
 * ``gradient``: a shared kernel's backward (``conv_backward``, the cost model's
   strategy) with its gradient formed transposed (``conv.TRANSPOSED_GRADIENT``, the
-  default) against the plain product.
+  default) against the plain product;
+* ``blas``: the GEMMs the conv kernels run, one a sample over a batch of 16 in a
+  Numba-parallel loop, in the BLAS bound for the kernels (``backends.cpu.blas``: NumPy's
+  OpenBLAS where found) against Numba's ``np.dot`` (SciPy's BLAS, where they ran
+  before).
 
 Usage::
 
@@ -43,6 +47,25 @@ MIXING = {
 CHANNELS = {"digits1": (64, 16, 16, 16), "digits3": (64, 32, 8, 8), "cifar16": (128, 64, 16, 16)}
 #: Shared-kernel layers (N, C, O, H=W, stride), 3x3, padding 1.
 GRADIENT = {"digits2": (64, 16, 32, 16, 2), "cifar_s2": (128, 64, 128, 16, 2), "stride2": (32, 128, 128, 28, 2)}
+#: The conv kernels' per-sample GEMMs (M, K, N, A transposed, B transposed): forward
+#: W (O, F) @ cols (F, P), kernel gradient dY (O, P) @ cols^T, input gradient W^T @ dY;
+#: Winograd's (O, C) @ (C, grid tiles).
+BLAS = {
+    "mbv2_1x1 forward": (24, 144, 784, False, False),
+    "mbv2_1x1 kernel gradient": (24, 784, 144, False, True),
+    "mbv2_1x1 input gradient": (144, 24, 784, True, False),
+    "cifar16 forward": (64, 576, 256, False, False),
+    "cifar16 kernel gradient": (64, 256, 576, False, True),
+    "cifar16 input gradient": (576, 64, 256, True, False),
+    "cifar_s2 forward": (128, 576, 64, False, False),
+    "cifar_s2 kernel gradient": (128, 64, 576, False, True),
+    "cifar_s2 input gradient": (576, 128, 64, True, False),
+    "stride2 forward": (128, 1152, 196, False, False),
+    "stride2 kernel gradient": (128, 196, 1152, False, True),
+    "digits3 forward": (32, 288, 64, False, False),
+    "digits3 input gradient": (288, 32, 64, True, False),
+    "cifar16 winograd2 product": (64, 64, 72, False, False),
+}
 
 
 def _pair(a, b, repeat: int) -> tuple[float, float]:
@@ -98,6 +121,47 @@ def run(threads: int, repeat: int, parts) -> None:
                                                   partial(_backward, conv, pullback, dy, False), repeat))
             finally:
                 conv.TRANSPOSED_GRADIENT = True
+    if "blas" in parts:
+        _blas_rows(repeat, rng)
+
+
+def _gemm_loops():
+    # (bound, numba): C[n] = op(A[n]) @ op(B[n]) over the batch, a sample a work item,
+    # by dot_into (the BLAS bound for the kernels) and by Numba's np.dot
+    from numba import njit, prange
+
+    from dynconv_np.backends.cpu.blas import dot_into
+
+    @njit(parallel=True)
+    def bound(A, B, C, ta, tb):
+        for n in prange(A.shape[0]):
+            dot_into(A[n].T if ta else A[n], B[n].T if tb else B[n], C[n])
+
+    @njit(parallel=True)
+    def numba(A, B, C, ta, tb):
+        for n in prange(A.shape[0]):
+            np.dot(A[n].T if ta else A[n], B[n].T if tb else B[n], C[n])
+
+    return bound, numba
+
+
+def _blas_rows(repeat: int, rng) -> None:
+    import warnings
+
+    from dynconv_np.backends.cpu.blas import LIBRARY
+    from dynconv_np.backends.cpu.products import blas_single_thread
+
+    print(f"kernels' BLAS: {LIBRARY}")
+    print("| GEMM (16 samples) | bound BLAS ms | np.dot ms | np.dot/bound |\n|---|---|---|---|")
+    bound, numba = _gemm_loops()
+    for name, (M, K, N, ta, tb) in BLAS.items():
+        A = rng.standard_normal((16, K, M) if ta else (16, M, K), dtype=np.float32)
+        B = rng.standard_normal((16, N, K) if tb else (16, K, N), dtype=np.float32)
+        C = np.empty((16, M, N), np.float32)
+        with blas_single_thread(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")                 # np.dot on transposed views
+            _row(f"{name} ({M}x{K} @ {K}x{N})", *_pair(partial(bound, A, B, C, ta, tb),
+                                                     partial(numba, A, B, C, ta, tb), repeat))
 
 
 def _blas(a, b):
@@ -121,8 +185,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1],
                     help="thread counts; several run one after the other, each in a fresh process")
     ap.add_argument("--repeat", type=int, default=30)
-    ap.add_argument("--parts", nargs="+", choices=("mixing", "channels", "gradient"),
-                    default=["mixing", "channels", "gradient"])
+    ap.add_argument("--parts", nargs="+", choices=("mixing", "channels", "gradient", "blas"),
+                    default=["mixing", "channels", "gradient", "blas"])
     args = ap.parse_args(argv)
     if len(args.threads) > 1:
         for t in args.threads:

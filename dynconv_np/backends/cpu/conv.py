@@ -57,8 +57,9 @@ import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange
 
 from . import plan
+from .blas import dot_into, gemm_view
 from .index import ceil_div, split
-from .products import blas_single_thread, gemm_view
+from .products import blas_single_thread
 from .unfold import col2im_part, col2im_planes, col2im_rows, im2col_part, im2col_planes, im2col_rows, plane_shape
 
 
@@ -214,7 +215,7 @@ def _fwd_items(x, wt, bt, y, ws, R, B, G, pointwise, window, idx):
         at = 0 if pointwise and nb == 1 else CT * L
         out = y[n0] if inplace else buf[at:at + O * L].reshape(O, L)
         for g in range(G):
-            np.dot(w_n[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg], out[g * Og:(g + 1) * Og])
+            dot_into(w_n[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg], out[g * Og:(g + 1) * Og])
         for b in range(nb):
             _store_tile(y[n0 + b], out, b * Pt, Pt, bt, n0 + b, i0 * Wo, inplace)
 
@@ -271,14 +272,14 @@ def _bwd_item(x, w_n, dy, dx, g_n, dbt, buf, n0, nb, first, transposed, R, G, po
                 direct = first and i0 == 0
                 tmp = g_n if direct else buf[at:at + O * Fg].reshape(O, Fg)
                 for g in range(G):
-                    np.dot(dyt[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg].T,
+                    dot_into(dyt[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg].T,
                            tmp[g * Og:(g + 1) * Og])
                 if not direct:
                     g_n += tmp
         if need_dx:
             dcols = dx[n0].reshape(C, P) if direct_x else buf[:CT * L].reshape(CT, L)
             for g in range(G):
-                np.dot(w_n[g * Og:(g + 1) * Og].T, dyt[g * Og:(g + 1) * Og],
+                dot_into(w_n[g * Og:(g + 1) * Og].T, dyt[g * Og:(g + 1) * Og],
                        dcols[g * Fg:(g + 1) * Fg])
             if not direct_x:
                 _fold_item(dcols, dx, n0, nb, Pt, i0, i1, window, plane, idx)
@@ -364,7 +365,7 @@ def _bwd_blocks(x, wt, dy, dx, gw, dbt, ws, blocks, G, pointwise, need_dx, need_
                 else:
                     cols = blk
                     im2col_rows(x, n, cols, 0, Ho, c0, window)
-                np.dot(dyg, cols.T, tmp)
+                dot_into(dyg, cols.T, tmp)
                 g_n = gw[0 if shared else n]
                 if shared and n > 0:
                     g_n[o0:o0 + Og, f0:f0 + rows] += tmp
@@ -374,9 +375,9 @@ def _bwd_blocks(x, wt, dy, dx, gw, dbt, ws, blocks, G, pointwise, need_dx, need_
                 # the block's kernel columns, copied: BLAS needs unit stride in one axis
                 tmp[:, :] = wt[0 if shared else n, o0:o0 + Og, f0:f0 + rows]
                 if pointwise:
-                    np.dot(tmp.T, dyg, dx[n, c0:c1].reshape(rows, P))
+                    dot_into(tmp.T, dyg, dx[n, c0:c1].reshape(rows, P))
                 else:
-                    np.dot(tmp.T, dyg, blk)
+                    dot_into(tmp.T, dyg, blk)
                     dx[n, c0:c1] = 0
                     col2im_rows(blk, dx, n, 0, Ho, c0, window)
 

@@ -1,6 +1,5 @@
-"""CPU matrix products: ``gemm`` (the ops' one GEMM entry point), ``gemm_nt_sum``,
-:func:`gemm_view` (BLAS on strided views inside flat arrays, for the kernels), and the
-BLAS threading policy of the whole CPU backend.
+"""CPU matrix products: ``gemm`` (the ops' one GEMM entry point), ``gemm_nt_sum``, and the
+BLAS threading policy of the whole CPU backend (the kernels' own GEMMs: :mod:`.blas`).
 
 BLAS runs on one thread (:func:`blas_single_thread`) in every product of this backend,
 and the conv template holds it there while its Numba region runs single-threaded BLAS
@@ -22,7 +21,6 @@ import contextlib
 
 import numpy as np
 from numba import njit, prange
-from numba.extending import overload
 
 from .index import ceil_div
 
@@ -84,40 +82,6 @@ def blas_single_thread():
     if not _blas_libraries:
         return contextlib.nullcontext()
     return _SingleThread(_blas_libraries)
-
-
-def gemm_view(ta, tb, M, N, K, a, a0, lda, b, b0, ldb, c, c0, ldc, beta):
-    """``C = op(A) @ op(B) + beta*C`` on row-major matrices inside flat arrays, one BLAS
-    call, in compiled code only: A stored ``(M, K)`` (``(K, M)`` with `ta`, transposed)
-    from ``a[a0]`` with row stride `lda`; B stored ``(K, N)`` (``(N, K)`` with `tb`) from
-    ``b[b0]`` (`ldb`); C ``(M, N)`` at ``c[c0]`` (`ldc`).
-
-    ``np.dot`` in Numba takes whole contiguous arrays and cannot accumulate: the
-    Winograd kernel gradient sums its blocks' products in place (``beta = 1``; a
-    temporary and an extra pass over ``dU`` each measured a fifth of the kernel gradient
-    on cifar8), and the shifted-views strategy reads and writes views of a padded plane
-    whose row stride is the plane's. This calls the BLAS ``gemm`` that Numba's own
-    ``np.dot`` calls (``numba.np.linalg._BLAS``, Numba's wrapper around SciPy's BLAS).
-    """
-    raise TypeError("gemm_view runs in compiled code only")
-
-
-@overload(gemm_view)
-def _gemm_view(ta, tb, M, N, K, a, a0, lda, b, b0, ldb, c, c0, ldc, beta):
-    # imported when a kernel using gemm_view compiles, not with the package (about 20 ms)
-    from numba.np.linalg import _BLAS, get_blas_kind
-
-    xxgemm = _BLAS().numba_xxgemm(a.dtype)
-    kind = ord(get_blas_kind(a.dtype))
-
-    def impl(ta, tb, M, N, K, a, a0, lda, b, b0, ldb, c, c0, ldc, beta):
-        scal = np.empty(2, a.dtype)
-        scal[0] = 1
-        scal[1] = beta
-        # row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T
-        xxgemm(kind, ord("t") if tb else ord("n"), ord("t") if ta else ord("n"), N, M, K, scal[0:].ctypes,
-               b[b0:].ctypes, ldb, a[a0:].ctypes, lda, scal[1:].ctypes, c[c0:].ctypes, ldc)
-    return impl
 
 
 @njit(inline="always")

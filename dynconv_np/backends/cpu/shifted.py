@@ -32,8 +32,9 @@ from __future__ import annotations
 import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange
 
+from .blas import gemm_view
 from .conv import SLOTS, _padded_plane, _pixel_sums, _scratch, empty_backward
-from .products import blas_single_thread, gemm_view
+from .products import blas_single_thread
 
 
 @njit(inline="always")

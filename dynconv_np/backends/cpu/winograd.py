@@ -27,7 +27,7 @@ in :mod:`.winograd_transforms`.
   V_xi^T`` with ``dM = A dY A^T`` (zero for a gap tile), then ``dg = G^T dU G``. Work
   items are fixed slots of blocks, each summing its blocks in order into its own ``dU``
   (BLAS accumulating in place,
-  :func:`~dynconv_np.backends.cpu.products.gemm_view`) and transforming the sum into its own
+  :func:`~dynconv_np.backends.cpu.blas.gemm_view`) and transforming the sum into its own
   partial kernel gradient: one slot per sample for per-sample kernels in batches of
   :data:`~dynconv_np.backends.cpu.conv.SLOTS` or more (more, in order, for smaller
   batches); :data:`~dynconv_np.backends.cpu.conv.SLOTS` slots over the whole batch for a
@@ -69,9 +69,10 @@ import functools
 import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange
 
+from .blas import dot_into, gemm_view
 from .conv import SLOTS, _pixel_sums, _scratch, empty_backward
 from .index import ceil_div, split
-from .products import blas_single_thread, gemm_view
+from .products import blas_single_thread
 from .winograd_transforms import (
     gather_kernels,
     gradient_tiles,
@@ -217,7 +218,7 @@ def _fwd_block(x, u, bt, y, buf, at, pieces, p0, p1, BT, AT, h0, w0, cb, ob):
     V, M, s1, s2 = _block_input(x, O, buf, at, pieces, p0, p1, BT, m, h0, w0, cb, ob)
     for xi in range(A2):
         for g in range(G):
-            np.dot(u[xi, g * Og:(g + 1) * Og], V[xi, g * Cg:(g + 1) * Cg], M[xi, g * Og:(g + 1) * Og])
+            dot_into(u[xi, g * Og:(g + 1) * Og], V[xi, g * Cg:(g + 1) * Cg], M[xi, g * Og:(g + 1) * Og])
     for o0 in range(0, O, ob):
         output_tiles(M, y, bt, pieces, p0, p1, AT, o0, min(O, o0 + ob), s1, s2)
 
@@ -309,7 +310,7 @@ def _fwd_whole(x, U, bt, y, V, M, ws, pieces, BT, AT, h0, w0, cb, ob):
     u = U[0]
     for it in prange(A2 * G):
         xi, g = split(it, G)
-        np.dot(u[xi, g * Og:(g + 1) * Og], V[xi, g * Cg:(g + 1) * Cg], M[xi, g * Og:(g + 1) * Og])
+        dot_into(u[xi, g * Og:(g + 1) * Og], V[xi, g * Cg:(g + 1) * Cg], M[xi, g * Og:(g + 1) * Og])
     for it in prange(ceil_div(O, ob)):
         s1, s2, s3 = _buffers(ws[get_thread_id()], 0, m, cb, nb, ob)
         output_tiles(M, y, bt, pieces, 0, P, AT, it * ob, min(O, (it + 1) * ob), s1, s2)
