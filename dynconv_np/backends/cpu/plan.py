@@ -321,8 +321,7 @@ def _winograd_blocks(c: ConvCall, tiles: int, m: int, min_blocks: int) -> tuple[
     # (blocks, grid tiles a block) of the module's plan: blocks of WINO_BLOCK_BYTES of
     # transformed tiles (at least WINO_MIN_TILES), at least min_blocks over a shared
     # kernel's batch or ceil(min_blocks / N) a sample; a per-sample kernel's never span
-    # samples. Each tile row's gap tile is transformed and multiplied with the rest (a
-    # 4x4 map's F(2x2) row: 3 grid tiles for 2 tiles).
+    # samples.
     A2 = (m + 2) ** 2
     per_tile = A2 * (c.C + c.O) * c.itemsize
     T = max(WINO_MIN_TILES, WINO_BLOCK_BYTES // per_tile)
@@ -331,7 +330,7 @@ def _winograd_blocks(c: ConvCall, tiles: int, m: int, min_blocks: int) -> tuple[
     else:
         blocks = c.N * max(math.ceil(tiles / T), math.ceil(min_blocks / c.N))
     blocks = min(blocks, c.N * math.ceil(c.Ho / m))          # whole tile rows at least
-    return blocks, _winograd_grid(c, m) / blocks
+    return blocks, c.N * tiles / blocks
 
 
 def _winograd_grid(c: ConvCall, m: int) -> int:
