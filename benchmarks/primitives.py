@@ -65,6 +65,9 @@ BLAS = {
     "digits3 forward": (32, 288, 64, False, False),
     "digits3 input gradient": (288, 32, 64, True, False),
     "cifar16 winograd2 product": (64, 64, 72, False, False),
+    "cifar16 winograd2 kernel gradient": (64, 72, 64, False, True),
+    "resnet3x3 winograd4 product": (64, 64, 60, False, False),
+    "resnet3x3 winograd4 kernel gradient": (64, 60, 64, False, True),
 }
 
 

@@ -5,9 +5,10 @@ Which library: NumPy's own OpenBLAS where its ILP64 CBLAS ``gemm`` can be found 
 NumPy wheels' ``scipy_cblas_sgemm64_``; ``cblas_sgemm64_`` of older ones), else the
 BLAS that Numba's ``np.dot`` calls (SciPy's, through ``numba.np.linalg``). Numba's
 ``np.dot`` always calls SciPy's. On the 2-core machine of docs/performance.md NumPy's
-(OpenBLAS 0.3.31) ran the conv template's GEMMs 10 to 55 % faster than SciPy's (0.3.30),
-bitwise the same results, and never slower (``python benchmarks/primitives.py --parts
-blas``). ``DYNCONV_BLAS=scipy`` in the environment (read at import) picks SciPy's.
+(OpenBLAS 0.3.31) ran the conv template's GEMMs 1.04 to 1.96x as fast as SciPy's
+(0.3.30), bitwise the same results, and the Winograd kernel gradient's 6 to 8 % slower
+(``python benchmarks/primitives.py --parts blas``; "The kernels' BLAS").
+``DYNCONV_BLAS=scipy`` in the environment (read at import) picks SciPy's.
 
 How: the kernels call two external symbols, ``dynconv_np_sgemm`` and
 ``dynconv_np_dgemm``, with the CBLAS ILP64 signature; at import this module binds them
