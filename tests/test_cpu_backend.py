@@ -324,3 +324,11 @@ def test_scipy_blas_gives_the_same_convolutions(tmp_path):
     for k in a.files:
         ref = b[k].astype(np.float64)
         assert_close(a[k], ref, np.float32, k)
+
+
+def test_unknown_blas_choice_is_refused():
+    env = dict(os.environ, DYNCONV_BLAS="mkl")
+    out = subprocess.run([sys.executable, "-c", "import dynconv_np"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode != 0
+    assert "DYNCONV_BLAS must be 'numpy' or 'scipy', got 'mkl'" in out.stderr

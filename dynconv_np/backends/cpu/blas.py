@@ -82,6 +82,7 @@ def _scipy_callbacks():
 
         @cfunc(_gemm_type(nbtype, types.CPointer(nbtype)))
         def gemm(order, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc):
+            # row-major only (order is always _ROW_MAJOR: cblas_gemm passes it)
             scal = np.empty(2, dtype)
             scal[0] = alpha
             scal[1] = beta
@@ -94,7 +95,10 @@ def _scipy_callbacks():
 
 
 def _bind() -> str:
-    found = None if os.environ.get(ENV, "numpy").strip().lower() == "scipy" else _numpy_blas()
+    choice = os.environ.get(ENV, "").strip().lower() or "numpy"
+    if choice not in ("numpy", "scipy"):
+        raise ValueError(f"{ENV} must be 'numpy' or 'scipy', got {os.environ[ENV]!r}")
+    found = None if choice == "scipy" else _numpy_blas()
     if found is not None:
         path, s, d = found
         llvm.add_symbol("dynconv_np_sgemm", s)
