@@ -292,3 +292,7 @@ def test_cost_model_mirrors_the_winograd_plan():
                                   narrow=False, winograd=True)
                 for grad in (False, True):
                     assert plan._winograd_whole(c, m, grad) == wino.whole(*args, m, 4, shared, gradient=grad)
+                # and the fused per-sample rule (WINO_PER_SAMPLE applies where it holds)
+                assert plan._winograd_fused(c, m) == wino.fused(args[0], args[2], args[1], m, 4, not shared)
+    assert (plan.WINO_FUSED_MIN_SAMPLES, plan.WINO_FUSED_KERNEL_BYTES) == \
+        (wino.FUSED_MIN_SAMPLES, wino.FUSED_KERNEL_BYTES)

@@ -92,6 +92,19 @@ ITEM = 2.0e-7
 STREAM = 3.29e-10
 #: Winograd tile transforms: seconds per transformed element, F(2x2) and F(4x4).
 WINO_TRANSFORM = {2: 6.72e-10, 4: 9.32e-10}
+#: Factor on the estimate of a per-sample Winograd pass whose kernels are transformed in
+#: the work item (``winograd.fused``: batches of WINO_FUSED_MIN_SAMPLES or more, a
+#: sample's transformed kernels within WINO_FUSED_KERNEL_BYTES). Over the 28 such
+#: timings of the 2026-12-02 calibration (two threads) these passes measured 1.74x
+#: below their estimates on average, ``tiles``' per-sample passes 1.07x: the shared
+#: terms overcount them. The fitted 0.57 would also pick winograd2 for cifar8's forward
+#: (1.49x slower there); 0.7 is set by hand inside the range (0.56 to 0.72) where the
+#: calibration shapes' per-sample picks improve (cifar16's winograd2, 1.19 and 1.22x
+#: faster than ``tiles``) and cifar8's stay (docs/performance.md, "The cost model").
+WINO_PER_SAMPLE = 0.7
+#: ``winograd.FUSED_MIN_SAMPLES`` and ``winograd.FUSED_KERNEL_BYTES``.
+WINO_FUSED_MIN_SAMPLES = 4
+WINO_FUSED_KERNEL_BYTES = 2**20
 #: Winograd's block budget (bytes of transformed input and products per work item) and
 #: the fewest grid tiles a block holds: ``winograd.BLOCK_BYTES`` and ``winograd.MIN_TILES``.
 WINO_BLOCK_BYTES = 2**20
@@ -122,7 +135,7 @@ MARGIN = 0.85
 PROVISIONAL = ("shifted",)
 #: The constants :func:`calibrate` may set (``benchmarks/calibrate.py --fit``).
 FITTED = ("GEMM_PEAK", "GEMM_HALF", "GEMM_CALL", "COPY", "RUN", "GATHER", "MEM_FACTOR", "ITEM", "STREAM",
-          "WINO_TRANSFORM", "SHIFT_HALF_K")
+          "WINO_TRANSFORM", "SHIFT_HALF_K", "WINO_PER_SAMPLE")
 
 
 def calibrate(**constants) -> None:
@@ -345,7 +358,20 @@ def _winograd_whole(c: ConvCall, m: int, gradient: bool) -> bool:
     return (c.shared or c.N == 1) and (m + 2) ** 2 * (c.C + c.O) * _winograd_grid(c, m) * c.itemsize <= budget
 
 
+def _winograd_fused(c: ConvCall, m: int) -> bool:
+    # winograd.fused: per-sample kernels transformed in the work item that uses them
+    return (not c.shared and c.N >= WINO_FUSED_MIN_SAMPLES
+            and (m + 2) ** 2 * c.O * (c.C // c.groups) * c.itemsize <= WINO_FUSED_KERNEL_BYTES)
+
+
 def _winograd(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool) -> float:
+    # the module's layouts (below), by WINO_PER_SAMPLE where the kernels are transformed
+    # in the work item
+    total = _winograd_layouts(c, m, backward, need_dx, need_dw)
+    return total * WINO_PER_SAMPLE if _winograd_fused(c, m) else total
+
+
+def _winograd_layouts(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool) -> float:
     # F(m x m, 3x3): the kernels' transforms, then per pass the tiles' transforms (in and
     # out) and alpha^2 GEMMs a block; the input gradient is a forward on dy (C and O
     # swapped). The kernel gradient accumulates rank-T updates of dU (alpha^2 O x C/groups)
