@@ -651,8 +651,10 @@ def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
         with blas_single_thread():
             _bwd_samples(x, w3, dyr, dx_, gw, dbt, ws, S, R, B, G, pointwise, need_dx, need_dw, transposed,
                          g.window, idx)
-        if shared:
+        if shared and need_dw:
             # Slot partials summed in slot order: a fixed order, whatever the threads.
+            # (Without need_dw they were never written: summing them read np.empty's
+            # garbage, NaN patterns included, and warned.)
             gw = np.add.reduce(gw, axis=0)
             if transposed:
                 # (G*Fg, Og), each group's gradient transposed -> (O, Fg)

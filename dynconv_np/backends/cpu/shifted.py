@@ -217,7 +217,8 @@ def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
     with blas_single_thread():
         _bwd(x, w3, dy.reshape(g.N, O, g.P), dx, gw, dbt, ws, S, groups, need_dx, need_dw, g.window, plane(g))
     if shared:
-        gw = np.add.reduce(gw, axis=0)                  # slot partials, in slot order
+        if need_dw:                                     # (never written otherwise)
+            gw = np.add.reduce(gw, axis=0)              # slot partials, in slot order
         dbt = np.add.reduce(dbt, axis=0)
     return (dx if need_dx else None), (gw if need_dw else None), dbt
 
