@@ -273,14 +273,14 @@ def _bwd_item(x, w_n, dy, dx, g_n, dbt, buf, n0, nb, first, transposed, R, G, po
                 tmp = g_n if direct else buf[at:at + O * Fg].reshape(O, Fg)
                 for g in range(G):
                     dot_into(dyt[g * Og:(g + 1) * Og], cols[g * Fg:(g + 1) * Fg].T,
-                           tmp[g * Og:(g + 1) * Og])
+                             tmp[g * Og:(g + 1) * Og])
                 if not direct:
                     g_n += tmp
         if need_dx:
             dcols = dx[n0].reshape(C, P) if direct_x else buf[:CT * L].reshape(CT, L)
             for g in range(G):
                 dot_into(w_n[g * Og:(g + 1) * Og].T, dyt[g * Og:(g + 1) * Og],
-                       dcols[g * Fg:(g + 1) * Fg])
+                         dcols[g * Fg:(g + 1) * Fg])
             if not direct_x:
                 _fold_item(dcols, dx, n0, nb, Pt, i0, i1, window, plane, idx)
 

@@ -359,7 +359,9 @@ def _winograd_whole(c: ConvCall, m: int, gradient: bool) -> bool:
 
 
 def _winograd_fused(c: ConvCall, m: int) -> bool:
-    # winograd.fused: per-sample kernels transformed in the work item that uses them
+    # winograd.fused for the forward's correlation: per-sample kernels transformed in the
+    # work item that uses them (the input gradient's has C and O swapped, the same on
+    # square layers; the factor follows the forward's)
     return (not c.shared and c.N >= WINO_FUSED_MIN_SAMPLES
             and (m + 2) ** 2 * c.O * (c.C // c.groups) * c.itemsize <= WINO_FUSED_KERNEL_BYTES)
 
