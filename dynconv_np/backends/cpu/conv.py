@@ -57,7 +57,7 @@ import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange
 
 from . import plan
-from .blas import dot_into, gemm_view
+from .blas import dot_into
 from .index import ceil_div, split
 from .products import blas_single_thread
 from .unfold import col2im_part, col2im_planes, col2im_rows, im2col_part, im2col_planes, im2col_rows, plane_shape
@@ -263,11 +263,9 @@ def _bwd_item(x, w_n, dy, dx, g_n, dbt, buf, n0, nb, first, transposed, R, G, po
             if transposed:
                 dyT = buf[at:at + L * O]
                 _transpose_into(dyt, dyT)
-                colsf = cols.reshape(cols.size)
-                gf = g_n.reshape(g_n.size)
+                dT = dyT.reshape(L, O)
                 for g in range(G):
-                    gemm_view(False, False, Fg, Og, L, colsf, g * Fg * L, L, dyT, g * Og, O, gf, g * Fg * Og, Og,
-                              1.0)
+                    dot_into(cols[g * Fg:(g + 1) * Fg], dT[:, g * Og:(g + 1) * Og], g_n[g * Fg:(g + 1) * Fg], 1.0)
             else:
                 direct = first and i0 == 0
                 tmp = g_n if direct else buf[at:at + O * Fg].reshape(O, Fg)

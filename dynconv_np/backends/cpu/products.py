@@ -73,7 +73,9 @@ def blas_single_thread():
     global _blas_libraries
     if _blas_libraries is None:
         try:
-            import scipy.linalg.cython_blas  # noqa: F401  (Numba's np.dot calls this BLAS)
+            # SciPy's BLAS too: the kernels' fallback (.blas), and what NumPy code around
+            # the engine may call
+            import scipy.linalg.cython_blas  # noqa: F401
             from threadpoolctl import ThreadpoolController
         except ImportError:
             _blas_libraries = ()
