@@ -10,8 +10,8 @@ Usage::
 
 Prints per shape and thread count the median forward and backward ms of each, and each
 layout's transformed-tile footprint (the quantity the budgets bound). ``--kernels``: the
-shared kernel's transforms alone (``winograd._transformed``, as the forward and, rotated,
-as the input gradient take them), on the calling thread against in a parallel region
+shared kernel's transforms alone (``winograd._transformed``, which the forward makes and
+the input gradient reuses), on the calling thread against in a parallel region
 (``winograd.PARALLEL_KERNELS`` set past or to 0).
 """
 
@@ -78,20 +78,19 @@ def run(threads: int, repeat: int) -> None:
 
 def run_kernels(threads: int, repeat: int) -> None:
     _, winograd, rng = _setup(threads, repeat)
-    print("| shape | kernels | m | rotated | serial ms | parallel ms |")
-    print("|---|---|---|---|---|---|")
+    print("| shape | kernels | m | serial ms | parallel ms |")
+    print("|---|---|---|---|---|")
     saved = winograd.PARALLEL_KERNELS
     try:
         for name, (_, C, O, _) in SHAPES.items():
             wt = rng.standard_normal((O, C * 9), dtype=np.float32)
             for m in (2, 4):
-                for flip in (False, True):
-                    ms = []
-                    for limit in (2**62, 0):
-                        winograd.PARALLEL_KERNELS = limit
-                        f = functools.partial(winograd._transformed, wt, 1, m, flip, np.float32)
-                        ms.append(median_ms(f, repeat))
-                    print(f"| {name} | {O * C} | {m} | {flip} | {ms[0]:.3f} | {ms[1]:.3f} |", flush=True)
+                ms = []
+                for limit in (2**62, 0):
+                    winograd.PARALLEL_KERNELS = limit
+                    f = functools.partial(winograd._transformed, wt, m, np.float32)
+                    ms.append(median_ms(f, repeat))
+                print(f"| {name} | {O * C} | {m} | {ms[0]:.3f} | {ms[1]:.3f} |", flush=True)
     finally:
         winograd.PARALLEL_KERNELS = saved
 

@@ -48,13 +48,13 @@ class RecordingWinograd(types.ModuleType):
         self.calls = []
         self.supports = module.supports
 
-    def forward(self, x, wt, bt, g, groups, m=2):
+    def forward(self, x, wt, bt, g, groups, m=2, saved=None):
         self.calls.append(("forward", m))
-        return self.module.forward(x, wt, bt, g, groups, m=m)
+        return self.module.forward(x, wt, bt, g, groups, m=m, saved=saved)
 
-    def backward(self, x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2):
+    def backward(self, x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2, saved=None):
         self.calls.append(("backward", m))
-        return self.module.backward(x, wt, dy, g, groups, need_dx=need_dx, need_dw=need_dw, m=m)
+        return self.module.backward(x, wt, dy, g, groups, need_dx=need_dx, need_dw=need_dw, m=m, saved=saved)
 
 
 @pytest.fixture
@@ -296,3 +296,29 @@ def test_cost_model_mirrors_the_winograd_plan():
                 assert plan._winograd_fused(c, m) == wino.fused(args[0], args[2], args[1], m, 4, not shared)
     assert (plan.WINO_FUSED_MIN_SAMPLES, plan.WINO_FUSED_KERNEL_BYTES) == \
         (wino.FUSED_MIN_SAMPLES, wino.FUSED_KERNEL_BYTES)
+
+
+@pytest.mark.parametrize("forward, backward, kept", [("winograd2", "winograd2", True), ("winograd4", "winograd4", True),
+                                                     ("winograd2", "tiles", False), ("winograd4", "winograd2", False),
+                                                     ("tiles", "winograd2", False)])
+def test_winograd_kernels_kept_for_the_same_backward(forward, backward, kept, rng):
+    # the template keeps the forward's transformed kernels only where the backward runs
+    # the same Winograd strategy, and the backward takes them out; the op's gradients are
+    # the same on a second call of its pullback (the kernels transformed again)
+    from dynconv_np import _args
+    from dynconv_np.backends.cpu import winograd
+
+    x = rng.standard_normal((2, 6, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((4, 6, 3, 3)).astype(np.float32)
+    g = _args.geometry(x.shape, 3, 3, 1, 1, 1)
+    dy = rng.standard_normal((2, 4, 7, 7)).astype(np.float32)
+    with strategy.force(forward=forward, backward=backward):
+        saved = {}
+        conv.conv_forward(x, w.reshape(4, -1), None, g, 1, saved)
+        assert (winograd.SAVED_KEY in saved) == kept
+        conv.conv_backward(x, w.reshape(4, -1), dy, g, 1, saved=saved)
+        assert saved == {}
+        _, pullback = dc.conv2d.vjp(x, w, padding=1)
+        first, again = pullback(dy), pullback(dy)
+    for a, b in zip(first[:2], again[:2]):
+        np.testing.assert_array_equal(a, b)

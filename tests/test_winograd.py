@@ -125,17 +125,20 @@ def test_split_rows_and_channels(monkeypatch, cfg, budget):
 @pytest.mark.parametrize("cfg", [(4, 6, 4, 7, 9, 1, 1, True, "sample"), (5, 6, 9, 6, 5, 0, 3, True, None),
                                  (6, 4, 8, 5, 12, 2, 2, True, "shared")])
 def test_per_sample_kernels_transformed_in_the_work_item(monkeypatch, cfg, m):
-    # batches of 4 and more: each sample's kernels transformed (rotated for dx, channels
-    # per group swapped) in the item that uses them, bitwise what the batch's transform
-    # gives, and right against the reference
+    # batches of 4 and more: each sample's kernels transformed (for dx transposed by
+    # group) in the item that uses them, bitwise what the batch's transform gives for
+    # the forward (dx: the same products, the kernels' GEMM operand transposed, which
+    # BLAS may sum in another order), and right against the reference
     N, C, O = cfg[:3]
     groups = cfg[6]
-    assert winograd.fused(N, O, C // groups, m, 8, True) and winograd.fused(N, C, O // groups, m, 8, True)
+    assert winograd.fused(N, O, C // groups, m, 8, True)
     fused = _check(cfg, m, np.float64)
     monkeypatch.setattr(winograd, "FUSED_MIN_SAMPLES", 10**9)
     assert not winograd.fused(N, O, C // groups, m, 8, True)
-    for a, b in zip(fused, _check(cfg, m, np.float64)):
+    y, dx, gw, dbt = _check(cfg, m, np.float64)
+    for a, b in zip((y, gw, dbt), fused[::2] + fused[3:]):
         np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(dx, fused[1], rtol=1e-12, atol=1e-12 * np.abs(dx).max())
 
 
 def test_fused_follows_the_shapes():
@@ -156,6 +159,61 @@ def test_gradients_on_request(per_sample):
             np.testing.assert_array_equal(dx, full[1])
         if need_dw:
             np.testing.assert_array_equal(gw, full[2])
+
+
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+def test_reversed_tiles_convolve(m):
+    # J A^T [(G g G^T) . (B^T J d J B)] A J is the tile of the correlation of d with g
+    # rotated by 180 degrees: the input gradient's, on the forward's transformed kernels
+    from dynconv_np.backends.cpu.winograd_transforms import _MATRICES, reversed_tiles
+
+    def dense(sp, shape):
+        idx, coef = sp
+        out = np.zeros(shape)
+        for i in range(shape[0]):
+            out[i, idx[i, 1:1 + idx[i, 0]]] = coef[i, :idx[i, 0]]
+        return out
+
+    alpha = m + 2
+    BTr, ATr = (dense(sp, shape) for sp, shape in zip(reversed_tiles(m, np.dtype(np.float64)),
+                                                      [(alpha, alpha), (m, alpha)]))
+    BT, G, AT = (np.array(a, dtype=np.float64) for a in _MATRICES[m])
+    np.testing.assert_array_equal(BTr, BT[:, ::-1])
+    np.testing.assert_array_equal(ATr, AT[::-1])
+    rng = np.random.default_rng(m)
+    d, g = rng.standard_normal((alpha, alpha)), rng.standard_normal((3, 3))
+    rot = g[::-1, ::-1]
+    want = np.array([[np.sum(d[i:i + 3, j:j + 3] * rot) for j in range(m)] for i in range(m)])
+    got = ATr @ ((G @ g @ G.T) * (BTr @ d @ BTr.T)) @ ATr.T
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+@pytest.mark.parametrize("cfg", [(1, 6, 4, 7, 9, 1, 2, False), (3, 4, 6, 5, 6, 0, 1, False),
+                                 (2, 4, 6, 6, 5, 1, 2, True)])
+def test_backward_reuses_the_forward_kernels(cfg, m):
+    # the forward keeps its transformed kernels in `saved`; the backward takes them out
+    # and gives bitwise what it gives without them (a kept m other than the backward's is
+    # dropped unused)
+    N, C, O, H, W, p, G, per_sample = cfg
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    wt = rng.standard_normal(((N,) if per_sample else ()) + (O, C // G * 9)).astype(np.float32)
+    g = _args.geometry(x.shape, 3, 3, 1, p, 1)
+    dy = rng.standard_normal((N, O, g.Ho, g.Wo)).astype(np.float32)
+    saved = {}
+    y = winograd.forward(x, wt, None, g, G, m=m, saved=saved)
+    assert saved[winograd.SAVED_KEY][0] == m
+    np.testing.assert_array_equal(y, winograd.forward(x, wt, None, g, G, m=m))
+    fresh = winograd.backward(x, wt, dy, g, G, m=m)
+    for a, b in zip(winograd.backward(x, wt, dy, g, G, m=m, saved=saved), fresh):
+        np.testing.assert_array_equal(a, b)
+    assert saved == {}
+    other = {}
+    winograd.forward(x, wt, None, g, G, m=6 - m, saved=other)
+    for a, b in zip(winograd.backward(x, wt, dy, g, G, m=m, saved=other), fresh):
+        np.testing.assert_array_equal(a, b)
+    assert other == {}
 
 
 def test_supports_and_arguments():

@@ -93,13 +93,16 @@ class KernelAPI(ArrayAPI, Protocol):
         a function of the arguments and the bound only)."""
 
     # ------------------------------------------------------------------ conv template
-    def conv_forward(self, x, wt, bt, g, groups):
+    def conv_forward(self, x, wt, bt, g, groups, saved=None):
         """``Y_n = Wt_n @ X_n + bt_n``: x (N, C, H, W); wt (O, F) shared or (N, O, F) per
-        sample; bt (O,), (N, O) or None. Returns y (N, O, Ho, Wo)."""
+        sample; bt (O,), (N, O) or None. Returns y (N, O, Ho, Wo). `saved`: a dict the
+        backend may fill with what :meth:`conv_backward` of the same x and wt can reuse
+        (the op passes it the same dict); the results never depend on it."""
 
-    def conv_backward(self, x, wt, dy, g, groups, need_dx=True, need_dw=True):
+    def conv_backward(self, x, wt, dy, g, groups, need_dx=True, need_dw=True, saved=None):
         """Backward of :meth:`conv_forward`. Returns ``(dx (N, C, H, W) or None,
-        gw (O, F) shared / (N, O, F) per sample or None, dbt (O,) shared / (N, O))``."""
+        gw (O, F) shared / (N, O, F) per sample or None, dbt (O,) shared / (N, O))``.
+        `saved`: the forward's; the backend takes out of it what it reuses."""
 
     def conv_plan(self, g, groups, O, K, per_sample, dtype):
         """The formulation of a kernel-mixing op's convolution, ``"kernel_mixing"`` (mix

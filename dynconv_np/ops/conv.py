@@ -38,11 +38,12 @@ def conv2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, stride=
 
     x_ = be.contiguous(x)
     wt = be.contiguous(w).reshape(O, F)                     # (O, F)
-    y = be.conv_forward(x_, wt, bias, g, groups)            # (N, O, Ho, Wo)
+    saved = {}                                              # what the backward reuses
+    y = be.conv_forward(x_, wt, bias, g, groups, saved)     # (N, O, Ho, Wo)
 
     def pullback(dy):
         _args.check_cotangent(dy, y)
-        dx, gw, dbt = be.conv_backward(x_, wt, be.contiguous(dy), g, groups)
+        dx, gw, dbt = be.conv_backward(x_, wt, be.contiguous(dy), g, groups, saved=saved)
         return dx, gw.reshape(w.shape), (dbt if bias is not None else None)
 
     return y, pullback

@@ -87,11 +87,12 @@ def _kernel_mixing(be, x_, W, pi, bias, g, groups):
     N, F = g.N, g.C // groups * g.taps
     wt, bt, pb_mix = mix_kernels(be, W, pi, bias)           # (N, O*F) or (O*F,); (N, O) or (O,)
     wt = wt.reshape((N, O, F) if len(pi.shape) == 2 else (O, F))
-    y = be.conv_forward(x_, wt, bt, g, groups)              # (N, O, Ho, Wo)
+    saved = {}                                              # what the backward reuses
+    y = be.conv_forward(x_, wt, bt, g, groups, saved)       # (N, O, Ho, Wo)
 
     def pullback(dy):
         _args.check_cotangent(dy, y)
-        dx, gw, dbt = be.conv_backward(x_, wt, be.contiguous(dy), g, groups)
+        dx, gw, dbt = be.conv_backward(x_, wt, be.contiguous(dy), g, groups, saved=saved)
         dW, dpi, dbias = pb_mix(gw, dbt)                    # W's, pi's and bias's shapes
         return dx, dW, dpi, dbias
 
@@ -111,7 +112,8 @@ def _output_mixing(be, x_, W, pi, bias, g, groups):
     Og = O // G
     Ws = be.swap01(Wf.reshape(K, G, Og * F)).reshape(K * O, F)            # (G*K*Og, F)
     bs = None if b_ is None else be.swap01(b_.reshape(K, G, Og)).reshape(K * O)  # (G*K*Og,)
-    Y = be.conv_forward(x_, Ws, bs, g, G).reshape(N, G, K, Og * P)      # Y[n, gi, k] = W_k X_n + b_k
+    saved = {}                                                          # what the backward reuses
+    Y = be.conv_forward(x_, Ws, bs, g, G, saved).reshape(N, G, K, Og * P)   # Y[n, gi, k] = W_k X_n + b_k
     y = be.gemm(pi_.reshape(N, 1, 1, K), Y)                             # (N, G, 1, Og*P)
     y = y.reshape(N, O, g.Ho, g.Wo)
 
@@ -121,7 +123,7 @@ def _output_mixing(be, x_, W, pi, bias, g, groups):
         dY = be.gemm(pi_.reshape(N, 1, K, 1), dy4)                      # (N, G, K, Og*P): pi[n,k] dy_n
         dpi = be.gemm(Y, dy4, tb=True).reshape(N, G, K)                 # <Y[n,gi,k], dy[n,gi]>
         dpi = be.gemm(be.fill(be.empty((1, G), dpi.dtype), 1), dpi)     # (N, 1, K): summed over groups
-        dx, gWs, dbs = be.conv_backward(x_, Ws, dY.reshape(N, K * O, g.Ho, g.Wo), g, G)
+        dx, gWs, dbs = be.conv_backward(x_, Ws, dY.reshape(N, K * O, g.Ho, g.Wo), g, G, saved=saved)
         dW = be.swap01(gWs.reshape(G, K, Og * F)).reshape(w_shape)      # (K, O, Cg, kh, kw)
         dbias = None if b_ is None else be.swap01(dbs.reshape(G, K, Og)).reshape(K, O)
         return dx, dW, dpi.reshape(pi_shape), dbias

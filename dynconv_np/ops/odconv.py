@@ -82,11 +82,12 @@ def odconv2d(x: np.ndarray, W: np.ndarray, a_w: np.ndarray, a_s: np.ndarray, a_c
     wmix = wmix.reshape(N, O, Cg, T)
     wt = be.scale_kernels(wmix, a_f_, a_c_, a_s_, groups)               # (N, O, Cg, T)
     wt = wt.reshape(N, O, Cg * T)
-    y = be.conv_forward(x_, wt, None, g, groups)                         # (N, O, Ho, Wo)
+    saved = {}                                                           # what the backward reuses
+    y = be.conv_forward(x_, wt, None, g, groups, saved)                  # (N, O, Ho, Wo)
 
     def pullback(dy):
         _args.check_cotangent(dy, y)
-        dx, gw, _ = be.conv_backward(x_, wt, be.contiguous(dy), g, groups)   # gw (N, O, Cg*T)
+        dx, gw, _ = be.conv_backward(x_, wt, be.contiguous(dy), g, groups, saved=saved)   # gw (N, O, Cg*T)
         dwmix, da_f, da_c, da_s = be.scale_kernels_backward(gw.reshape(N, O, Cg, T), wmix, a_f_, a_c_,
                                                             a_s_, groups)
         dW, da_w, _ = pb_mix(dwmix)                                      # (K, O, Cg, kh, kw), (N, K)

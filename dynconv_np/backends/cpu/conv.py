@@ -546,7 +546,7 @@ def conv_plan(g, groups, O, K, per_sample, dtype):
 
 
 # ----------------------------------------------------------------------------- template
-def conv_forward(x, wt, bt, g, groups):
+def conv_forward(x, wt, bt, g, groups, saved=None):
     """``Y_n = Wt_n @ X_n + bt_n`` for shared or per-sample kernels, by the strategy the
     planner picks (:mod:`.plan`).
 
@@ -557,6 +557,11 @@ def conv_forward(x, wt, bt, g, groups):
     bt : ndarray (O,) or (N, O) or None
     g : Geometry
     groups : int
+    saved : dict, optional
+        Filled with what :func:`conv_backward` of the same `x` and `wt` can reuse (pass it
+        the same dict): the Winograd-transformed kernels, where the forward and the
+        backward both run the same Winograd strategy (the input gradient then needs no
+        transform of its own). Held until that backward.
 
     Returns
     -------
@@ -566,9 +571,11 @@ def conv_forward(x, wt, bt, g, groups):
     y = np.empty((g.N, O, g.Ho, g.Wo), dtype=x.dtype)
     if g.N == 0:
         return y
-    strategy = plan.choose("forward", _call(g, groups, O, wt.ndim == 2, x.dtype.itemsize))
+    call = _call(g, groups, O, wt.ndim == 2, x.dtype.itemsize)
+    strategy = plan.choose("forward", call)
     if strategy.startswith("winograd"):
-        return _winograd().forward(x, wt, bt, g, groups, m=int(strategy[-1]))
+        keep = saved is not None and plan.peek("backward", call) == strategy
+        return _winograd().forward(x, wt, bt, g, groups, m=int(strategy[-1]), saved=saved if keep else None)
     if strategy == "shifted":
         return _shifted().forward(x, wt, bt, g, groups)
     R, B = _layout(strategy, g, x.dtype.itemsize)
@@ -593,7 +600,7 @@ def empty_backward(g, wt, dtype, need_dx: bool, need_dw: bool):
     return dx, gw, np.zeros((O,) if shared else (0, O), dtype=dtype)
 
 
-def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
+def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, saved=None):
     """Backward of :func:`conv_forward`, by the strategy the planner picks (:mod:`.plan`).
 
     Parameters
@@ -601,6 +608,10 @@ def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
     x : ndarray (N, C, H, W), C-contiguous
     wt : ndarray (O, F) shared or (N, O, F) per sample, ``F = C//groups*kh*kw``
     dy : ndarray (N, O, Ho, Wo), C-contiguous
+    saved : dict, optional
+        The forward's (see :func:`conv_forward`); what this backward reuses is taken out
+        of it, so that it is freed with the backward. The results are the same with or
+        without it.
 
     Returns
     -------
@@ -618,7 +629,10 @@ def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
     itemsize = x.dtype.itemsize
     strategy = plan.choose("backward", _call(g, G, O, shared, itemsize), need_dx, need_dw)
     if strategy.startswith("winograd"):
-        return _winograd().backward(x, wt, dy, g, G, need_dx=need_dx, need_dw=need_dw, m=int(strategy[-1]))
+        return _winograd().backward(x, wt, dy, g, G, need_dx=need_dx, need_dw=need_dw, m=int(strategy[-1]),
+                                    saved=saved)
+    if saved is not None:
+        saved.clear()
     if strategy == "shifted":
         return _shifted().backward(x, wt, dy, g, G, need_dx=need_dx, need_dw=need_dw)
     dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None

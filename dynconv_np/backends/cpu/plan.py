@@ -596,6 +596,15 @@ def _pick(pass_: str, call: ConvCall, record: bool = True, need_dx: bool = True,
     return chosen
 
 
+def peek(pass_: str, call: ConvCall, need_dx: bool = True, need_dw: bool = True) -> str | None:
+    """What :func:`choose` would pick, without logging or recording a decision; None
+    where a forced strategy cannot run the call (where :func:`choose` raises)."""
+    f = getattr(forced(), pass_)
+    if f is not None:
+        return None if unsupported(f, call) else f
+    return _cheapest(estimates(pass_, call, need_dx, need_dw))
+
+
 def choose(pass_: str, call: ConvCall, need_dx: bool = True, need_dw: bool = True) -> str:
     """The strategy of one conv pass: the forced one (ValueError when it cannot run the
     call), else the cheapest estimate (``tiles`` unless another beats it by

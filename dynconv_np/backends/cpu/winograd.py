@@ -81,6 +81,7 @@ from .winograd_transforms import (
     kernel_gradient_rows,
     matrices,
     output_tiles,
+    reversed_tiles,
     transform_kernels,
 )
 
@@ -124,41 +125,39 @@ PARALLEL_KERNELS = 8192
 
 # ----------------------------------------------------------------------------- kernels
 @njit(cache=True)
-def _kernel_row(wt, k, U, ku, G, flip, buf, r):
-    # Row r of U[ku], the transforms of wt[k]'s kernels (see _kernels), side by side;
-    # buf: scratch of (9 + 3*alpha)*S floats.
+def _kernel_row(wt, k, U, ku, G, tr, buf, r):
+    # Row r of U[ku], the transforms of the kernels wt[k, r] (see _kernels), side by side;
+    # with `tr`, of U[ku] transposed by group, (alpha^2, C, Og): the kernels wt[k, gi*Og +
+    # oo, c*9:] for oo < Og, row r = gi*Cg + c. buf: scratch of (9 + 3*alpha)*S floats,
+    # S = U.shape[3].
     O, F = wt.shape[1], wt.shape[2]
-    Cg = F // 9
     A2, R, S = U.shape[1], U.shape[2], U.shape[3]
-    wf = wt.reshape(wt.size)
     gs = buf[:9 * S]
-    if flip:
-        gi, c = split(r, Cg)
-        gather_kernels(wf, (k * O + gi * S) * F + c * 9, F, True, S, gs)
+    if tr:
+        gi, c = split(r, F // 9)
+        gather_kernels(wt.reshape(wt.size), (k * O + gi * S) * F + c * 9, F, S, gs)
     else:
-        gather_kernels(wf, (k * O + r) * F, 9, False, S, gs)
+        gather_kernels(wt.reshape(wt.size), (k * O + r) * F, 9, S, gs)
     transform_kernels(G, gs, S, U.reshape(U.size), (ku * A2 * R + r) * S, R * S, buf[9 * S:])
 
 
 @njit(parallel=True, cache=True)
-def _kernels(wt, U, G, flip, ws):
+def _kernels(wt, U, G, ws):
     # wt (K, O, Cg*9) -> U (K, alpha^2, O, Cg): U[k, :, o, c] = G g G^T, g = wt[k, o, c*9:].
-    # flip: U (K, alpha^2, C, Og), U[k, :, gi*Cg + c, oo] = G rot180(g) G^T with
-    # g = wt[k, gi*Og + oo, c*9:], the kernels of the input gradient. A work item is a row
-    # (k, o) or (k, gi*Cg + c) of U; ws (threads, (9 + 3*alpha)*S) scratch.
+    # A work item is a row (k, o) of U; ws (threads, (9 + 3*alpha)*Cg) scratch.
     R = U.shape[2]
     for kr in prange(U.shape[0] * R):
         k, r = split(kr, R)
-        _kernel_row(wt, k, U, k, G, flip, ws[get_thread_id()], r)
+        _kernel_row(wt, k, U, k, G, False, ws[get_thread_id()], r)
 
 
 @njit(cache=True)
-def _kernels_serial(wt, U, G, flip, ws):
+def _kernels_serial(wt, U, G, ws):
     # _kernels on the calling thread (a few kernels are not worth a parallel region)
     R = U.shape[2]
     for k in range(U.shape[0]):
         for r in range(R):
-            _kernel_row(wt, k, U, k, G, flip, ws[0], r)
+            _kernel_row(wt, k, U, k, G, False, ws[0], r)
 
 
 @njit(inline="always")
@@ -169,18 +168,32 @@ def _buffers(buf, at, m, cb, nb, ob):
 
 
 @njit(inline="always")
-def _fwd_dims(x, U, y, AT):
-    # (m, alpha^2, C, O, Cg, groups, Og) of a forward: x (N, C, ..), U (.., alpha^2, O, Cg),
-    # y (N, O, ..), AT (m, alpha)
-    m = AT[0].shape[0]
-    C, O, Cg = x.shape[1], y.shape[1], U.shape[3]
-    return m, (m + 2) * (m + 2), C, O, Cg, C // Cg, O // (C // Cg)
+def _groups(C, O, u, tk):
+    # (Cg, groups, Og) of a correlation of C input with O output channels on the
+    # transformed kernels u (.., O, Cg), or with `tk` u (.., C, Og): the input gradient's
+    # correlation on the forward's kernels, transposed
+    if tk:
+        Og = u.shape[u.ndim - 1]
+        return C // (O // Og), O // Og, Og
+    Cg = u.shape[u.ndim - 1]
+    return Cg, C // Cg, O // (C // Cg)
+
+
+@njit(inline="always")
+def _products(u, V, M, xi, g, Cg, Og, tk):
+    # M[xi] (O, nb), group g's rows = the group's kernels (u[xi]'s rows, transposed with
+    # `tk`: (Cg, Og) -> (Og, Cg)) @ V[xi] (C, nb), group g's rows
+    if tk:
+        dot_into(u[xi, g * Cg:(g + 1) * Cg].T, V[xi, g * Cg:(g + 1) * Cg], M[xi, g * Og:(g + 1) * Og])
+    else:
+        dot_into(u[xi, g * Og:(g + 1) * Og], V[xi, g * Cg:(g + 1) * Cg], M[xi, g * Og:(g + 1) * Og])
 
 
 @njit(parallel=True, cache=True)
-def _fwd_blocks(x, U, bt, y, ws, pieces, blocks, BT, AT, h0, w0, cb, ob):
+def _fwd_blocks(x, U, bt, y, ws, pieces, blocks, BT, AT, h0, w0, cb, ob, tk):
     # y = the 3x3 correlation of x with the transformed kernels U, plus bt.
-    # x (N, C, H, W); U (N or 1, alpha^2, O, Cg); bt (N or 1, O), or (0, O) for no bias;
+    # x (N, C, H, W); U (N or 1, alpha^2, O, Cg), or with `tk` (N or 1, alpha^2, C, Og)
+    # used transposed; bt (N or 1, O), or (0, O) for no bias;
     # y (N, O, Ho, Wo); ws (threads, workspace floats); pieces (P, 5) rectangles of tiles
     # (n, ti0, ti1, tj0, tj1); blocks (B, 2) ranges of pieces. Tile (ti, tj) reads x from
     # row h0 + ti*m, column w0 + tj*m; the tiles are transformed cb input / ob output
@@ -188,7 +201,7 @@ def _fwd_blocks(x, U, bt, y, ws, pieces, blocks, BT, AT, h0, w0, cb, ob):
     for it in prange(blocks.shape[0]):
         p0 = blocks[it, 0]
         _fwd_block(x, U[pieces[p0, 0] if U.shape[0] > 1 else 0], bt, y, ws[get_thread_id()], 0, pieces, p0,
-                   blocks[it, 1], BT, AT, h0, w0, cb, ob)
+                   blocks[it, 1], BT, AT, h0, w0, cb, ob, tk)
 
 
 @njit(inline="always")
@@ -207,43 +220,44 @@ def _block_input(x, O, buf, at, pieces, p0, p1, BT, m, h0, w0, cb, ob):
 
 
 @njit(inline="always")
-def _fwd_block(x, u, bt, y, buf, at, pieces, p0, p1, BT, AT, h0, w0, cb, ob):
+def _fwd_block(x, u, bt, y, buf, at, pieces, p0, p1, BT, AT, h0, w0, cb, ob, tk):
     # one block of _fwd_blocks (pieces p0..p1-1) with the transformed kernels u
-    # (alpha^2, O, Cg), in buf[at:]
+    # (alpha^2, O, Cg), or with `tk` (alpha^2, C, Og) transposed, in buf[at:]
     m = AT[0].shape[0]
     A2 = (m + 2) * (m + 2)
-    C, O, Cg = x.shape[1], y.shape[1], u.shape[2]
-    G = C // Cg
-    Og = O // G
+    C, O = x.shape[1], y.shape[1]
+    Cg, G, Og = _groups(C, O, u, tk)
     V, M, s1, s2 = _block_input(x, O, buf, at, pieces, p0, p1, BT, m, h0, w0, cb, ob)
     for xi in range(A2):
         for g in range(G):
-            dot_into(u[xi, g * Og:(g + 1) * Og], V[xi, g * Cg:(g + 1) * Cg], M[xi, g * Og:(g + 1) * Og])
+            _products(u, V, M, xi, g, Cg, Og, tk)
     for o0 in range(0, O, ob):
         output_tiles(M, y, bt, pieces, p0, p1, AT, o0, min(O, o0 + ob), s1, s2)
 
 
 @njit(parallel=True, cache=True)
-def _fwd_samples(x, wt, GK, flip, Cg, bt, y, ws, pieces, blocks, first, BT, AT, h0, w0, cb, ob):
+def _fwd_samples(x, wt, GK, bt, y, ws, pieces, blocks, first, BT, AT, h0, w0, cb, ob, tk):
     # _fwd_blocks for per-sample kernels wt (N, O', F), a sample a work item: its kernels
-    # transformed into the thread's buffer (U_n (alpha^2, O, Cg) as _kernels makes them,
-    # rotated with `flip`; GK the kernel transform), then its blocks first[n]..first[n+1]-1
+    # transformed into the thread's buffer (U_n (alpha^2, O, Cg) of the correlation: as
+    # _kernels makes them, or with `tk` transposed by group, so that the input
+    # gradient's GEMMs take them untransposed, faster than the transposed forward's on
+    # per-sample GEMMs; GK the kernel transform), then its blocks first[n]..first[n+1]-1
     # in order. The transformed kernels of the whole batch (N times 16/9 or 4 times the
     # kernels) were written out and read back, the step's largest memory traffic.
-    # Cg: x's channels per group; ws (threads, alpha^2*O*Cg + (9 + 3*alpha)*Cg + a
-    # block's floats).
+    # ws (threads, alpha^2*O'*F//9 + (9 + 3*alpha)*Cg + a block's floats).
     m = AT[0].shape[0]
     alpha = m + 2
     A2 = alpha * alpha
     O = y.shape[1]
+    Cg = wt.shape[1] * (wt.shape[2] // 9) // O if tk else wt.shape[2] // 9
     at = A2 * O * Cg + (9 + 3 * alpha) * Cg
     for n in prange(x.shape[0]):
         buf = ws[get_thread_id()]
         U = buf[:A2 * O * Cg].reshape(1, A2, O, Cg)
         for r in range(O):
-            _kernel_row(wt, n, U, 0, GK, flip, buf[A2 * O * Cg:at], r)
+            _kernel_row(wt, n, U, 0, GK, tk, buf[A2 * O * Cg:at], r)
         for b in range(first[n], first[n + 1]):
-            _fwd_block(x, U[0], bt, y, buf, at, pieces, blocks[b, 0], blocks[b, 1], BT, AT, h0, w0, cb, ob)
+            _fwd_block(x, U[0], bt, y, buf, at, pieces, blocks[b, 0], blocks[b, 1], BT, AT, h0, w0, cb, ob, False)
 
 
 @njit(parallel=True, cache=True)
@@ -296,12 +310,15 @@ def _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, h0, w0, c
 
 
 @njit(parallel=True, cache=True)
-def _fwd_whole(x, U, bt, y, V, M, ws, pieces, BT, AT, h0, w0, cb, ob):
+def _fwd_whole(x, U, bt, y, V, M, ws, pieces, BT, AT, h0, w0, cb, ob, tk):
     # _fwd_blocks for a shared kernel with every tile in one block (pieces 0..P-1), in
     # three parallel regions whose items own what they write: the input transform by
     # chunks of cb channels into V (alpha^2, C, nb), the alpha^2 GEMMs into M
     # (alpha^2, O, nb) by (xi, group), the output transform by chunks of ob channels.
-    m, A2, C, O, Cg, G, Og = _fwd_dims(x, U, y, AT)
+    m = AT[0].shape[0]
+    A2 = (m + 2) * (m + 2)
+    C, O = x.shape[1], y.shape[1]
+    Cg, G, Og = _groups(C, O, U, tk)
     P = pieces.shape[0]
     nb = V.shape[2]
     for it in prange(ceil_div(C, cb)):
@@ -310,7 +327,7 @@ def _fwd_whole(x, U, bt, y, V, M, ws, pieces, BT, AT, h0, w0, cb, ob):
     u = U[0]
     for it in prange(A2 * G):
         xi, g = split(it, G)
-        dot_into(u[xi, g * Og:(g + 1) * Og], V[xi, g * Cg:(g + 1) * Cg], M[xi, g * Og:(g + 1) * Og])
+        _products(u, V, M, xi, g, Cg, Og, tk)
     for it in prange(ceil_div(O, ob)):
         s1, s2, s3 = _buffers(ws[get_thread_id()], 0, m, cb, nb, ob)
         output_tiles(M, y, bt, pieces, 0, P, AT, it * ob, min(O, (it + 1) * ob), s1, s2)
@@ -469,18 +486,17 @@ def _workspace(C: int, O: int, m: int, pieces: np.ndarray, blocks: np.ndarray) -
     return cb, ob, (m + 2) ** 2 * (C + O) * nb + 3 * _buffer_size(m, cb, nb, ob)
 
 
-def _transformed(wt, groups, m, flip, dtype):
-    # wt (O, F) or (N, O, F) -> U (1 or N, alpha^2, O, Cg), or with flip (.., C, Og)
+def _transformed(wt, m, dtype):
+    # wt (O, F) or (N, O, F) -> U (1 or N, alpha^2, O, F//9)
     w3 = wt.reshape((1,) + wt.shape) if wt.ndim == 2 else wt
     K, O, F = w3.shape
-    Cg = F // 9
-    shape = (K, (m + 2) ** 2) + ((Cg * groups, O // groups) if flip else (O, Cg))
+    shape = (K, (m + 2) ** 2, O, F // 9)
     U = np.empty(shape, dtype=dtype)
     ws = _scratch(get_num_threads(), (9 + 3 * (m + 2)) * shape[3], dtype)
     # every parallel region costs a wake-up of the threads: a few kernels are transformed
     # on this one (every kernel is computed alike either way, so the result is the same)
-    parallel = K * shape[2] * shape[3] >= PARALLEL_KERNELS
-    (_kernels if parallel else _kernels_serial)(np.ascontiguousarray(w3), U, matrices(m, dtype)[1], flip, ws)
+    parallel = K * O * shape[3] >= PARALLEL_KERNELS
+    (_kernels if parallel else _kernels_serial)(np.ascontiguousarray(w3), U, matrices(m, dtype)[1], ws)
     return U
 
 
@@ -526,30 +542,37 @@ def fused(N: int, O: int, Cg: int, m: int, itemsize: int, per_sample: bool) -> b
     """True when a per-sample correlation transforms each sample's kernels in the work
     item that uses them (``_fwd_samples``): a batch of :data:`FUSED_MIN_SAMPLES` or more
     whose transformed kernels of one sample fit :data:`FUSED_KERNEL_BYTES`. O and Cg are
-    the correlation's (C and O//groups for the input gradient). A function of the
-    shapes only."""
+    the kernels' (O and C//groups; the input gradient runs on the forward's kernels). A
+    function of the shapes only."""
     return per_sample and N >= FUSED_MIN_SAMPLES and (m + 2) ** 2 * O * Cg * itemsize <= FUSED_KERNEL_BYTES
 
 
-def _correlate(x, wt, flip, groups, b2, out, h0, w0, m):
-    # out (N, O, Ho, Wo) = x correlated with the kernels wt (O', F) or (N, O', F)
-    # transformed (rotated with flip: the input gradient), plus b2
+def _correlate(x, wt, tk, b2, out, h0, w0, m, U=None):
+    # out (N, O, Ho, Wo) = x correlated with the kernels wt (O, F) or (N, O, F)
+    # transformed, plus b2; with `tk` (the input gradient: x is dy, out dx) convolved with
+    # them, their transforms used transposed and the tiles reversed (reversed_tiles).
+    # U: wt's transforms, when the forward kept them (else made here, or in the work
+    # items). Returns U, or None where the work items transformed the kernels.
     N, C = x.shape[:2]
     O, Ho, Wo = out.shape[1:]
     BT, GK, _, AT, _ = matrices(m, x.dtype)
+    if tk:
+        BT, AT = reversed_tiles(m, x.dtype)
     per_sample = wt.ndim == 3 and wt.shape[0] > 1
+    Ok, Cgk = wt.shape[-2], wt.shape[-1] // 9
     tH, tW = _tiles(Ho, Wo, m)
-    if fused(N, O, C // groups, m, x.dtype.itemsize, per_sample):
+    if U is None and fused(N, Ok, Cgk, m, x.dtype.itemsize, per_sample):
         pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), True, MIN_ITEMS)
         first = np.searchsorted(pieces[blocks[:, 0], 0], np.arange(N + 1)).astype(np.int64)
         cb, ob, floats = _workspace(C, O, m, pieces, blocks)
-        ws = _scratch(get_num_threads(), (m + 2) ** 2 * O * (C // groups) + (9 + 3 * (m + 2)) * (C // groups)
-                      + floats, x.dtype)
+        Cg = Ok * Cgk // O if tk else Cgk                   # the correlation's input channels a group
+        ws = _scratch(get_num_threads(), (m + 2) ** 2 * O * Cg + (9 + 3 * (m + 2)) * Cg + floats, x.dtype)
         with blas_single_thread():
-            _fwd_samples(x, np.ascontiguousarray(wt), GK, flip, C // groups, b2, out, ws, pieces, blocks, first, BT, AT,
-                         h0, w0, cb, ob)
-        return out
-    U = _transformed(wt, groups, m, flip, x.dtype)
+            _fwd_samples(x, np.ascontiguousarray(wt), GK, b2, out, ws, pieces, blocks, first, BT, AT, h0, w0, cb, ob,
+                         tk)
+        return None
+    if U is None:
+        U = _transformed(wt, m, x.dtype)
     if whole(N, C, O, Ho, Wo, m, x.dtype.itemsize, U.shape[0] == 1):
         pieces = _one_block(N, Ho, Wo, m)
         nb, A2 = _grid(N, Ho, Wo, m), (m + 2) ** 2
@@ -557,17 +580,21 @@ def _correlate(x, wt, flip, groups, b2, out, h0, w0, m):
         flat, ws = _whole_space(A2 * (C + O) * nb, 3 * _buffer_size(m, cb, nb, ob), x.dtype)
         V, M = flat[:A2 * C * nb].reshape(A2, C, nb), flat[A2 * C * nb:].reshape(A2, O, nb)
         with blas_single_thread():
-            _fwd_whole(x, U, b2, out, V, M, ws, pieces, BT, AT, h0, w0, cb, ob)
-        return out
+            _fwd_whole(x, U, b2, out, V, M, ws, pieces, BT, AT, h0, w0, cb, ob, tk)
+        return U
     pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), U.shape[0] > 1, MIN_ITEMS)
     cb, ob, floats = _workspace(C, O, m, pieces, blocks)
     ws = _scratch(get_num_threads(), floats, x.dtype)
     with blas_single_thread():
-        _fwd_blocks(x, U, b2, out, ws, pieces, blocks, BT, AT, h0, w0, cb, ob)
-    return out
+        _fwd_blocks(x, U, b2, out, ws, pieces, blocks, BT, AT, h0, w0, cb, ob, tk)
+    return U
 
 
-def forward(x, wt, bt, g, groups, m=2):
+#: The key of the transformed kernels a forward keeps for its backward in `saved`.
+SAVED_KEY = "winograd"
+
+
+def forward(x, wt, bt, g, groups, m=2, saved=None):
     """``y = conv(x, w) + b`` for a 3x3, stride-1 window by Winograd's F(m x m, 3 x 3).
 
     Parameters
@@ -580,6 +607,10 @@ def forward(x, wt, bt, g, groups, m=2):
     groups : int
     m : int
         Output tile size, 2 or 4.
+    saved : dict, optional
+        Where the transformed kernels are kept (under :data:`SAVED_KEY`, when they were
+        made whole rather than in the work items) for :func:`backward`'s input gradient
+        with the same `wt` and `m`.
 
     Returns
     -------
@@ -591,7 +622,10 @@ def forward(x, wt, bt, g, groups, m=2):
     if g.N == 0:
         return y
     b2 = np.zeros((0, O), x.dtype) if bt is None else np.ascontiguousarray(bt.reshape(-1, O))
-    return _correlate(x, wt, False, groups, b2, y, -g.ph, -g.pw, m)
+    U = _correlate(x, wt, False, b2, y, -g.ph, -g.pw, m)
+    if saved is not None and U is not None:
+        saved[SAVED_KEY] = (m, U)
+    return y
 
 
 def _kernel_gradient(x, dy, dbt, g, groups, shared, m):
@@ -636,7 +670,7 @@ def _kernel_gradient(x, dy, dbt, g, groups, shared, m):
     return np.add.reduce(part.reshape(N, k, O, F), axis=1)
 
 
-def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2):
+def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2, saved=None):
     """Backward of :func:`forward`.
 
     Parameters
@@ -650,6 +684,10 @@ def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2):
         Whether to compute the input and the kernel gradient.
     m : int
         Output tile size, 2 or 4.
+    saved : dict, optional
+        :func:`forward`'s, for the same `wt`: its transformed kernels, if kept with this
+        `m`, are taken out of it (a second backward transforms them again, to the same
+        values).
 
     Returns
     -------
@@ -663,12 +701,16 @@ def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2):
     shared = wt.ndim == 2
     if g.N == 0:
         return empty_backward(g, wt, x.dtype, need_dx, need_dw)
+    kept = None if saved is None else saved.pop(SAVED_KEY, None)
+    U = kept[1] if kept is not None and kept[0] == m else None
+    del kept
     dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None
     if need_dx:
-        # the transformed kernels ((m+2)^2/9 times the kernels) are gone (with
-        # _correlate's frame) before the kernel gradient's buffers come: a batch of one's
-        # peak memory is otherwise theirs summed
-        _correlate(dy, wt, True, groups, np.zeros((0, g.C), x.dtype), dx, g.ph - 2, g.pw - 2, m)
+        # the input gradient: dy convolved with the kernels, on their transforms
+        _correlate(dy, wt, True, np.zeros((0, g.C), x.dtype), dx, g.ph - 2, g.pw - 2, m, U)
+    # the transformed kernels ((m+2)^2/9 times the kernels) are gone before the kernel
+    # gradient's buffers come: a batch of one's peak memory is otherwise theirs summed
+    U = None
     dbt = np.empty((g.N, O), dtype=x.dtype)
     if need_dw:
         gw = _kernel_gradient(x, dy, dbt, g, groups, shared, m)

@@ -110,6 +110,29 @@ def matrices(m: int, dtype) -> tuple:
     return tuple(sparse(np.ascontiguousarray(a)) for a in (BT, G, G.T, AT, AT.T))
 
 
+@functools.lru_cache(maxsize=8)
+def reversed_tiles(m: int, dtype) -> tuple:
+    """The input and output transforms of a 3x3 convolution (the correlation with the
+    kernel rotated by 180 degrees) on the correlation's transformed kernels ``G g G^T``:
+    ``B^T J`` and ``J A^T``, with ``J`` the reversal (each as :func:`sparse` gives it).
+
+    A tile of the convolution is the reversed tile of the correlation of the reversed
+    input: in 1-D, ``z = J A^T [(G g) . (B^T J e)]`` (for ``z[i] = sum_t e[i + t]
+    g[2 - t]``), the same holding along each axis of a 2-D tile. The input gradient
+    (a convolution of ``dy`` with the forward's kernels) thus runs on the forward's
+    transformed kernels, where the rotated kernels would need transforms of their own.
+
+    Returns
+    -------
+    BTr : tuple
+        ``B^T J`` (alpha, alpha).
+    ATr : tuple
+        ``J A^T`` (m, alpha).
+    """
+    BT, _, AT = (np.array(a, dtype=np.float64).astype(dtype) for a in _MATRICES[m])
+    return sparse(np.ascontiguousarray(BT[:, ::-1])), sparse(np.ascontiguousarray(AT[::-1, :]))
+
+
 @njit(inline="always")
 def _term(s0, r, sstep, q, sskip):
     # where term r of a combination starts: s0 + r*sstep, or s0 + (r % q)*sstep +
@@ -352,19 +375,16 @@ def gradient_tiles(dy, pieces, p0, p1, A, dM, o0, o1, ds, ss):
 
 
 @njit(cache=True)
-def gather_kernels(wf, w0, lstep, flip, Lv, gs):
+def gather_kernels(wf, w0, lstep, Lv, gs):
     # gs[tap*Lv + l] = g_l[tap] for l < Lv: the 3x3 kernels g_l = wf[w0 + l*lstep:][:9]
-    # (rotated by 180 degrees with `flip`), a kernel's nine taps read together (nine
-    # passes of strided loads, one a tap, took twice as long; rotated kernels lie a row
-    # of wt apart)
+    # (lstep 9: a row of wt's kernels; a row of wt, F: a column's), a kernel's nine taps
+    # read together (nine passes of strided loads, one a tap, took twice as long)
     lv = np.uint64(Lv)
     for l in range(Lv):
         q = np.uint64(w0 + l * lstep)
         a0, a1, a2 = wf[q], wf[q + np.uint64(1)], wf[q + np.uint64(2)]
         a3, a4, a5 = wf[q + np.uint64(3)], wf[q + np.uint64(4)], wf[q + np.uint64(5)]
         a6, a7, a8 = wf[q + np.uint64(6)], wf[q + np.uint64(7)], wf[q + np.uint64(8)]
-        if flip:
-            a0, a1, a2, a3, a5, a6, a7, a8 = a8, a7, a6, a5, a3, a2, a1, a0
         d = np.uint64(l)
         gs[d], gs[d + lv], gs[d + 2 * lv] = a0, a1, a2
         gs[d + 3 * lv], gs[d + 4 * lv], gs[d + 5 * lv] = a3, a4, a5

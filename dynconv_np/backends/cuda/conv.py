@@ -92,7 +92,7 @@ def conv_plan(g, groups, O, K, per_sample, dtype):
     return "kernel_mixing"
 
 
-def conv_forward(x, wt, bt, g, groups):
+def conv_forward(x, wt, bt, g, groups, saved=None):
     """``Y_n = Wt_n @ X_n + bt_n`` for shared or per-sample kernels, on the device.
 
     Parameters
@@ -102,6 +102,9 @@ def conv_forward(x, wt, bt, g, groups):
     bt : device array (O,) or (N, O), or None
     g : Geometry
     groups : int
+    saved : dict, optional
+        The interface's place for what the backward can reuse; this backend keeps
+        nothing in it.
 
     Returns
     -------
@@ -121,7 +124,7 @@ def conv_forward(x, wt, bt, g, groups):
     return y
 
 
-def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True):
+def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, saved=None):
     """Backward of :func:`conv_forward`, on the device.
 
     Parameters
