@@ -141,6 +141,20 @@ def test_per_sample_kernels_transformed_in_the_work_item(monkeypatch, cfg, m):
     np.testing.assert_allclose(dx, fused[1], rtol=1e-12, atol=1e-12 * np.abs(dx).max())
 
 
+@pytest.mark.parametrize("cfg", [(5, 6, 4, 7, 6, 1, 2, True, "sample"), (2, 12, 10, 5, 6, 1, 1, False, None)])
+def test_kernel_runs_bitwise(monkeypatch, cfg):
+    # the kernels transformed a row of U at a time, a few rows, or all of them in one
+    # pass (runs of KERNEL_RUN kernels): each value computed alike, bitwise the same
+    results = []
+    for run in (1, 7, 10**6):
+        monkeypatch.setattr(winograd, "KERNEL_RUN", run)
+        results.append([_check(cfg, m, np.float32) for m in winograd.TILE_SIZES])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            for u, v in zip(a, b):
+                np.testing.assert_array_equal(u, v)
+
+
 def test_fused_follows_the_shapes():
     assert winograd.fused(128, 64, 64, 2, 4, True)                 # cifar16's dynamic layer
     assert not winograd.fused(128, 64, 64, 2, 4, False)            # a shared kernel

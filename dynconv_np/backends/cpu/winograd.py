@@ -117,6 +117,10 @@ FUSED_MIN_SAMPLES = 4
 #: ... when one sample's transformed kernels take at most this many bytes (in the
 #: thread's buffer).
 FUSED_KERNEL_BYTES = 2**20
+#: Kernels transformed together, about: whole rows of ``U``, one pass of the transform's
+#: loops over them all (a row of a 64-channel layer's kernels is 64 long: F(4x4) took
+#: 17.6 ns a kernel in rows of 64, 10.5 in runs of 256; F(2x2) 5.9 and 4.0).
+KERNEL_RUN = 256
 #: Kernels transformed in a parallel region from this many on (about 8 ns a kernel at
 #: one thread: a 256-channel layer's 65536 took 0.45 ms, 0.8 ms rotated, on the calling
 #: thread alone, a fifth of a batch of one's step).
@@ -125,39 +129,55 @@ PARALLEL_KERNELS = 8192
 
 # ----------------------------------------------------------------------------- kernels
 @njit(cache=True)
-def _kernel_row(wt, k, U, ku, G, tr, buf, r):
-    # Row r of U[ku], the transforms of the kernels wt[k, r] (see _kernels), side by side;
-    # with `tr`, of U[ku] transposed by group, (alpha^2, C, Og): the kernels wt[k, gi*Og +
-    # oo, c*9:] for oo < Og, row r = gi*Cg + c. buf: scratch of (9 + 3*alpha)*S floats,
-    # S = U.shape[3].
+def _kernel_rows(wt, k, U, ku, G, tr, buf, r0, r1):
+    # Rows r0..r1-1 of U[ku], the transforms of the kernels wt[k, r] (see _kernels), side
+    # by side, in one pass (U's rows follow each other: the transform's loops run the
+    # length of all of them); with `tr`, of U[ku] transposed by group, (alpha^2, C, Og):
+    # row r = gi*Cg + c the kernels wt[k, gi*Og + oo, c*9:] for oo < Og. buf: scratch of
+    # (9 + 3*alpha)*S*(r1 - r0) floats, S = U.shape[3].
     O, F = wt.shape[1], wt.shape[2]
     A2, R, S = U.shape[1], U.shape[2], U.shape[3]
-    gs = buf[:9 * S]
+    L = (r1 - r0) * S
+    gs = buf[:9 * L]
+    wf = wt.reshape(wt.size)
     if tr:
-        gi, c = split(r, F // 9)
-        gather_kernels(wt.reshape(wt.size), (k * O + gi * S) * F + c * 9, F, S, gs)
+        for r in range(r0, r1):
+            gi, c = split(r, F // 9)
+            gather_kernels(wf, (k * O + gi * S) * F + c * 9, F, S, gs, (r - r0) * S, L)
     else:
-        gather_kernels(wt.reshape(wt.size), (k * O + r) * F, 9, S, gs)
-    transform_kernels(G, gs, S, U.reshape(U.size), (ku * A2 * R + r) * S, R * S, buf[9 * S:])
+        gather_kernels(wf, (k * O + r0) * F, 9, L, gs, 0, L)
+    transform_kernels(G, gs, L, U.reshape(U.size), (ku * A2 * R + r0) * S, R * S, buf[9 * L:])
 
 
 @njit(parallel=True, cache=True)
-def _kernels(wt, U, G, ws):
+def _kernels(wt, U, G, ws, run):
     # wt (K, O, Cg*9) -> U (K, alpha^2, O, Cg): U[k, :, o, c] = G g G^T, g = wt[k, o, c*9:].
-    # A work item is a row (k, o) of U; ws (threads, (9 + 3*alpha)*Cg) scratch.
+    # A work item is a run of `run` rows (k, o) of U; ws (threads, (9 + 3*alpha)*Cg*run)
+    # scratch.
     R = U.shape[2]
-    for kr in prange(U.shape[0] * R):
-        k, r = split(kr, R)
-        _kernel_row(wt, k, U, k, G, False, ws[get_thread_id()], r)
+    n = (R + run - 1) // run
+    for kr in prange(U.shape[0] * n):
+        k, j = split(kr, n)
+        _kernel_rows(wt, k, U, k, G, False, ws[get_thread_id()], j * run, min(R, (j + 1) * run))
 
 
 @njit(cache=True)
-def _kernels_serial(wt, U, G, ws):
+def _kernels_serial(wt, U, G, ws, run):
     # _kernels on the calling thread (a few kernels are not worth a parallel region)
     R = U.shape[2]
     for k in range(U.shape[0]):
-        for r in range(R):
-            _kernel_row(wt, k, U, k, G, False, ws[0], r)
+        for r0 in range(0, R, run):
+            _kernel_rows(wt, k, U, k, G, False, ws[0], r0, min(R, r0 + run))
+
+
+def _row_run(R: int, S: int) -> int:
+    # rows of U (R of them, S kernels each) transformed together: about KERNEL_RUN kernels
+    return max(1, min(R, -(-KERNEL_RUN // S)))
+
+
+def _kernel_scratch(R: int, S: int, alpha: int) -> int:
+    # floats of _kernel_rows' scratch for runs of _row_run(R, S) rows
+    return (9 + 3 * alpha) * S * _row_run(R, S)
 
 
 @njit(inline="always")
@@ -236,7 +256,7 @@ def _fwd_block(x, u, bt, y, buf, at, pieces, p0, p1, BT, AT, h0, w0, cb, ob, tk)
 
 
 @njit(parallel=True, cache=True)
-def _fwd_samples(x, wt, GK, bt, y, ws, pieces, blocks, first, BT, AT, h0, w0, cb, ob, tk):
+def _fwd_samples(x, wt, GK, bt, y, ws, pieces, blocks, first, BT, AT, h0, w0, cb, ob, tk, run):
     # _fwd_blocks for per-sample kernels wt (N, O', F), a sample a work item: its kernels
     # transformed into the thread's buffer (U_n (alpha^2, O, Cg) of the correlation: as
     # _kernels makes them, or with `tk` transposed by group, so that the input
@@ -244,18 +264,19 @@ def _fwd_samples(x, wt, GK, bt, y, ws, pieces, blocks, first, BT, AT, h0, w0, cb
     # per-sample GEMMs; GK the kernel transform), then its blocks first[n]..first[n+1]-1
     # in order. The transformed kernels of the whole batch (N times 16/9 or 4 times the
     # kernels) were written out and read back, the step's largest memory traffic.
-    # ws (threads, alpha^2*O'*F//9 + (9 + 3*alpha)*Cg + a block's floats).
+    # run: rows of U_n transformed together; ws (threads, alpha^2*O*Cg + _kernel_scratch(O,
+    # Cg, alpha) + a block's floats).
     m = AT[0].shape[0]
     alpha = m + 2
     A2 = alpha * alpha
     O = y.shape[1]
     Cg = wt.shape[1] * (wt.shape[2] // 9) // O if tk else wt.shape[2] // 9
-    at = A2 * O * Cg + (9 + 3 * alpha) * Cg
+    at = A2 * O * Cg + (9 + 3 * alpha) * Cg * run
     for n in prange(x.shape[0]):
         buf = ws[get_thread_id()]
         U = buf[:A2 * O * Cg].reshape(1, A2, O, Cg)
-        for r in range(O):
-            _kernel_row(wt, n, U, 0, GK, tk, buf[A2 * O * Cg:at], r)
+        for r0 in range(0, O, run):
+            _kernel_rows(wt, n, U, 0, GK, tk, buf[A2 * O * Cg:at], r0, min(O, r0 + run))
         for b in range(first[n], first[n + 1]):
             _fwd_block(x, U[0], bt, y, buf, at, pieces, blocks[b, 0], blocks[b, 1], BT, AT, h0, w0, cb, ob, False)
 
@@ -492,11 +513,12 @@ def _transformed(wt, m, dtype):
     K, O, F = w3.shape
     shape = (K, (m + 2) ** 2, O, F // 9)
     U = np.empty(shape, dtype=dtype)
-    ws = _scratch(get_num_threads(), (9 + 3 * (m + 2)) * shape[3], dtype)
+    ws = _scratch(get_num_threads(), _kernel_scratch(O, shape[3], m + 2), dtype)
     # every parallel region costs a wake-up of the threads: a few kernels are transformed
     # on this one (every kernel is computed alike either way, so the result is the same)
     parallel = K * O * shape[3] >= PARALLEL_KERNELS
-    (_kernels if parallel else _kernels_serial)(np.ascontiguousarray(w3), U, matrices(m, dtype)[1], ws)
+    (_kernels if parallel else _kernels_serial)(np.ascontiguousarray(w3), U, matrices(m, dtype)[1], ws,
+                                                _row_run(O, shape[3]))
     return U
 
 
@@ -566,10 +588,10 @@ def _correlate(x, wt, tk, b2, out, h0, w0, m, U=None):
         first = np.searchsorted(pieces[blocks[:, 0], 0], np.arange(N + 1)).astype(np.int64)
         cb, ob, floats = _workspace(C, O, m, pieces, blocks)
         Cg = Ok * Cgk // O if tk else Cgk                   # the correlation's input channels a group
-        ws = _scratch(get_num_threads(), (m + 2) ** 2 * O * Cg + (9 + 3 * (m + 2)) * Cg + floats, x.dtype)
+        ws = _scratch(get_num_threads(), (m + 2) ** 2 * O * Cg + _kernel_scratch(O, Cg, m + 2) + floats, x.dtype)
         with blas_single_thread():
             _fwd_samples(x, np.ascontiguousarray(wt), GK, b2, out, ws, pieces, blocks, first, BT, AT, h0, w0, cb, ob,
-                         tk)
+                         tk, _row_run(O, Cg))
         return None
     if U is None:
         U = _transformed(wt, m, x.dtype)

@@ -375,17 +375,18 @@ def gradient_tiles(dy, pieces, p0, p1, A, dM, o0, o1, ds, ss):
 
 
 @njit(cache=True)
-def gather_kernels(wf, w0, lstep, Lv, gs):
-    # gs[tap*Lv + l] = g_l[tap] for l < Lv: the 3x3 kernels g_l = wf[w0 + l*lstep:][:9]
-    # (lstep 9: a row of wt's kernels; a row of wt, F: a column's), a kernel's nine taps
-    # read together (nine passes of strided loads, one a tap, took twice as long)
-    lv = np.uint64(Lv)
-    for l in range(Lv):
+def gather_kernels(wf, w0, lstep, n, gs, g0, lv):
+    # gs[g0 + tap*lv + l] = g_l[tap] for l < n: the 3x3 kernels g_l = wf[w0 + l*lstep:][:9]
+    # (lstep 9: kernels side by side in a row of wt; a row of wt, F: down a column), a
+    # kernel's nine taps read together (nine passes of strided loads, one a tap, took
+    # twice as long)
+    lv = np.uint64(lv)
+    for l in range(n):
         q = np.uint64(w0 + l * lstep)
         a0, a1, a2 = wf[q], wf[q + np.uint64(1)], wf[q + np.uint64(2)]
         a3, a4, a5 = wf[q + np.uint64(3)], wf[q + np.uint64(4)], wf[q + np.uint64(5)]
         a6, a7, a8 = wf[q + np.uint64(6)], wf[q + np.uint64(7)], wf[q + np.uint64(8)]
-        d = np.uint64(l)
+        d = np.uint64(g0 + l)
         gs[d], gs[d + lv], gs[d + 2 * lv] = a0, a1, a2
         gs[d + 3 * lv], gs[d + 4 * lv], gs[d + 5 * lv] = a3, a4, a5
         gs[d + 6 * lv], gs[d + 7 * lv], gs[d + 8 * lv] = a6, a7, a8
