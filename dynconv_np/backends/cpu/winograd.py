@@ -117,9 +117,10 @@ FUSED_MIN_SAMPLES = 4
 #: ... when one sample's transformed kernels take at most this many bytes (in the
 #: thread's buffer).
 FUSED_KERNEL_BYTES = 2**20
-#: Kernels transformed together, about: whole rows of ``U``, one pass of the transform's
-#: loops over them all (a row of a 64-channel layer's kernels is 64 long: F(4x4) took
-#: 17.6 ns a kernel in rows of 64, 10.5 in runs of 256; F(2x2) 5.9 and 4.0).
+#: Kernels transformed together, about (and kernel gradients transformed back): whole
+#: rows of ``U``, one pass of the transform's loops over them all (a row of a 64-channel
+#: layer's kernels is 64 long: F(4x4) took 17.6 ns a kernel in rows of 64, 10.5 in runs
+#: of 256; F(2x2) 5.9 and 4.0).
 KERNEL_RUN = 256
 #: Kernels transformed in a parallel region from this many on (about 8 ns a kernel at
 #: one thread: a 256-channel layer's 65536 took 0.45 ms, 0.8 ms rotated, on the calling
@@ -289,11 +290,12 @@ def _bias_sums(dy, dbt):
 
 
 @njit(parallel=True, cache=True)
-def _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, h0, w0, cb, ob):
+def _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, h0, w0, cb, ob, run):
     # part[s] (O, Cg*9) = the kernel gradient of the tiles of slot s: blocks
     # slots[s, 0]..slots[s, 1]-1 (pieces and blocks as in _fwd_blocks), summed in order;
     # dbt (N, O) = dy summed over pixels, slot s summing samples n with n*S // N == s.
-    # x (N, C, H, W); dy (N, O, Ho, Wo); ws (threads, workspace floats).
+    # x (N, C, H, W); dy (N, O, Ho, Wo); ws (threads, workspace floats); run: rows of dU
+    # transformed back together.
     alpha = A[0].shape[0]
     m = alpha - 2
     A2 = alpha * alpha
@@ -312,8 +314,8 @@ def _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, h0, w0, c
         buf = ws[get_thread_id()]
         dUf = buf[:A2 * O * Cg]                               # dU (alpha^2, O, Cg)
         at = A2 * O * Cg
-        ts, gs = buf[at:at + 3 * alpha * Cg], buf[at + 3 * alpha * Cg:at + (3 * alpha + 9) * Cg]
-        at += (3 * alpha + 9) * Cg
+        ts, gs = buf[at:at + 3 * alpha * Cg * run], buf[at + 3 * alpha * Cg * run:at + (3 * alpha + 9) * Cg * run]
+        at += (3 * alpha + 9) * Cg * run
         for b in range(slots[s, 0], slots[s, 1]):
             p0, p1 = blocks[b, 0], blocks[b, 1]
             V, dM, s1, s2 = _block_input(x, O, buf, at, pieces, p0, p1, BT, m, h0, w0, cb, ob)
@@ -326,8 +328,9 @@ def _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, h0, w0, c
                 for g in range(G):
                     gemm_view(False, True, Og, Cg, nb, buf, at + A2 * C * nb + (xi * O + g * Og) * nb, nb,
                               buf, at + (xi * C + g * Cg) * nb, nb, dUf, (xi * O + g * Og) * Cg, Cg, beta)
-        for o in range(O):
-            kernel_gradient_rows(dUf, o * Cg, O * Cg, Cg, alpha, GT, pf, (s * O + o) * F, ts, gs)
+        for o0 in range(0, O, run):
+            L = (min(O, o0 + run) - o0) * Cg
+            kernel_gradient_rows(dUf, o0 * Cg, O * Cg, L, alpha, GT, pf, (s * O + o0) * F, ts, gs)
 
 
 @njit(parallel=True, cache=True)
@@ -355,7 +358,7 @@ def _fwd_whole(x, U, bt, y, V, M, ws, pieces, BT, AT, h0, w0, cb, ob, tk):
 
 
 @njit(parallel=True, cache=True)
-def _dw_whole(x, dy, part, dbt, V, dM, ws, pieces, BT, A, GT, h0, w0, cb, ob, OB):
+def _dw_whole(x, dy, part, dbt, V, dM, ws, pieces, BT, A, GT, h0, w0, cb, ob, OB, run):
     # _dw_blocks for a shared kernel (or one sample) with every tile in one block: the
     # tiles' transforms by channel chunks (and dy's pixel sums by sample), then, by
     # blocks of at most OB output channels within a group, dU (alpha^2, OB, Cg) =
@@ -395,13 +398,14 @@ def _dw_whole(x, dy, part, dbt, V, dM, ws, pieces, BT, A, GT, h0, w0, cb, ob, OB
         rows = min(g * Og + Og, o0 + OB) - o0
         buf = ws[get_thread_id()]
         dU = buf[:A2 * rows * Cg]
-        ts = buf[A2 * rows * Cg:A2 * rows * Cg + 3 * alpha * Cg]
-        gs = buf[A2 * rows * Cg + 3 * alpha * Cg:A2 * rows * Cg + (3 * alpha + 9) * Cg]
+        ts = buf[A2 * rows * Cg:A2 * rows * Cg + 3 * alpha * Cg * run]
+        gs = buf[A2 * rows * Cg + 3 * alpha * Cg * run:A2 * rows * Cg + (3 * alpha + 9) * Cg * run]
         for xi in range(A2):
             gemm_view(False, True, rows, Cg, nb, dMf, (xi * O + o0) * nb, nb, Vf, (xi * C + g * Cg) * nb, nb,
                       dU, xi * rows * Cg, Cg, 0.0)
-        for o in range(rows):
-            kernel_gradient_rows(dU, o * Cg, rows * Cg, Cg, alpha, GT, pf, (o0 + o) * F, ts, gs)
+        for r0 in range(0, rows, run):
+            L = (min(rows, r0 + run) - r0) * Cg
+            kernel_gradient_rows(dU, r0 * Cg, rows * Cg, L, alpha, GT, pf, (o0 + r0) * F, ts, gs)
 
 
 # ----------------------------------------------------------------------------- plans
@@ -663,14 +667,15 @@ def _kernel_gradient(x, dy, dbt, g, groups, shared, m):
         nb, A2 = _grid(N, g.Ho, g.Wo, m), alpha * alpha
         cb, ob = _chunk(C, nb), _chunk(O, nb)
         OB = _du_rows(O // groups, groups, Cg, alpha, x.dtype.itemsize)
+        run = _row_run(OB, Cg)
         flat, ws = _whole_space(A2 * (C + O) * nb,
-                                max(3 * _buffer_size(m, cb, nb, ob), (A2 * OB + 3 * alpha + 9) * Cg), x.dtype)
+                                max(3 * _buffer_size(m, cb, nb, ob), (A2 * OB + (3 * alpha + 9) * run) * Cg), x.dtype)
         V = flat[:A2 * C * nb].reshape(A2, C, nb)
         dM = flat[A2 * C * nb:].reshape(A2, O, nb)
         part = np.empty((1, O, F), dtype=x.dtype)
         BT, _, GT, _, A = matrices(m, x.dtype)
         with blas_single_thread():
-            _dw_whole(x, dy, part, dbt, V, dM, ws, pieces, BT, A, GT, -g.ph, -g.pw, cb, ob, OB)
+            _dw_whole(x, dy, part, dbt, V, dM, ws, pieces, BT, A, GT, -g.ph, -g.pw, cb, ob, OB, run)
         return part[0] if shared else part
     tH, tW = _tiles(g.Ho, g.Wo, m)
     pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), not shared, SLOTS)
@@ -680,11 +685,12 @@ def _kernel_gradient(x, dy, dbt, g, groups, shared, m):
     slots = np.array([(s * per + a, s * per + b) for s in range(len(blocks) // per)
                       for a, b in zip(_cuts(per, k)[:-1], _cuts(per, k)[1:])], dtype=np.int64)
     cb, ob, floats = _workspace(C, O, m, pieces, blocks)
-    ws = _scratch(get_num_threads(), (alpha * alpha * O + 3 * alpha + 9) * Cg + floats, x.dtype)
+    run = _row_run(O, Cg)
+    ws = _scratch(get_num_threads(), (alpha * alpha * O + (3 * alpha + 9) * run) * Cg + floats, x.dtype)
     part = np.empty((len(slots), O, F), dtype=x.dtype)
     BT, _, GT, _, A = matrices(m, x.dtype)
     with blas_single_thread():
-        _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, -g.ph, -g.pw, cb, ob)
+        _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, -g.ph, -g.pw, cb, ob, run)
     if shared:
         return np.add.reduce(part, axis=0)
     if k == 1:
