@@ -117,6 +117,13 @@ FUSED_MIN_SAMPLES = 4
 #: ... when one sample's transformed kernels take at most this many bytes (in the
 #: thread's buffer).
 FUSED_KERNEL_BYTES = 2**20
+#: Tile sizes whose input gradient runs on the forward's transformed kernels, with the
+#: tiles reversed (winograd_transforms.reversed_tiles), so that a forward keeps them for
+#: its backward. F(2x2)'s interpolation points (0, 1, -1, infinity) are as accurate either
+#: way round; F(4x4)'s (0, +-1, +-2, infinity) are not: on the reversed tiles its input
+#: gradient's largest float32 errors grew by 1.14x (geometric mean over 33 layers, up to
+#: 2.9x; calibrate.py --errors), so it keeps transforming the rotated kernels.
+REVERSED = (2,)
 #: Kernels transformed together, about (and kernel gradients transformed back): whole
 #: rows of ``U``, one pass of the transform's loops over them all (a row of a 64-channel
 #: layer's kernels is 64 long: F(4x4) took 17.6 ns a kernel in rows of 64, 10.5 in runs
@@ -130,12 +137,13 @@ PARALLEL_KERNELS = 8192
 
 # ----------------------------------------------------------------------------- kernels
 @njit(cache=True)
-def _kernel_rows(wt, k, U, ku, G, tr, buf, r0, r1):
+def _kernel_rows(wt, k, U, ku, G, tr, flip, buf, r0, r1):
     # Rows r0..r1-1 of U[ku], the transforms of the kernels wt[k, r] (see _kernels), side
     # by side, in one pass (U's rows follow each other: the transform's loops run the
     # length of all of them); with `tr`, of U[ku] transposed by group, (alpha^2, C, Og):
-    # row r = gi*Cg + c the kernels wt[k, gi*Og + oo, c*9:] for oo < Og. buf: scratch of
-    # (9 + 3*alpha)*S*(r1 - r0) floats, S = U.shape[3].
+    # row r = gi*Cg + c the kernels wt[k, gi*Og + oo, c*9:] for oo < Og, rotated by 180
+    # degrees with `flip`. buf: scratch of (9 + 3*alpha)*S*(r1 - r0) floats,
+    # S = U.shape[3].
     O, F = wt.shape[1], wt.shape[2]
     A2, R, S = U.shape[1], U.shape[2], U.shape[3]
     L = (r1 - r0) * S
@@ -144,31 +152,32 @@ def _kernel_rows(wt, k, U, ku, G, tr, buf, r0, r1):
     if tr:
         for r in range(r0, r1):
             gi, c = split(r, F // 9)
-            gather_kernels(wf, (k * O + gi * S) * F + c * 9, F, S, gs, (r - r0) * S, L)
+            gather_kernels(wf, (k * O + gi * S) * F + c * 9, F, flip, S, gs, (r - r0) * S, L)
     else:
-        gather_kernels(wf, (k * O + r0) * F, 9, L, gs, 0, L)
+        gather_kernels(wf, (k * O + r0) * F, 9, False, L, gs, 0, L)
     transform_kernels(G, gs, L, U.reshape(U.size), (ku * A2 * R + r0) * S, R * S, buf[9 * L:])
 
 
 @njit(parallel=True, cache=True)
-def _kernels(wt, U, G, ws, run):
-    # wt (K, O, Cg*9) -> U (K, alpha^2, O, Cg): U[k, :, o, c] = G g G^T, g = wt[k, o, c*9:].
-    # A work item is a run of `run` rows (k, o) of U; ws (threads, (9 + 3*alpha)*Cg*run)
-    # scratch.
+def _kernels(wt, U, G, rot, ws, run):
+    # wt (K, O, Cg*9) -> U (K, alpha^2, O, Cg): U[k, :, o, c] = G g G^T, g = wt[k, o, c*9:];
+    # with `rot`, U (K, alpha^2, C, Og) of the kernels rotated by 180 degrees, input and
+    # output channels swapped (_kernel_rows with tr and flip). A work item is a run of
+    # `run` rows of U; ws (threads, (9 + 3*alpha)*U.shape[3]*run) scratch.
     R = U.shape[2]
     n = (R + run - 1) // run
     for kr in prange(U.shape[0] * n):
         k, j = split(kr, n)
-        _kernel_rows(wt, k, U, k, G, False, ws[get_thread_id()], j * run, min(R, (j + 1) * run))
+        _kernel_rows(wt, k, U, k, G, rot, rot, ws[get_thread_id()], j * run, min(R, (j + 1) * run))
 
 
 @njit(cache=True)
-def _kernels_serial(wt, U, G, ws, run):
+def _kernels_serial(wt, U, G, rot, ws, run):
     # _kernels on the calling thread (a few kernels are not worth a parallel region)
     R = U.shape[2]
     for k in range(U.shape[0]):
         for r0 in range(0, R, run):
-            _kernel_rows(wt, k, U, k, G, False, ws[0], r0, min(R, r0 + run))
+            _kernel_rows(wt, k, U, k, G, rot, rot, ws[0], r0, min(R, r0 + run))
 
 
 def _row_run(R: int, S: int) -> int:
@@ -211,7 +220,7 @@ def _products(u, V, M, xi, g, Cg, Og, tk):
 
 
 @njit(parallel=True, cache=True)
-def _fwd_blocks(x, U, bt, y, ws, pieces, blocks, BT, AT, h0, w0, cb, ob, tk):
+def _fwd_blocks(x, U, bt, y, ws, pieces, blocks, BT, AT, h0, w0, cb, ob, tk, end):
     # y = the 3x3 correlation of x with the transformed kernels U, plus bt.
     # x (N, C, H, W); U (N or 1, alpha^2, O, Cg), or with `tk` (N or 1, alpha^2, C, Og)
     # used transposed; bt (N or 1, O), or (0, O) for no bias;
@@ -222,7 +231,7 @@ def _fwd_blocks(x, U, bt, y, ws, pieces, blocks, BT, AT, h0, w0, cb, ob, tk):
     for it in prange(blocks.shape[0]):
         p0 = blocks[it, 0]
         _fwd_block(x, U[pieces[p0, 0] if U.shape[0] > 1 else 0], bt, y, ws[get_thread_id()], 0, pieces, p0,
-                   blocks[it, 1], BT, AT, h0, w0, cb, ob, tk)
+                   blocks[it, 1], BT, AT, h0, w0, cb, ob, tk, end)
 
 
 @njit(inline="always")
@@ -241,9 +250,10 @@ def _block_input(x, O, buf, at, pieces, p0, p1, BT, m, h0, w0, cb, ob):
 
 
 @njit(inline="always")
-def _fwd_block(x, u, bt, y, buf, at, pieces, p0, p1, BT, AT, h0, w0, cb, ob, tk):
+def _fwd_block(x, u, bt, y, buf, at, pieces, p0, p1, BT, AT, h0, w0, cb, ob, tk, end):
     # one block of _fwd_blocks (pieces p0..p1-1) with the transformed kernels u
-    # (alpha^2, O, Cg), or with `tk` (alpha^2, C, Og) transposed, in buf[at:]
+    # (alpha^2, O, Cg), or with `tk` (alpha^2, C, Og) transposed, in buf[at:]; `end`:
+    # the grid ends at y's end (output_tiles)
     m = AT[0].shape[0]
     A2 = (m + 2) * (m + 2)
     C, O = x.shape[1], y.shape[1]
@@ -253,18 +263,19 @@ def _fwd_block(x, u, bt, y, buf, at, pieces, p0, p1, BT, AT, h0, w0, cb, ob, tk)
         for g in range(G):
             _products(u, V, M, xi, g, Cg, Og, tk)
     for o0 in range(0, O, ob):
-        output_tiles(M, y, bt, pieces, p0, p1, AT, o0, min(O, o0 + ob), s1, s2)
+        output_tiles(M, y, bt, pieces, p0, p1, AT, o0, min(O, o0 + ob), s1, s2, end)
 
 
 @njit(parallel=True, cache=True)
-def _fwd_samples(x, wt, GK, bt, y, ws, pieces, blocks, first, BT, AT, h0, w0, cb, ob, tk, run):
+def _fwd_samples(x, wt, GK, bt, y, ws, pieces, blocks, first, BT, AT, h0, w0, cb, ob, tk, flip, end, run):
     # _fwd_blocks for per-sample kernels wt (N, O', F), a sample a work item: its kernels
     # transformed into the thread's buffer (U_n (alpha^2, O, Cg) of the correlation: as
-    # _kernels makes them, or with `tk` transposed by group, so that the input
-    # gradient's GEMMs take them untransposed, faster than the transposed forward's on
-    # per-sample GEMMs; GK the kernel transform), then its blocks first[n]..first[n+1]-1
-    # in order. The transformed kernels of the whole batch (N times 16/9 or 4 times the
-    # kernels) were written out and read back, the step's largest memory traffic.
+    # _kernels makes them, or for the input gradient (`tk`) transposed by group, and
+    # rotated with `flip`, so that its GEMMs take them untransposed, faster than the
+    # transposed forward's on per-sample GEMMs; GK the kernel transform), then its
+    # blocks first[n]..first[n+1]-1 in order, `end` as in output_tiles. The transformed
+    # kernels of the whole batch (N times 16/9 or 4 times the kernels) were written out
+    # and read back, the step's largest memory traffic.
     # run: rows of U_n transformed together; ws (threads, alpha^2*O*Cg + _kernel_scratch(O,
     # Cg, alpha) + a block's floats).
     m = AT[0].shape[0]
@@ -277,9 +288,10 @@ def _fwd_samples(x, wt, GK, bt, y, ws, pieces, blocks, first, BT, AT, h0, w0, cb
         buf = ws[get_thread_id()]
         U = buf[:A2 * O * Cg].reshape(1, A2, O, Cg)
         for r0 in range(0, O, run):
-            _kernel_rows(wt, n, U, 0, GK, tk, buf[A2 * O * Cg:at], r0, min(O, r0 + run))
+            _kernel_rows(wt, n, U, 0, GK, tk, flip, buf[A2 * O * Cg:at], r0, min(O, r0 + run))
         for b in range(first[n], first[n + 1]):
-            _fwd_block(x, U[0], bt, y, buf, at, pieces, blocks[b, 0], blocks[b, 1], BT, AT, h0, w0, cb, ob, False)
+            _fwd_block(x, U[0], bt, y, buf, at, pieces, blocks[b, 0], blocks[b, 1], BT, AT, h0, w0, cb, ob, False,
+                       end)
 
 
 @njit(parallel=True, cache=True)
@@ -334,7 +346,7 @@ def _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, h0, w0, c
 
 
 @njit(parallel=True, cache=True)
-def _fwd_whole(x, U, bt, y, V, M, ws, pieces, BT, AT, h0, w0, cb, ob, tk):
+def _fwd_whole(x, U, bt, y, V, M, ws, pieces, BT, AT, h0, w0, cb, ob, tk, end):
     # _fwd_blocks for a shared kernel with every tile in one block (pieces 0..P-1), in
     # three parallel regions whose items own what they write: the input transform by
     # chunks of cb channels into V (alpha^2, C, nb), the alpha^2 GEMMs into M
@@ -354,7 +366,7 @@ def _fwd_whole(x, U, bt, y, V, M, ws, pieces, BT, AT, h0, w0, cb, ob, tk):
         _products(u, V, M, xi, g, Cg, Og, tk)
     for it in prange(ceil_div(O, ob)):
         s1, s2, s3 = _buffers(ws[get_thread_id()], 0, m, cb, nb, ob)
-        output_tiles(M, y, bt, pieces, 0, P, AT, it * ob, min(O, (it + 1) * ob), s1, s2)
+        output_tiles(M, y, bt, pieces, 0, P, AT, it * ob, min(O, (it + 1) * ob), s1, s2, end)
 
 
 @njit(parallel=True, cache=True)
@@ -522,18 +534,19 @@ def _workspace(C: int, O: int, m: int, pieces: np.ndarray, blocks: np.ndarray) -
     return cb, ob, (m + 2) ** 2 * (C + O) * nb + 3 * _buffer_size(m, cb, nb, ob)
 
 
-def _transformed(wt, m, dtype):
-    # wt (O, F) or (N, O, F) -> U (1 or N, alpha^2, O, F//9)
+def _transformed(wt, m, dtype, groups=1, rot=False):
+    # wt (O, F) or (N, O, F) -> U (1 or N, alpha^2, O, F//9); with `rot` the rotated
+    # kernels' U (1 or N, alpha^2, C, O//groups)
     w3 = wt.reshape((1,) + wt.shape) if wt.ndim == 2 else wt
     K, O, F = w3.shape
-    shape = (K, (m + 2) ** 2, O, F // 9)
+    shape = (K, (m + 2) ** 2) + ((F // 9 * groups, O // groups) if rot else (O, F // 9))
     U = np.empty(shape, dtype=dtype)
-    ws = _scratch(get_num_threads(), _kernel_scratch(O, shape[3], m + 2), dtype)
+    ws = _scratch(get_num_threads(), _kernel_scratch(shape[2], shape[3], m + 2), dtype)
     # every parallel region costs a wake-up of the threads: a few kernels are transformed
     # on this one (every kernel is computed alike either way, so the result is the same)
-    parallel = K * O * shape[3] >= PARALLEL_KERNELS
-    (_kernels if parallel else _kernels_serial)(np.ascontiguousarray(w3), U, matrices(m, dtype)[1], ws,
-                                                _row_run(O, shape[3]))
+    parallel = K * O * (F // 9) >= PARALLEL_KERNELS
+    (_kernels if parallel else _kernels_serial)(np.ascontiguousarray(w3), U, matrices(m, dtype)[1], rot, ws,
+                                                _row_run(shape[2], shape[3]))
     return U
 
 
@@ -584,17 +597,22 @@ def fused(N: int, O: int, Cg: int, m: int, itemsize: int, per_sample: bool) -> b
     return per_sample and N >= FUSED_MIN_SAMPLES and (m + 2) ** 2 * O * Cg * itemsize <= FUSED_KERNEL_BYTES
 
 
-def _correlate(x, wt, tk, b2, out, h0, w0, m, U=None):
+def _correlate(x, wt, tk, b2, out, h0, w0, m, U=None, groups=1):
     # out (N, O, Ho, Wo) = x correlated with the kernels wt (O, F) or (N, O, F)
-    # transformed, plus b2; with `tk` (the input gradient: x is dy, out dx) convolved with
-    # them, their transforms used transposed and the tiles reversed (reversed_tiles).
-    # U: wt's transforms, when the forward kept them (else made here, or in the work
-    # items). Returns U, or None where the work items transformed the kernels.
+    # transformed, plus b2. With `tk` (the input gradient: x is dy, out dx), x convolved
+    # with them: for m in REVERSED on their transforms, used transposed, with the tiles
+    # reversed (reversed_tiles) on a grid that ends at out's end (output_tiles); for
+    # other m on the transforms of the rotated kernels. U: wt's transforms, when the
+    # forward kept them (else made here, or in the work items). Returns the transforms
+    # the forward may keep, or None.
     N, C = x.shape[:2]
     O, Ho, Wo = out.shape[1:]
     BT, GK, _, AT, _ = matrices(m, x.dtype)
-    if tk:
+    rev = tk and m in REVERSED
+    rot = tk and not rev
+    if rev:
         BT, AT = reversed_tiles(m, x.dtype)
+        h0, w0 = h0 - (-Ho) % m, w0 - (-Wo) % m
     per_sample = wt.ndim == 3 and wt.shape[0] > 1
     Ok, Cgk = wt.shape[-2], wt.shape[-1] // 9
     tH, tW = _tiles(Ho, Wo, m)
@@ -606,10 +624,10 @@ def _correlate(x, wt, tk, b2, out, h0, w0, m, U=None):
         ws = _scratch(get_num_threads(), (m + 2) ** 2 * O * Cg + _kernel_scratch(O, Cg, m + 2) + floats, x.dtype)
         with blas_single_thread():
             _fwd_samples(x, np.ascontiguousarray(wt), GK, b2, out, ws, pieces, blocks, first, BT, AT, h0, w0, cb, ob,
-                         tk, _row_run(O, Cg))
+                         tk, rot, rev, _row_run(O, Cg))
         return None
     if U is None:
-        U = _transformed(wt, m, x.dtype)
+        U = _transformed(wt, m, x.dtype, groups, rot)
     if whole(N, C, O, Ho, Wo, m, x.dtype.itemsize, U.shape[0] == 1):
         pieces = _one_block(N, Ho, Wo, m)
         nb, A2 = _grid(N, Ho, Wo, m), (m + 2) ** 2
@@ -617,14 +635,14 @@ def _correlate(x, wt, tk, b2, out, h0, w0, m, U=None):
         flat, ws = _whole_space(A2 * (C + O) * nb, 3 * _buffer_size(m, cb, nb, ob), x.dtype)
         V, M = flat[:A2 * C * nb].reshape(A2, C, nb), flat[A2 * C * nb:].reshape(A2, O, nb)
         with blas_single_thread():
-            _fwd_whole(x, U, b2, out, V, M, ws, pieces, BT, AT, h0, w0, cb, ob, tk)
-        return U
-    pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), U.shape[0] > 1, MIN_ITEMS)
-    cb, ob, floats = _workspace(C, O, m, pieces, blocks)
-    ws = _scratch(get_num_threads(), floats, x.dtype)
-    with blas_single_thread():
-        _fwd_blocks(x, U, b2, out, ws, pieces, blocks, BT, AT, h0, w0, cb, ob, tk)
-    return U
+            _fwd_whole(x, U, b2, out, V, M, ws, pieces, BT, AT, h0, w0, cb, ob, rev, rev)
+    else:
+        pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), U.shape[0] > 1, MIN_ITEMS)
+        cb, ob, floats = _workspace(C, O, m, pieces, blocks)
+        ws = _scratch(get_num_threads(), floats, x.dtype)
+        with blas_single_thread():
+            _fwd_blocks(x, U, b2, out, ws, pieces, blocks, BT, AT, h0, w0, cb, ob, rev, rev)
+    return None if rot else U
 
 
 #: The key of the transformed kernels a forward keeps for its backward in `saved`.
@@ -660,7 +678,7 @@ def forward(x, wt, bt, g, groups, m=2, saved=None):
         return y
     b2 = np.zeros((0, O), x.dtype) if bt is None else np.ascontiguousarray(bt.reshape(-1, O))
     U = _correlate(x, wt, False, b2, y, -g.ph, -g.pw, m)
-    if saved is not None and U is not None:
+    if saved is not None and U is not None and m in REVERSED:
         saved[SAVED_KEY] = (m, U)
     return y
 
@@ -745,7 +763,7 @@ def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2, saved=None):
     dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None
     if need_dx:
         # the input gradient: dy convolved with the kernels, on their transforms
-        _correlate(dy, wt, True, np.zeros((0, g.C), x.dtype), dx, g.ph - 2, g.pw - 2, m, U)
+        _correlate(dy, wt, True, np.zeros((0, g.C), x.dtype), dx, g.ph - 2, g.pw - 2, m, U, groups)
     # the transformed kernels ((m+2)^2/9 times the kernels) are gone before the kernel
     # gradient's buffers come: a batch of one's peak memory is otherwise theirs summed
     U = None

@@ -316,15 +316,20 @@ def input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, c1, xs, ys, zs):
 
 
 @njit(cache=True)
-def output_tiles(M, y, bt, pieces, p0, p1, AT, o0, o1, zs, ss):
+def output_tiles(M, y, bt, pieces, p0, p1, AT, o0, o1, zs, ss, end):
     # y[n, o, ti*m + i, tj*m + j] = (A^T M A)[i, j] of the tiles of pieces p0..p1-1
     # (grids as in input_tiles, without the extra rows), plus the bias, for
-    # o0 <= o < o1, inside y. M (alpha^2, O, nb); y (N, O, Ho, Wo); bt (N or 1 or 0, O);
+    # o0 <= o < o1, inside y; with `end` the grid ends at y's last row and column
+    # (shifted up and left by (-Ho) % m and (-Wo) % m: the reversed tiles of the input
+    # gradient, whose first rows and columns are the least accurate in F(4x4), are cut
+    # at the start). M (alpha^2, O, nb); y (N, O, Ho, Wo); bt (N or 1 or 0, O);
     # zs, ss 1-D scratch of m*alpha*(o1-o0)*nb floats each.
     m = AT[0].shape[0]
     alpha = m + 2
     O, nb = M.shape[1], M.shape[2]
     Ho, Wo = y.shape[2], y.shape[3]
+    oh = (-Ho) % m if end else 0
+    ow = (-Wo) % m if end else 0
     Wp = m * (pieces[p0, 4] - pieces[p0, 3] + 1)
     L = (o1 - o0) * nb
     Mf = M.reshape(M.size)
@@ -341,13 +346,15 @@ def output_tiles(M, y, bt, pieces, p0, p1, AT, o0, o1, zs, ss):
         for p in range(p0, p1):
             n, ti0, R, tj0, nt = _piece(pieces, p)
             b = bt[n if bt.shape[0] > 1 else 0, o] if bt.shape[0] > 0 else zs[0] * 0
-            cols = min(nt * m, Wo - tj0 * m)
+            c0 = max(0, ow - tj0 * m)
+            c1 = min(nt * m, Wo + ow - tj0 * m)
             for ii in range(R):
-                for i in range(min(m, Ho - (ti0 + ii) * m)):
+                r0 = (ti0 + ii) * m - oh
+                for i in range(max(0, -r0), min(m, Ho - r0)):
                     src = np.uint64(i * m * L + at + ii * Wp)
-                    dst = np.uint64(((n * O + o) * Ho + (ti0 + ii) * m + i) * Wo + tj0 * m)
-                    for w in range(cols):
-                        yf[dst + np.uint64(w)] = ss[src + np.uint64(w)] + b
+                    dst = ((n * O + o) * Ho + r0 + i) * Wo + tj0 * m - ow
+                    for w in range(c0, c1):
+                        yf[np.uint64(dst + w)] = ss[src + np.uint64(w)] + b
             at += R * Wp
 
 
@@ -375,17 +382,19 @@ def gradient_tiles(dy, pieces, p0, p1, A, dM, o0, o1, ds, ss):
 
 
 @njit(cache=True)
-def gather_kernels(wf, w0, lstep, n, gs, g0, lv):
+def gather_kernels(wf, w0, lstep, flip, n, gs, g0, lv):
     # gs[g0 + tap*lv + l] = g_l[tap] for l < n: the 3x3 kernels g_l = wf[w0 + l*lstep:][:9]
-    # (lstep 9: kernels side by side in a row of wt; a row of wt, F: down a column), a
-    # kernel's nine taps read together (nine passes of strided loads, one a tap, took
-    # twice as long)
+    # (lstep 9: kernels side by side in a row of wt; a row of wt, F: down a column),
+    # rotated by 180 degrees with `flip`, a kernel's nine taps read together (nine passes
+    # of strided loads, one a tap, took twice as long)
     lv = np.uint64(lv)
     for l in range(n):
         q = np.uint64(w0 + l * lstep)
         a0, a1, a2 = wf[q], wf[q + np.uint64(1)], wf[q + np.uint64(2)]
         a3, a4, a5 = wf[q + np.uint64(3)], wf[q + np.uint64(4)], wf[q + np.uint64(5)]
         a6, a7, a8 = wf[q + np.uint64(6)], wf[q + np.uint64(7)], wf[q + np.uint64(8)]
+        if flip:
+            a0, a1, a2, a3, a5, a6, a7, a8 = a8, a7, a6, a5, a3, a2, a1, a0
         d = np.uint64(g0 + l)
         gs[d], gs[d + lv], gs[d + 2 * lv] = a0, a1, a2
         gs[d + 3 * lv], gs[d + 4 * lv], gs[d + 5 * lv] = a3, a4, a5
