@@ -298,9 +298,9 @@ def test_cost_model_mirrors_the_winograd_plan():
         (wino.FUSED_MIN_SAMPLES, wino.FUSED_KERNEL_BYTES)
 
 
-@pytest.mark.parametrize("forward, backward, kept", [("winograd2", "winograd2", True), ("winograd4", "winograd4", False),
-                                                     ("winograd2", "tiles", False), ("winograd4", "winograd2", False),
-                                                     ("tiles", "winograd2", False)])
+@pytest.mark.parametrize("forward, backward, kept", [
+    ("winograd2", "winograd2", True), ("winograd4", "winograd4", False), ("winograd2", "tiles", False),
+    ("winograd4", "winograd2", False), ("tiles", "winograd2", False)])
 def test_winograd_kernels_kept_for_the_same_backward(forward, backward, kept, rng):
     # the template keeps the forward's transformed kernels only where the backward runs
     # the same Winograd strategy and reuses them (F(2x2): winograd.REVERSED), and the
