@@ -359,9 +359,8 @@ def _winograd_whole(c: ConvCall, m: int, gradient: bool) -> bool:
 
 
 def _winograd_fused(c: ConvCall, m: int) -> bool:
-    # winograd.fused for the forward's correlation: per-sample kernels transformed in the
-    # work item that uses them (the input gradient's has C and O swapped, the same on
-    # square layers; the factor follows the forward's)
+    # winograd.fused: per-sample kernels transformed in the work item that uses them (the
+    # rule reads the kernels' O and C/groups, the same for the input gradient's pass)
     return (not c.shared and c.N >= WINO_FUSED_MIN_SAMPLES
             and (m + 2) ** 2 * c.O * (c.C // c.groups) * c.itemsize <= WINO_FUSED_KERNEL_BYTES)
 

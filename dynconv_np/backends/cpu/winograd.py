@@ -21,8 +21,12 @@ in :mod:`.winograd_transforms`.
   (:func:`fused`), per-sample kernels are instead transformed in the work item that uses
   them (``_fwd_samples``, a sample an item, into its thread's buffer), so that the
   batch's transformed kernels are never written out whole.
-* input gradient: the forward on ``dy`` with the kernels rotated by 180 degrees and their
-  input and output channels swapped, top/left padding ``2 - p``.
+* input gradient: the forward on ``dy``, top/left padding ``2 - p``, with the kernels
+  rotated by 180 degrees and their input and output channels swapped: in F(2x2)
+  (:data:`REVERSED`) on the forward's own transformed kernels, used transposed, with the
+  tiles reversed (:func:`~.winograd_transforms.reversed_tiles`) on a grid that ends at
+  ``dx``'s end; the forward keeps them in the ``saved`` dict for it. In F(4x4) on the
+  rotated kernels' transforms (reversed tiles lose accuracy there).
 * kernel gradient (``_dw_blocks``): in the transformed domain, ``dU_xi = sum_tiles dM_xi
   V_xi^T`` with ``dM = A dY A^T`` (zero for a gap tile), then ``dg = G^T dU G``. Work
   items are fixed slots of blocks, each summing its blocks in order into its own ``dU``

@@ -106,8 +106,13 @@ def matrices(m: int, dtype) -> tuple:
     The matrices are kept (`dtype` must be hashable, a ``numpy.dtype``) and never
     written to.
     """
-    BT, G, AT = (np.array(a, dtype=np.float64).astype(dtype) for a in _MATRICES[m])
+    BT, G, AT = _dense(m, dtype)
     return tuple(sparse(np.ascontiguousarray(a)) for a in (BT, G, G.T, AT, AT.T))
+
+
+def _dense(m: int, dtype) -> tuple:
+    # (B^T, G, A^T) of F(m x m, 3 x 3) in `dtype` (rounded from float64)
+    return tuple(np.array(a, dtype=np.float64).astype(dtype) for a in _MATRICES[m])
 
 
 @functools.lru_cache(maxsize=8)
@@ -129,7 +134,7 @@ def reversed_tiles(m: int, dtype) -> tuple:
     ATr : tuple
         ``J A^T`` (m, alpha).
     """
-    BT, _, AT = (np.array(a, dtype=np.float64).astype(dtype) for a in _MATRICES[m])
+    BT, _, AT = _dense(m, dtype)
     return sparse(np.ascontiguousarray(BT[:, ::-1])), sparse(np.ascontiguousarray(AT[::-1, :]))
 
 
