@@ -331,7 +331,7 @@ def run_shape(name: str, contenders, repeat: int, threads: int, op: str = "dynam
 
 # ----------------------------------------------------------------------------- memory
 _MEM_CHILD = r"""
-import json, resource, sys
+import importlib, json, resource, sys
 sys.path.insert(0, {bench!r})
 import compare as cmp
 cmp.use_checkout()
@@ -344,12 +344,18 @@ if who == "ours":  # the real shape's plan, forced on the tiny one
     from dynconv_np.backends.cpu import winograd
     pl = cmp.plan_of(name, op)
     with dc.strategy.force(*cmp._plan_names(pl), forward=pl["forward"], backward=pl["backward"]):
-        table[who](*cmp.make_inputs("_tiny"))()
-        # the tiny kernels are transformed on the calling thread, the real ones may be
-        # in a parallel region: load that code too (else its loading counts as memory)
-        limit, winograd.PARALLEL_KERNELS = winograd.PARALLEL_KERNELS, 0
-        table[who](*cmp.make_inputs("_tiny"))()
-        winograd.PARALLEL_KERNELS = limit
+        # the tiny problem under each of the size switches that pick a compiled function,
+        # so that the real shape's functions are loaded before the call (else loading
+        # their code counts as its memory: 2 MiB a function)
+        for switches in cmp.WARM_SWITCHES:
+            mods = {{k: importlib.import_module("dynconv_np.backends.cpu." + k.split(".")[0]) for k in switches}}
+            kept = {{k: getattr(mods[k], k.split(".")[1]) for k in switches}}
+            for k, v in switches.items():
+                setattr(mods[k], k.split(".")[1], v)
+            table[who](*cmp.make_inputs("_tiny"))()
+            for k, v in kept.items():
+                setattr(mods[k], k.split(".")[1], v)
+    loaded = cmp.compiled_signatures()
 else:
     table[who](*cmp.make_inputs("_tiny"))()
 step = table[who](*cmp.make_inputs(name))
@@ -381,9 +387,38 @@ else:
     step()
 peak = status("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 out["rss_peak_growth"] = peak - rss0
+if who == "ours":  # compiled functions loaded during the call (their code counted): none
+    out["loaded_in_call"] = sorted(cmp.compiled_signatures() - loaded)
 out["hwm_reset"] = reset
 print(json.dumps(out))
 """
+
+
+#: The warm-up's settings of the CPU backend's switches that choose among compiled
+#: functions by size (``module.NAME``: the tiny problem alone takes the one-block and the
+#: calling-thread Winograd paths, and no thin product): the tiny problem runs once under
+#: each.
+WARM_SWITCHES = (
+    {},
+    {"winograd.PARALLEL_KERNELS": 0, "products.THIN_MIN_LONG": 1},   # parallel transforms, thin products
+    {"winograd.WHOLE_BYTES": 0, "winograd.WHOLE_GRAD_BYTES": 0, "winograd.PARALLEL_KERNELS": 0},  # blocks
+    {"winograd.FUSED_MIN_SAMPLES": 2**62, "winograd.PARALLEL_KERNELS": 0},   # per-sample, not fused
+    {"winograd.FUSED_MIN_SAMPLES": 2**62, "winograd.WHOLE_BYTES": 0, "winograd.WHOLE_GRAD_BYTES": 0},
+)
+
+
+def compiled_signatures() -> set:
+    """``(module, function, signature)`` of every compiled specialisation of the package's
+    Numba functions loaded so far."""
+    from numba.core.registry import CPUDispatcher
+
+    out = set()
+    for modname, mod in list(sys.modules.items()):
+        if modname.startswith("dynconv_np"):
+            for k, v in list(vars(mod).items()):
+                if isinstance(v, CPUDispatcher):
+                    out.update((modname, k, str(sig)) for sig in v.signatures)
+    return out
 
 
 def peak_memory(name: str, who: str, threads: int, op: str = "dynamic") -> dict:
@@ -569,6 +604,9 @@ def main(argv=None) -> int:
                 parts = [f"{c} rss {v['rss_peak_growth'] / 2**20:.0f}" for c, v in m.items()]
                 if "ours" in m:
                     parts.append(f"ours tracemalloc {m['ours']['tracemalloc'] / 2**20:.0f}")
+                    if m["ours"]["loaded_in_call"]:
+                        parts.append(f"({len(m['ours']['loaded_in_call'])} compiled functions loaded in the call: "
+                                     "their code is counted)")
                 print(f"  {name}: " + ", ".join(parts))
     print("\nmachine:", json.dumps(machine()))
     if args.plot:

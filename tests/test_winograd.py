@@ -155,6 +155,22 @@ def test_kernel_runs_bitwise(monkeypatch, cfg):
                 np.testing.assert_array_equal(u, v)
 
 
+@pytest.mark.parametrize("cfg", [(9, 6, 4, 11, 13, 1, 2, False, "sample"), (10, 4, 4, 8, 8, 2, 1, False, None)])
+def test_kernel_gradient_waves_bitwise(monkeypatch, cfg):
+    # a shared kernel's slots in waves of a few (the smallest: a wave a thread) or all in
+    # one: the partials summed in slot order either way, bitwise the same
+    monkeypatch.setattr(winograd, "WHOLE_GRAD_BYTES", 0)
+    monkeypatch.setattr(winograd, "MIN_TILES", 2)
+    monkeypatch.setattr(winograd, "BLOCK_BYTES", 1)               # a block a tile row: 8 slots
+    results = []
+    for budget in (0, 3 * 4 * cfg[2] * cfg[1] // cfg[6] * 9, 2**62):
+        monkeypatch.setattr(winograd, "PARTIALS_BYTES", budget)
+        results.append(_check(cfg, 4, np.float32))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_fused_follows_the_shapes():
     assert winograd.fused(128, 64, 64, 2, 4, True)                 # cifar16's dynamic layer
     assert not winograd.fused(128, 64, 64, 2, 4, False)            # a shared kernel

@@ -128,6 +128,11 @@ FUSED_KERNEL_BYTES = 2**20
 #: gradient's largest float32 errors grew by 1.14x (geometric mean over 33 layers, up to
 #: 2.9x; calibrate.py --errors), so it keeps transforming the rotated kernels.
 REVERSED = (2,)
+#: A shared kernel's gradient partials (one a slot, :data:`~.conv.SLOTS` of them, each
+#: the kernels' size) take at most about this many bytes at once: the slots run in waves
+#: (at least a wave a thread), each wave's partials summed before the next. Eight
+#: partials of a 128-channel layer's kernels took 4.5 MiB, a quarter of cifar8's peak.
+PARTIALS_BYTES = 2**20
 #: Kernels transformed together, about (and kernel gradients transformed back): whole
 #: rows of ``U``, one pass of the transform's loops over them all (a row of a 64-channel
 #: layer's kernels is 64 long: F(4x4) took 17.6 ns a kernel in rows of 64, 10.5 in runs
@@ -306,12 +311,12 @@ def _bias_sums(dy, dbt):
 
 
 @njit(parallel=True, cache=True)
-def _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, h0, w0, cb, ob, run):
-    # part[s] (O, Cg*9) = the kernel gradient of the tiles of slot s: blocks
-    # slots[s, 0]..slots[s, 1]-1 (pieces and blocks as in _fwd_blocks), summed in order;
-    # dbt (N, O) = dy summed over pixels, slot s summing samples n with n*S // N == s.
-    # x (N, C, H, W); dy (N, O, Ho, Wo); ws (threads, workspace floats); run: rows of dU
-    # transformed back together.
+def _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, s0, S, BT, A, GT, h0, w0, cb, ob, run):
+    # part[i] (O, Cg*9) = the kernel gradient of the tiles of slot s = s0 + i: blocks
+    # slots[i, 0]..slots[i, 1]-1 (pieces and blocks as in _fwd_blocks), summed in order;
+    # dbt (N, O) = dy summed over pixels, slot s of S summing samples n with
+    # n*S // N == s. x (N, C, H, W); dy (N, O, Ho, Wo); ws (threads, workspace floats);
+    # run: rows of dU transformed back together.
     alpha = A[0].shape[0]
     m = alpha - 2
     A2 = alpha * alpha
@@ -322,9 +327,10 @@ def _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, h0, w0, c
     G = C // Cg
     Og = O // G
     pf = part.reshape(part.size)
-    N, S = x.shape[0], slots.shape[0]
+    N = x.shape[0]
     dy3 = dy.reshape(N, O, dy.shape[2] * dy.shape[3])
-    for s in prange(S):
+    for i in prange(slots.shape[0]):
+        s = s0 + i
         for n in range(ceil_div(s * N, S), ceil_div((s + 1) * N, S)):
             _pixel_sums(dy3, dbt, n)
         buf = ws[get_thread_id()]
@@ -332,21 +338,21 @@ def _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, h0, w0, c
         at = A2 * O * Cg
         ts, gs = buf[at:at + 3 * alpha * Cg * run], buf[at + 3 * alpha * Cg * run:at + (3 * alpha + 9) * Cg * run]
         at += (3 * alpha + 9) * Cg * run
-        for b in range(slots[s, 0], slots[s, 1]):
+        for b in range(slots[i, 0], slots[i, 1]):
             p0, p1 = blocks[b, 0], blocks[b, 1]
             V, dM, s1, s2 = _block_input(x, O, buf, at, pieces, p0, p1, BT, m, h0, w0, cb, ob)
             nb = V.shape[2]
             for o0 in range(0, O, ob):
                 gradient_tiles(dy, pieces, p0, p1, A, dM, o0, min(O, o0 + ob), s1, s2)
             # dU[xi] (+)= dM[xi] V[xi]^T, group by group: the slot's first block sets
-            beta = 0.0 if b == slots[s, 0] else 1.0
+            beta = 0.0 if b == slots[i, 0] else 1.0
             for xi in range(A2):
                 for g in range(G):
                     gemm_view(False, True, Og, Cg, nb, buf, at + A2 * C * nb + (xi * O + g * Og) * nb, nb,
                               buf, at + (xi * C + g * Cg) * nb, nb, dUf, (xi * O + g * Og) * Cg, Cg, beta)
         for o0 in range(0, O, run):
             L = (min(O, o0 + run) - o0) * Cg
-            kernel_gradient_rows(dUf, o0 * Cg, O * Cg, L, alpha, GT, pf, (s * O + o0) * F, ts, gs)
+            kernel_gradient_rows(dUf, o0 * Cg, O * Cg, L, alpha, GT, pf, (i * O + o0) * F, ts, gs)
 
 
 @njit(parallel=True, cache=True)
@@ -718,13 +724,31 @@ def _kernel_gradient(x, dy, dbt, g, groups, shared, m):
     slots = _slots(len(blocks), per, k)
     cb, ob, floats = _workspace(C, O, m, pieces, blocks)
     run = _row_run(O, Cg)
-    ws = _scratch(get_num_threads(), (alpha * alpha * O + (3 * alpha + 9) * run) * Cg + floats, x.dtype)
-    part = np.empty((len(slots), O, F), dtype=x.dtype)
+    T = get_num_threads()
+    ws = _scratch(T, (alpha * alpha * O + (3 * alpha + 9) * run) * Cg + floats, x.dtype)
+    S = len(slots)
     BT, _, GT, _, A = matrices(m, x.dtype)
-    with blas_single_thread():
-        _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, BT, A, GT, -g.ph, -g.pw, cb, ob, run)
+    args = (BT, A, GT, -g.ph, -g.pw, cb, ob, run)
     if shared:
-        return np.add.reduce(part, axis=0)
+        # the slots in waves of at least T (the threads), fewer than S where S partials
+        # would pass PARTIALS_BYTES; each wave's partials added to gw in slot order, the
+        # order of summing them all at the end: bitwise the same whatever the waves
+        wave = min(S, max(T, PARTIALS_BYTES // (O * F * x.dtype.itemsize)))
+        part = np.empty((wave, O, F), dtype=x.dtype)
+        gw = None
+        with blas_single_thread():
+            for s0 in range(0, S, wave):
+                w = min(wave, S - s0)
+                _dw_blocks(x, dy, part[:w], dbt, ws, pieces, blocks, slots[s0:s0 + w], s0, S, *args)
+                for i in range(w):
+                    if gw is None:
+                        gw = part[0].copy()
+                    else:
+                        np.add(gw, part[i], out=gw)
+        return gw
+    part = np.empty((S, O, F), dtype=x.dtype)
+    with blas_single_thread():
+        _dw_blocks(x, dy, part, dbt, ws, pieces, blocks, slots, 0, S, *args)
     if k == 1:
         return part
     return np.add.reduce(part.reshape(N, k, O, F), axis=1)
