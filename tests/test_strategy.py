@@ -280,8 +280,8 @@ def test_cost_model_mirrors_the_winograd_plan():
 
     assert (plan.WINO_BLOCK_BYTES, plan.WINO_MIN_TILES, plan.WINO_MIN_ITEMS, plan.WINO_SLOTS) == \
         (wino.BLOCK_BYTES, wino.MIN_TILES, wino.MIN_ITEMS, conv.SLOTS)
-    assert (plan.WINO_WHOLE_BYTES, plan.WINO_WHOLE_GRAD_BYTES, plan.WINO_DU_BLOCK_BYTES) == \
-        (wino.WHOLE_BYTES, wino.WHOLE_GRAD_BYTES, wino.DU_BLOCK_BYTES)
+    assert (plan.WINO_WHOLE_BYTES, plan.WINO_WHOLE_GRAD_BYTES, plan.WINO_DU_BLOCK_BYTES, plan.WINO_NO_GAP_TILES) == \
+        (wino.WHOLE_BYTES, wino.WHOLE_GRAD_BYTES, wino.DU_BLOCK_BYTES, wino.NO_GAP_TILES)
     # and the one-block rule, on shapes either side of each budget
     for args in [(1, 256, 256, 14, 14), (64, 32, 32, 8, 8), (128, 128, 128, 8, 8), (2, 64, 64, 30, 30)]:
         for m in wino.TILE_SIZES:

@@ -97,6 +97,19 @@ def test_against_reference(monkeypatch, cfg, m, dtype, layout):
     _check(cfg, m, dtype)
 
 
+@pytest.mark.parametrize("no_gap", [0, 10**6])
+@pytest.mark.parametrize("layout", ["blocks", "whole"])
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+def test_rows_with_and_without_gap_tiles(monkeypatch, no_gap, layout, m):
+    # every row with a gap tile, or none (each tile's input columns staged on their own),
+    # the forward and both gradients right either way
+    monkeypatch.setattr(winograd, "NO_GAP_TILES", {2: no_gap, 4: no_gap})
+    _layout(monkeypatch, layout)
+    for cfg in CONFIGS[:6]:
+        _check(cfg, m, np.float64)
+    _check((6, 4, 8, 17, 15, 1, 2, True, "shared"), m, np.float32)
+
+
 def test_layout_follows_the_budgets():
     # the shipped budgets: a batch of one 14x14 image of 256 channels runs whole, forward
     # and kernel gradient; 8x8 images of 32 channels, 64 of them, only the kernel gradient

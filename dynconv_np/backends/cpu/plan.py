@@ -120,6 +120,8 @@ WINO_WHOLE_BYTES = 2 * 2**20
 WINO_WHOLE_GRAD_BYTES = 16 * 2**20
 #: Bytes of the one-block kernel gradient's dU a work item forms: ``winograd.DU_BLOCK_BYTES``.
 WINO_DU_BLOCK_BYTES = 2**20
+#: Tile rows laid out without a gap tile, at most this many tiles: ``winograd.NO_GAP_TILES``.
+WINO_NO_GAP_TILES = {2: 0, 4: 4}
 #: K half-width of the shifted-views GEMMs (``shifted``): kh*kw GEMMs accumulate into
 #: one output with the input channels as their inner dimension, a short one that costs
 #: them less than it costs a lone GEMM (fitted to ``shifted``'s own timings, see
@@ -347,9 +349,10 @@ def _winograd_blocks(c: ConvCall, tiles: int, m: int, min_blocks: int) -> tuple[
 
 
 def _winograd_grid(c: ConvCall, m: int) -> int:
-    # grid tiles of the whole batch: a gap tile a tile row (the GEMMs of one block of
-    # every tile run over them all)
-    return c.N * math.ceil(c.Ho / m) * (math.ceil(c.Wo / m) + 1)
+    # grid tiles of the whole batch: a gap tile a tile row, but for rows of at most
+    # WINO_NO_GAP_TILES[m] tiles (the GEMMs of one block of every tile run over them all)
+    tW = math.ceil(c.Wo / m)
+    return c.N * math.ceil(c.Ho / m) * (tW + (tW > WINO_NO_GAP_TILES[m]))
 
 
 def _winograd_whole(c: ConvCall, m: int, gradient: bool) -> bool:

@@ -128,6 +128,15 @@ FUSED_KERNEL_BYTES = 2**20
 #: gradient's largest float32 errors grew by 1.14x (geometric mean over 33 layers, up to
 #: 2.9x; calibrate.py --errors), so it keeps transforming the rotated kernels.
 REVERSED = (2,)
+#: Tile rows of at most this many tiles (by output tile size) have no gap tile in ``V``
+#: and ``M``: their input rows are staged with one as ever, then each tile's alpha
+#: columns gathered (``gather_columns``) into a grid without it. The gap had cost a third
+#: of the work of an 8x8 image in F(4x4) (2 tiles a row). Without it, forward+backward at
+#: one thread ran 1.24x as fast on cifar8 and 1.13x on cifar16 (4 tiles a row); on
+#: cifar32 (8 a row, 32 channels) 0.94x, on resnet3x3 (14) the same. In F(2x2) it ran
+#: 0.80 to 0.85x as fast at 2 to 6 tiles a row (the gather moves alpha = 2m columns a
+#: tile, twice the de-interleave's): F(2x2) keeps the gap.
+NO_GAP_TILES = {2: 0, 4: 4}
 #: A shared kernel's gradient partials (one a slot, :data:`~.conv.SLOTS` of them, each
 #: the kernels' size) take at most about this many bytes at once: the slots run in waves
 #: (at least a wave a thread), each wave's partials summed before the next. Eight
@@ -466,25 +475,29 @@ def _cuts(total: int, parts: int) -> list[int]:
 
 
 @functools.lru_cache(maxsize=64)
-def _blocks(N: int, tH: int, tW: int, tb: int, per_sample: bool, min_blocks: int):
+def _blocks(N: int, tH: int, tW: int, tb: int, per_sample: bool, min_blocks: int, gap: int = 1):
     """Blocks of tiles of about `tb` grid tiles (at least `min_blocks` where there are
     units enough; for per-sample kernels ``ceil(min_blocks / N)`` a sample, none across
     samples). The units cut into blocks are tile rows (or equal parts of one where a row
     is wider than a block); a block's consecutive whole rows of one sample form one piece.
+    `gap`: gap tiles a tile row (1, or 0 for rows of at most :data:`NO_GAP_TILES`, see
+    :func:`_gap`).
 
     Returns
     -------
-    pieces : ndarray (P, 5) int64
-        ``(n, ti0, ti1, tj0, tj1)``: tile rows ti0..ti1-1, columns tj0..tj1-1 of sample n.
+    pieces : ndarray (P, 6) int64
+        ``(n, ti0, ti1, tj0, tj1, gap)``: tile rows ti0..ti1-1, columns tj0..tj1-1 of
+        sample n, with `gap` gap tiles a row.
     blocks : ndarray (B, 2) int64
         Ranges ``[p0, p1)`` of pieces, in order.
 
     Plans are kept (they depend on the shapes alone) and never written to.
     """
-    parts = 1 if tW + 1 <= tb else ceil_div(tW, tb - 1)
+    parts = 1 if tW + gap <= tb else ceil_div(tW, tb - gap)
+    gap = gap if parts == 1 else 1                                # parts of rows keep the gap
     cols = _cuts(tW, parts)
     units = [(ti, cols[k], cols[k + 1]) for ti in range(tH) for k in range(parts)]
-    size = (ceil_div(tW, parts) + 1) * len(units)                # grid tiles of one sample
+    size = (ceil_div(tW, parts) + gap) * len(units)              # grid tiles of one sample
     if parts > 1:
         # parts of rows: one a block (the pieces of a block have one width)
         groups = [(n, n + 1, len(units)) for n in range(N)]
@@ -503,7 +516,7 @@ def _blocks(N: int, tH: int, tW: int, tb: int, per_sample: bool, min_blocks: int
                 if last is not None and last[0] == n and last[2] == ti and (last[3], last[4]) == (tj0, tj1) == (0, tW):
                     last[2] = ti + 1
                 else:
-                    pieces.append([n, ti, ti + 1, tj0, tj1])
+                    pieces.append([n, ti, ti + 1, tj0, tj1, gap])
             blocks.append((p0, len(pieces)))
     return np.array(pieces, dtype=np.int64), np.array(blocks, dtype=np.int64)
 
@@ -511,7 +524,7 @@ def _blocks(N: int, tH: int, tW: int, tb: int, per_sample: bool, min_blocks: int
 def _largest_block(pieces: np.ndarray, blocks: np.ndarray) -> int:
     # the largest block's grid tiles (a sum a block in Python cost 2 ms a step on
     # cifar16's per-sample layer, 256 blocks)
-    per_piece = (pieces[:, 2] - pieces[:, 1]) * (pieces[:, 4] - pieces[:, 3] + 1)
+    per_piece = (pieces[:, 2] - pieces[:, 1]) * (pieces[:, 4] - pieces[:, 3] + pieces[:, 5])
     ends = np.concatenate(([0], np.cumsum(per_piece)))
     return int((ends[blocks[:, 1]] - ends[blocks[:, 0]]).max())
 
@@ -534,7 +547,7 @@ def _chunk(C: int, nb: int) -> int:
 def _buffer_size(m, cb, nb, ob):
     # floats of each transform buffer: the input transform's of cb channels of nb grid
     # tiles, the output transform's of ob channels
-    return (m + 2) * m * max(cb, ob) * nb + 1
+    return (m + 2) * max(m + 2, 2 * m) * max(cb, ob) * nb + 1
 
 
 def _workspace(C: int, O: int, m: int, pieces: np.ndarray, blocks: np.ndarray) -> tuple[int, int, int]:
@@ -560,10 +573,15 @@ def _transformed(wt, m, dtype, groups=1, rot=False):
     return U
 
 
+def _gap(tW: int, m: int) -> int:
+    # gap tiles a tile row of tW tiles: none for rows of at most NO_GAP_TILES[m]
+    return 0 if tW <= NO_GAP_TILES[m] else 1
+
+
 def _grid(N: int, Ho: int, Wo: int, m: int) -> int:
-    # grid tiles of the whole batch (a gap tile a tile row)
+    # grid tiles of the whole batch (a gap tile a tile row, see _gap)
     tH, tW = _tiles(Ho, Wo, m)
-    return N * tH * (tW + 1)
+    return N * tH * (tW + _gap(tW, m))
 
 
 def whole(N: int, C: int, O: int, Ho: int, Wo: int, m: int, itemsize: int, shared: bool,
@@ -595,7 +613,7 @@ def _whole_space(shared_floats: int, per_thread: int, dtype):
 def _one_block(N: int, Ho: int, Wo: int, m: int) -> np.ndarray:
     # the pieces of one block of every tile (a piece a sample)
     tH, tW = _tiles(Ho, Wo, m)
-    return _blocks(N, tH, tW, N * tH * (tW + 1) + 1, False, 1)[0]
+    return _blocks(N, tH, tW, _grid(N, Ho, Wo, m) + 1, False, 1, _gap(tW, m))[0]
 
 
 def fused(N: int, O: int, Cg: int, m: int, itemsize: int, per_sample: bool) -> bool:
@@ -627,7 +645,7 @@ def _correlate(x, wt, tk, b2, out, h0, w0, m, U=None, groups=1):
     Ok, Cgk = wt.shape[-2], wt.shape[-1] // 9
     tH, tW = _tiles(Ho, Wo, m)
     if U is None and fused(N, Ok, Cgk, m, x.dtype.itemsize, per_sample):
-        pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), True, MIN_ITEMS)
+        pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), True, MIN_ITEMS, _gap(tW, m))
         first = np.searchsorted(pieces[blocks[:, 0], 0], np.arange(N + 1)).astype(np.int64)
         cb, ob, floats = _workspace(C, O, m, pieces, blocks)
         Cg = Ok * Cgk // O if tk else Cgk                   # the correlation's input channels a group
@@ -647,7 +665,8 @@ def _correlate(x, wt, tk, b2, out, h0, w0, m, U=None, groups=1):
         with blas_single_thread():
             _fwd_whole(x, U, b2, out, V, M, ws, pieces, BT, AT, h0, w0, cb, ob, rev, rev)
     else:
-        pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), U.shape[0] > 1, MIN_ITEMS)
+        pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), U.shape[0] > 1, MIN_ITEMS,
+                                 _gap(tW, m))
         cb, ob, floats = _workspace(C, O, m, pieces, blocks)
         ws = _scratch(get_num_threads(), floats, x.dtype)
         with blas_single_thread():
@@ -717,7 +736,7 @@ def _kernel_gradient(x, dy, dbt, g, groups, shared, m):
             _dw_whole(x, dy, part, dbt, V, dM, ws, pieces, BT, A, GT, -g.ph, -g.pw, cb, ob, OB, run)
         return part[0] if shared else part
     tH, tW = _tiles(g.Ho, g.Wo, m)
-    pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), not shared, SLOTS)
+    pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), not shared, SLOTS, _gap(tW, m))
     # slots: ranges of blocks, SLOTS over the batch or ceil(SLOTS / N) a sample
     per = len(blocks) if shared else len(blocks) // N
     k = min(per, SLOTS if shared else ceil_div(SLOTS, N))

@@ -203,10 +203,58 @@ def deinterleave(src, s, m, dst, d, dstep, lo, hi):
             dst[np.uint64(d + dstep + t)] = a1
             dst[np.uint64(d + 2 * dstep + t)] = a2
             dst[np.uint64(d + 3 * dstep + t)] = a3
+    elif m == 6:                                              # alpha of F(4x4), no gap
+        for t in range(lo, hi):
+            q = np.uint64(s + 6 * t)
+            a0 = src[q]
+            a1 = src[q + np.uint64(1)]
+            a2 = src[q + np.uint64(2)]
+            a3 = src[q + np.uint64(3)]
+            a4 = src[q + np.uint64(4)]
+            a5 = src[q + np.uint64(5)]
+            dst[np.uint64(d + t)] = a0
+            dst[np.uint64(d + dstep + t)] = a1
+            dst[np.uint64(d + 2 * dstep + t)] = a2
+            dst[np.uint64(d + 3 * dstep + t)] = a3
+            dst[np.uint64(d + 4 * dstep + t)] = a4
+            dst[np.uint64(d + 5 * dstep + t)] = a5
     else:
         for t in range(lo, hi):
             for j in range(m):
                 dst[np.uint64(d + j * dstep + t)] = src[np.uint64(s + t * m + j)]
+
+
+@njit(cache=True)
+def gather_columns(src, s, m, K, alpha, dst, d, dstep, rows):
+    # dst[d + j*dstep + q*K + t] = src[s + (q*(K + 1) + t)*m + j] for j < alpha, t < K,
+    # q < rows: the alpha columns of each tile of rows staged with a gap tile (K + 1
+    # tiles a row, m columns a tile, a tile's last alpha - m columns the next one's
+    # first), into a grid without the gap
+    # the tile sizes spelled as constants, as in deinterleave
+    ds = np.uint64(dstep)
+    if alpha == 4:
+        for q in range(rows):
+            for t in range(K):
+                a = np.uint64(s + (q * (K + 1) + t) * 2)
+                b = np.uint64(d + q * K + t)
+                a0, a1, a2, a3 = src[a], src[a + np.uint64(1)], src[a + np.uint64(2)], src[a + np.uint64(3)]
+                dst[b], dst[b + ds], dst[b + 2 * ds], dst[b + 3 * ds] = a0, a1, a2, a3
+    elif alpha == 6:
+        for q in range(rows):
+            for t in range(K):
+                a = np.uint64(s + (q * (K + 1) + t) * 4)
+                b = np.uint64(d + q * K + t)
+                a0, a1, a2, a3 = src[a], src[a + np.uint64(1)], src[a + np.uint64(2)], src[a + np.uint64(3)]
+                a4, a5 = src[a + np.uint64(4)], src[a + np.uint64(5)]
+                dst[b], dst[b + ds], dst[b + 2 * ds], dst[b + 3 * ds] = a0, a1, a2, a3
+                dst[b + 4 * ds], dst[b + 5 * ds] = a4, a5
+    else:
+        for q in range(rows):
+            for t in range(K):
+                a = np.uint64(s + (q * (K + 1) + t) * m)
+                b = np.uint64(d + q * K + t)
+                for j in range(alpha):
+                    dst[b + np.uint64(j) * ds] = src[a + np.uint64(j)]
 
 
 @njit(cache=True)
@@ -253,9 +301,15 @@ def _copy_row(src, s, lo, hi, dst, d, n):
 @njit(inline="always")
 def _piece(pieces, p):
     # piece p: sample n, tile rows ti0..ti0+R-1, tile columns tj0..tj0+nt-1; its grid
-    # has K = nt + 1 tiles a row (the last one a gap), Wp = m*K columns
+    # has K = nt + pieces[p, 5] tiles a row (the last one a gap, if any), Wp = m*K columns
     n, ti0, ti1, tj0, tj1 = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3], pieces[p, 4]
     return n, ti0, ti1 - ti0, tj0, tj1 - tj0
+
+
+@njit(inline="always")
+def _row_tiles(pieces, p):
+    # K: the grid tiles a row of piece p
+    return pieces[p, 4] - pieces[p, 3] + pieces[p, 5]
 
 
 @njit(inline="always")
@@ -263,20 +317,19 @@ def grid_tiles(pieces, p0, p1):
     # tiles of the block's grid: sum over its pieces of R rows of K tiles
     nb = 0
     for p in range(p0, p1):
-        n, ti0, R, tj0, nt = _piece(pieces, p)
-        nb += R * (nt + 1)
+        nb += (pieces[p, 2] - pieces[p, 1]) * _row_tiles(pieces, p)
     return nb
 
 
 @njit(cache=True)
-def stage_rows(img, c, c0, pieces, p0, p1, h0, w0, m, rows, gap_zero, dst, L, nb):
+def stage_rows(img, c, c0, pieces, p0, p1, h0, w0, m, rows, gap_zero, dst, L, nb, K):
     # dst[r, c - c0, T // K, w] = img[n, c, h0 + ti*m + r, w0 + tj0*m + w] for r < rows:
     # the rows of channel c's tiles of pieces p0..p1-1 (the block's grid tile T, K a row;
-    # the pieces have one K), Wp = m*K wide, zero outside img and, with `gap_zero`, in
-    # the gap tiles' columns. img (N, C, H, W); dst 1-D, rows r L*m apart, channels nb*m.
+    # the pieces have one K), Wp = m*K wide, zero outside img and, with `gap_zero`, past
+    # the pieces' tiles. img (N, C, H, W); dst 1-D, rows r L*m apart, channels nb*m.
     C, H, W = img.shape[1], img.shape[2], img.shape[3]
     imgf = img.reshape(img.size)
-    Wp = m * (pieces[p0, 4] - pieces[p0, 3] + 1)
+    Wp = m * K
     at = (c - c0) * m * nb
     for p in range(p0, p1):
         n, ti0, R, tj0, nt = _piece(pieces, p)
@@ -298,18 +351,34 @@ def input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, c1, xs, ys, zs):
     # V[:, c, :] <- B^T d B of the tiles of pieces p0..p1-1 of x[n, c], channels
     # c0 <= c < c1 (the pieces of a block have one K). The block's grid tile T (its
     # pieces' tiles row by row, K a row) reads x from row h0 + ti*m, column w0 + tj*m
-    # (zero outside x); a gap tile gets finite garbage.
-    # V (alpha^2, C, nb) C-contiguous; xs, ys, zs 1-D scratch of alpha*m*(c1-c0)*nb + 1
+    # (zero outside x); a gap tile gets finite garbage. Pieces without a gap (pieces[p0,
+    # 5] == 0) stage each tile's alpha columns on their own (stage_tiles).
+    # V (alpha^2, C, nb) C-contiguous; xs, ys, zs 1-D scratch of alpha^2*(c1-c0)*nb + 1
     # floats each.
     C = x.shape[1]
     alpha = m + 2
     nb = V.shape[2]
     L = (c1 - c0) * nb                                             # grid tiles of the chunk
     Vf = V.reshape(V.size)
+    if pieces[p0, 5] == 0:
+        # no gap tile in V: the rows staged with one all the same (Ks = K + 1 tiles a row,
+        # nbs grid tiles), then each tile's alpha columns gathered from them
+        K = _row_tiles(pieces, p0)
+        nbs = nb // K * (K + 1)
+        Ls = (c1 - c0) * nbs
+        for c in range(c0, c1):
+            stage_rows(x, c, c0, pieces, p0, p1, h0, w0, m, alpha, False, xs, Ls, nbs, K + 1)
+        combine(BT, xs, 0, m * Ls, ys, 0, m * Ls, m * Ls, 0, 0)    # ys[i] = sum_r BT[i, r] xs[r]
+        S = alpha * L
+        for i in range(alpha):                                     # zs[i, j, c, T] = tile T's column j
+            gather_columns(ys, i * m * Ls, m, K, alpha, zs, i * S, L, L // K)
+        for i in range(alpha):                                     # V[i*alpha + k] = sum_j BT[k, j] zs[i, j]
+            combine(BT, zs, i * S, L, Vf, (i * alpha * C + c0) * nb, C * nb, L, 0, 0)
+        return
     # xs[r, c, T // K, w] = x[n, c, h0 + ti*m + r, w0 + tj0*m + w]: the input rows r of
     # each tile row, Wp = m*K wide, so that tile T's input at (r, j) is xs[r, ., m*T + j]
     for c in range(c0, c1):
-        stage_rows(x, c, c0, pieces, p0, p1, h0, w0, m, alpha, False, xs, L, nb)
+        stage_rows(x, c, c0, pieces, p0, p1, h0, w0, m, alpha, False, xs, L, nb, _row_tiles(pieces, p0))
     combine(BT, xs, 0, m * L, ys, 0, m * L, m * L, 0, 0)           # ys[i] = sum_r BT[i, r] xs[r]
     for i in range(alpha):                                         # zs[i, j, c, T] = ys[i, ., m*T + j]
         deinterleave(ys, i * m * L, m, zs, i * m * L, L, 0, L)
@@ -335,7 +404,7 @@ def output_tiles(M, y, bt, pieces, p0, p1, AT, o0, o1, zs, ss, end):
     Ho, Wo = y.shape[2], y.shape[3]
     oh = (-Ho) % m if end else 0
     ow = (-Wo) % m if end else 0
-    Wp = m * (pieces[p0, 4] - pieces[p0, 3] + 1)
+    Wp = m * _row_tiles(pieces, p0)
     L = (o1 - o0) * nb
     Mf = M.reshape(M.size)
     yf = y.reshape(y.size)
@@ -378,7 +447,7 @@ def gradient_tiles(dy, pieces, p0, p1, A, dM, o0, o1, ds, ss):
     # ss[i, o, T // K, w] = dy[n, o, ti*m + i, tj0*m + w], zero outside dy and the
     # piece's tiles (a gap tile's dM is zero)
     for o in range(o0, o1):
-        stage_rows(dy, o, o0, pieces, p0, p1, 0, 0, m, m, True, ss, L, nb)
+        stage_rows(dy, o, o0, pieces, p0, p1, 0, 0, m, m, True, ss, L, nb, _row_tiles(pieces, p0))
     for i in range(m):                                          # ds[i, j, o, T] = ss[i, o, m*T + j]
         deinterleave(ss, i * m * L, m, ds, i * m * L, L, 0, L)
     combine(A, ds, 0, m * L, ss, 0, m * L, m * L, 0, 0)         # ss[r, j] = sum_i A[r, i] ds[i, j]
