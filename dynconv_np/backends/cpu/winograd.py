@@ -475,13 +475,13 @@ def _cuts(total: int, parts: int) -> list[int]:
 
 
 @functools.lru_cache(maxsize=64)
-def _blocks(N: int, tH: int, tW: int, tb: int, per_sample: bool, min_blocks: int, gap: int = 1):
+def _blocks(N: int, tH: int, tW: int, tb: int, per_sample: bool, min_blocks: int, gap: int):
     """Blocks of tiles of about `tb` grid tiles (at least `min_blocks` where there are
     units enough; for per-sample kernels ``ceil(min_blocks / N)`` a sample, none across
     samples). The units cut into blocks are tile rows (or equal parts of one where a row
     is wider than a block); a block's consecutive whole rows of one sample form one piece.
     `gap`: gap tiles a tile row (1, or 0 for rows of at most :data:`NO_GAP_TILES`, see
-    :func:`_gap`).
+    :func:`_gap`; parts of rows keep the gap).
 
     Returns
     -------
@@ -493,8 +493,8 @@ def _blocks(N: int, tH: int, tW: int, tb: int, per_sample: bool, min_blocks: int
 
     Plans are kept (they depend on the shapes alone) and never written to.
     """
-    parts = 1 if tW + gap <= tb else ceil_div(tW, tb - gap)
-    gap = gap if parts == 1 else 1                                # parts of rows keep the gap
+    gap = 1 if tW + gap > tb else gap
+    parts = 1 if tW + gap <= tb else ceil_div(tW, tb - 1)
     cols = _cuts(tW, parts)
     units = [(ti, cols[k], cols[k + 1]) for ti in range(tH) for k in range(parts)]
     size = (ceil_div(tW, parts) + gap) * len(units)              # grid tiles of one sample
@@ -546,7 +546,8 @@ def _chunk(C: int, nb: int) -> int:
 @njit(inline="always")
 def _buffer_size(m, cb, nb, ob):
     # floats of each transform buffer: the input transform's of cb channels of nb grid
-    # tiles, the output transform's of ob channels
+    # tiles (alpha^2 a tile gathered without the gap, alpha*m a staged tile, up to two
+    # staged a tile), the output transform's of ob channels
     return (m + 2) * max(m + 2, 2 * m) * max(cb, ob) * nb + 1
 
 
@@ -759,11 +760,8 @@ def _kernel_gradient(x, dy, dbt, g, groups, shared, m):
             for s0 in range(0, S, wave):
                 w = min(wave, S - s0)
                 _dw_blocks(x, dy, part[:w], dbt, ws, pieces, blocks, slots[s0:s0 + w], s0, S, *args)
-                for i in range(w):
-                    if gw is None:
-                        gw = part[0].copy()
-                    else:
-                        np.add(gw, part[i], out=gw)
+                for p in part[:w]:
+                    gw = p.copy() if gw is None else np.add(gw, p, out=gw)
         return gw
     part = np.empty((S, O, F), dtype=x.dtype)
     with blas_single_thread():

@@ -24,6 +24,11 @@ runs, and every transform is a linear combination of contiguous runs the length 
 block (:func:`combine`), the loops LLVM vectorises. Column j >= m of tile T is column
 j - m of tile T + 1, which for the last real tile of a row is the gap tile. The output
 goes the other way. Coefficients are applied in the input dtype, terms in a fixed order.
+
+Short rows (``pieces[p, 5] == 0``, see ``winograd.NO_GAP_TILES``) are staged with the gap
+all the same, but each tile's alpha columns are then gathered (:func:`gather_columns`)
+into a grid without it: ``V``, ``M`` and ``dM`` have ``nt`` tiles a row, and the GEMMs
+and the other transforms do no work on gap tiles.
 """
 
 from __future__ import annotations
@@ -203,21 +208,6 @@ def deinterleave(src, s, m, dst, d, dstep, lo, hi):
             dst[np.uint64(d + dstep + t)] = a1
             dst[np.uint64(d + 2 * dstep + t)] = a2
             dst[np.uint64(d + 3 * dstep + t)] = a3
-    elif m == 6:                                              # alpha of F(4x4), no gap
-        for t in range(lo, hi):
-            q = np.uint64(s + 6 * t)
-            a0 = src[q]
-            a1 = src[q + np.uint64(1)]
-            a2 = src[q + np.uint64(2)]
-            a3 = src[q + np.uint64(3)]
-            a4 = src[q + np.uint64(4)]
-            a5 = src[q + np.uint64(5)]
-            dst[np.uint64(d + t)] = a0
-            dst[np.uint64(d + dstep + t)] = a1
-            dst[np.uint64(d + 2 * dstep + t)] = a2
-            dst[np.uint64(d + 3 * dstep + t)] = a3
-            dst[np.uint64(d + 4 * dstep + t)] = a4
-            dst[np.uint64(d + 5 * dstep + t)] = a5
     else:
         for t in range(lo, hi):
             for j in range(m):
@@ -230,16 +220,9 @@ def gather_columns(src, s, m, K, alpha, dst, d, dstep, rows):
     # q < rows: the alpha columns of each tile of rows staged with a gap tile (K + 1
     # tiles a row, m columns a tile, a tile's last alpha - m columns the next one's
     # first), into a grid without the gap
-    # the tile sizes spelled as constants, as in deinterleave
+    # F(4x4)'s alpha spelled as a constant, as in deinterleave
     ds = np.uint64(dstep)
-    if alpha == 4:
-        for q in range(rows):
-            for t in range(K):
-                a = np.uint64(s + (q * (K + 1) + t) * 2)
-                b = np.uint64(d + q * K + t)
-                a0, a1, a2, a3 = src[a], src[a + np.uint64(1)], src[a + np.uint64(2)], src[a + np.uint64(3)]
-                dst[b], dst[b + ds], dst[b + 2 * ds], dst[b + 3 * ds] = a0, a1, a2, a3
-    elif alpha == 6:
+    if alpha == 6:
         for q in range(rows):
             for t in range(K):
                 a = np.uint64(s + (q * (K + 1) + t) * 4)
@@ -351,35 +334,31 @@ def input_tiles(x, pieces, p0, p1, h0, w0, BT, m, V, c0, c1, xs, ys, zs):
     # V[:, c, :] <- B^T d B of the tiles of pieces p0..p1-1 of x[n, c], channels
     # c0 <= c < c1 (the pieces of a block have one K). The block's grid tile T (its
     # pieces' tiles row by row, K a row) reads x from row h0 + ti*m, column w0 + tj*m
-    # (zero outside x); a gap tile gets finite garbage. Pieces without a gap (pieces[p0,
-    # 5] == 0) stage each tile's alpha columns on their own (stage_tiles).
-    # V (alpha^2, C, nb) C-contiguous; xs, ys, zs 1-D scratch of alpha^2*(c1-c0)*nb + 1
-    # floats each.
+    # (zero outside x); a gap tile gets finite garbage. Pieces without a gap tile
+    # (pieces[p0, 5] == 0) are staged with one all the same, and each tile's alpha
+    # columns gathered from the staged rows into V's grid without it.
+    # V (alpha^2, C, nb) C-contiguous; xs, ys, zs 1-D scratch of
+    # alpha*max(alpha, 2m)*(c1-c0)*nb + 1 floats each.
     C = x.shape[1]
     alpha = m + 2
     nb = V.shape[2]
     L = (c1 - c0) * nb                                             # grid tiles of the chunk
     Vf = V.reshape(V.size)
-    if pieces[p0, 5] == 0:
-        # no gap tile in V: the rows staged with one all the same (Ks = K + 1 tiles a row,
-        # nbs grid tiles), then each tile's alpha columns gathered from them
-        K = _row_tiles(pieces, p0)
-        nbs = nb // K * (K + 1)
-        Ls = (c1 - c0) * nbs
-        for c in range(c0, c1):
-            stage_rows(x, c, c0, pieces, p0, p1, h0, w0, m, alpha, False, xs, Ls, nbs, K + 1)
-        combine(BT, xs, 0, m * Ls, ys, 0, m * Ls, m * Ls, 0, 0)    # ys[i] = sum_r BT[i, r] xs[r]
-        S = alpha * L
-        for i in range(alpha):                                     # zs[i, j, c, T] = tile T's column j
-            gather_columns(ys, i * m * Ls, m, K, alpha, zs, i * S, L, L // K)
-        for i in range(alpha):                                     # V[i*alpha + k] = sum_j BT[k, j] zs[i, j]
-            combine(BT, zs, i * S, L, Vf, (i * alpha * C + c0) * nb, C * nb, L, 0, 0)
-        return
-    # xs[r, c, T // K, w] = x[n, c, h0 + ti*m + r, w0 + tj0*m + w]: the input rows r of
-    # each tile row, Wp = m*K wide, so that tile T's input at (r, j) is xs[r, ., m*T + j]
+    K = _row_tiles(pieces, p0)
+    gap = pieces[p0, 5]
+    Ks = K + 1 - gap                                               # staged tiles a row: with the gap
+    Ls = L // K * Ks
+    # xs[r, c, T // Ks, w] = x[n, c, h0 + ti*m + r, w0 + tj0*m + w]: the input rows r of
+    # each tile row, Wp = m*Ks wide, so that tile T's input at (r, j) is xs[r, ., m*T + j]
     for c in range(c0, c1):
-        stage_rows(x, c, c0, pieces, p0, p1, h0, w0, m, alpha, False, xs, L, nb, _row_tiles(pieces, p0))
-    combine(BT, xs, 0, m * L, ys, 0, m * L, m * L, 0, 0)           # ys[i] = sum_r BT[i, r] xs[r]
+        stage_rows(x, c, c0, pieces, p0, p1, h0, w0, m, alpha, False, xs, Ls, nb // K * Ks, Ks)
+    combine(BT, xs, 0, m * Ls, ys, 0, m * Ls, m * Ls, 0, 0)        # ys[i] = sum_r BT[i, r] xs[r]
+    if gap == 0:
+        for i in range(alpha):                                     # zs[i, j, c, T] = tile T's column j
+            gather_columns(ys, i * m * Ls, m, K, alpha, zs, i * alpha * L, L, L // K)
+        for i in range(alpha):                                     # V[i*alpha + k] = sum_j BT[k, j] zs[i, j]
+            combine(BT, zs, i * alpha * L, L, Vf, (i * alpha * C + c0) * nb, C * nb, L, 0, 0)
+        return
     for i in range(alpha):                                         # zs[i, j, c, T] = ys[i, ., m*T + j]
         deinterleave(ys, i * m * L, m, zs, i * m * L, L, 0, L)
     zs[np.uint64(alpha * m * L)] = 0                               # read past the end below
