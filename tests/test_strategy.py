@@ -47,6 +47,7 @@ class RecordingWinograd(types.ModuleType):
         self.module = module
         self.calls = []
         self.supports = module.supports
+        self.TILES_KEY = module.TILES_KEY
 
     def forward(self, x, wt, bt, g, groups, m=2, saved=None):
         self.calls.append(("forward", m))
@@ -280,8 +281,9 @@ def test_cost_model_mirrors_the_winograd_plan():
 
     assert (plan.WINO_BLOCK_BYTES, plan.WINO_MIN_TILES, plan.WINO_MIN_ITEMS, plan.WINO_SLOTS) == \
         (wino.BLOCK_BYTES, wino.MIN_TILES, wino.MIN_ITEMS, conv.SLOTS)
-    assert (plan.WINO_WHOLE_BYTES, plan.WINO_WHOLE_GRAD_BYTES, plan.WINO_DU_BLOCK_BYTES, plan.WINO_NO_GAP_TILES) == \
-        (wino.WHOLE_BYTES, wino.WHOLE_GRAD_BYTES, wino.DU_BLOCK_BYTES, wino.NO_GAP_TILES)
+    assert (plan.WINO_WHOLE_BYTES, plan.WINO_WHOLE_GRAD_BYTES, plan.WINO_DU_BLOCK_BYTES, plan.WINO_NO_GAP_TILES,
+            plan.WINO_KEEP_TILES_BYTES) == \
+        (wino.WHOLE_BYTES, wino.WHOLE_GRAD_BYTES, wino.DU_BLOCK_BYTES, wino.NO_GAP_TILES, wino.KEEP_TILES_BYTES)
     # and the one-block rule, on shapes either side of each budget
     for args in [(1, 256, 256, 14, 14), (64, 32, 32, 8, 8), (128, 128, 128, 8, 8), (2, 64, 64, 30, 30)]:
         for m in wino.TILE_SIZES:
@@ -292,10 +294,36 @@ def test_cost_model_mirrors_the_winograd_plan():
                                   narrow=False, winograd=True)
                 for grad in (False, True):
                     assert plan._winograd_whole(c, m, grad) == wino.whole(*args, m, 4, shared, gradient=grad)
+                # the kept-tiles rule
+                assert plan._winograd_keeps(c, m) == wino.keeps_tiles(*args, m, 4, shared)
                 # and the fused per-sample rule (WINO_PER_SAMPLE applies where it holds)
                 assert plan._winograd_fused(c, m) == wino.fused(args[0], args[2], args[1], m, 4, not shared)
     assert (plan.WINO_FUSED_MIN_SAMPLES, plan.WINO_FUSED_KERNEL_BYTES) == \
         (wino.FUSED_MIN_SAMPLES, wino.FUSED_KERNEL_BYTES)
+
+
+def test_forward_weighs_the_tiles_it_keeps():
+    # a forward whose backward runs F(4x4) and that keeps its transformed input for it:
+    # its winograd4 estimate is net of the transform the kernel gradient skips (what the
+    # backward's kept estimate saves), the others as they are, with a note; a problem
+    # too large to keep its tiles gets no credit
+    def call(N, C, H):
+        return plan.ConvCall(N=N, C=C, O=C, H=H, W=H, Ho=H, Wo=H, kh=3, kw=3, stride=(1, 1), dilation=(1, 1),
+                             groups=1, shared=True, itemsize=4, pointwise=False, tile_rows=H, channel_blocks=0,
+                             block_rows=0, block_samples=2, narrow=True, winograd=True)
+    small, large = call(64, 32, 8), call(128, 128, 8)
+    with strategy.force(backward="winograd4"):
+        net, note = plan._forward_costs(small)
+        plain = dict(plan.estimates("forward", small))
+        saving = (dict(plan.estimates("backward", small))["winograd4"]
+                  - dict(plan.estimates("backward", small, kept=4))["winograd4"])
+        assert saving > 0 and "kept tiles" in note
+        for s, t in net:
+            assert t == (plain[s] - saving if s == "winograd4" else plain[s])
+        assert plan._forward_costs(large) == (plan.estimates("forward", large), "")
+        with plan.recording() as rec:
+            plan.choose("forward", small)
+        assert rec[0].note == note and "kept tiles" in str(rec[0])
 
 
 @pytest.mark.parametrize("forward, backward, kept", [

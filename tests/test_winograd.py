@@ -247,7 +247,9 @@ def test_backward_reuses_the_forward_kernels(cfg, m):
     dy = rng.standard_normal((N, O, g.Ho, g.Wo)).astype(np.float32)
     saved = {}
     y = winograd.forward(x, wt, None, g, G, m=m, saved=saved)
-    assert (saved[winograd.SAVED_KEY][0] == m) if m in winograd.REVERSED else saved == {}
+    assert (saved[winograd.SAVED_KEY][0] == m) if m in winograd.REVERSED else winograd.SAVED_KEY not in saved
+    kept = winograd.keeps_tiles(N, C, O, g.Ho, g.Wo, m, 4, not per_sample)
+    assert (saved[winograd.TILES_KEY][0] == m) if kept else winograd.TILES_KEY not in saved
     np.testing.assert_array_equal(y, winograd.forward(x, wt, None, g, G, m=m))
     fresh = winograd.backward(x, wt, dy, g, G, m=m)
     for a, b in zip(winograd.backward(x, wt, dy, g, G, m=m, saved=saved), fresh):
@@ -258,6 +260,53 @@ def test_backward_reuses_the_forward_kernels(cfg, m):
     for a, b in zip(winograd.backward(x, wt, dy, g, G, m=m, saved=other), fresh):
         np.testing.assert_array_equal(a, b)
     assert other == {}
+
+
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+@pytest.mark.parametrize("cfg", [(1, 6, 4, 7, 9, 1, 1, False), (3, 4, 6, 5, 6, 0, 2, False),
+                                 (1, 4, 6, 6, 5, 1, 2, True), (4, 5, 3, 13, 10, 1, 1, False),
+                                 (2, 8, 8, 8, 8, 1, 1, False)])
+def test_kept_tiles_bitwise(cfg, m, monkeypatch):
+    # a forward that keeps its transformed input for the kernel gradient (a shared kernel
+    # or a batch of one, every budget open here) gives bitwise the same y as without
+    # `saved`, and its backward the same gradients as a backward that transforms x
+    # itself, whichever gradients are asked for; the kept tiles are taken out, used or not
+    monkeypatch.setattr(winograd, "KEEP_TILES_BYTES", {2: 2**62, 4: 2**62})
+    N, C, O, H, W, p, G, per_sample = cfg
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    wt = rng.standard_normal(((N,) if per_sample else ()) + (O, C // G * 9)).astype(np.float32)
+    b = rng.standard_normal((O,)).astype(np.float32)
+    g = _args.geometry(x.shape, 3, 3, 1, p, 1)
+    dy = rng.standard_normal((N, O, g.Ho, g.Wo)).astype(np.float32)
+    x0, wt0, dy0 = x.copy(), wt.copy(), dy.copy()
+    y = winograd.forward(x, wt, b, g, G, m=m)
+    for need_dx, need_dw in ((True, True), (True, False), (False, True)):
+        saved = {}
+        np.testing.assert_array_equal(winograd.forward(x, wt, b, g, G, m=m, saved=saved), y)
+        assert winograd.TILES_KEY in saved
+        V = saved[winograd.TILES_KEY][1]
+        assert V.shape == winograd.tiles_shape(N, C, g.Ho, g.Wo, m)
+        fresh = winograd.backward(x, wt, dy, g, G, need_dx=need_dx, need_dw=need_dw, m=m)
+        got = winograd.backward(x, wt, dy, g, G, need_dx=need_dx, need_dw=need_dw, m=m, saved=saved)
+        assert saved == {}
+        for a, c in zip(got, fresh):
+            assert (a is None) == (c is None)
+            if a is not None:
+                np.testing.assert_array_equal(a, c)
+    for a, c in ((x, x0), (wt, wt0), (dy, dy0)):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_keeps_tiles_rule():
+    # one block of the kernel gradient and the tiles within the budget (by m): F(4x4) on
+    # the digits net's third conv keeps them, a batch of 128 8x8 images of 128 channels
+    # (9 MiB of tiles) does not, nor F(2x2) anywhere, nor per-sample kernels of a batch
+    assert winograd.keeps_tiles(64, 32, 32, 8, 8, 4, 4, True)
+    assert not winograd.keeps_tiles(128, 128, 128, 8, 8, 4, 4, True)
+    assert not winograd.keeps_tiles(64, 32, 32, 8, 8, 2, 4, True)
+    assert not winograd.keeps_tiles(64, 32, 32, 8, 8, 4, 4, False)
+    assert winograd.keeps_tiles(1, 32, 32, 8, 8, 4, 4, False)
 
 
 def test_supports_and_arguments():
@@ -297,15 +346,17 @@ SCRIPT = textwrap.dedent("""
              (1, 40, 24, 15, 17, 1, 2, True), (7, 12, 8, 9, 11, 1, 2, True)]
     for (N, C, O, H, W, p, G, ps), budget in [(c, b) for b in (0, 2**62) for c in cases]:
         winograd.WHOLE_BYTES = winograd.WHOLE_GRAD_BYTES = budget
+        winograd.KEEP_TILES_BYTES = {2: budget, 4: budget}
         winograd.DU_BLOCK_BYTES = 3000
         x = r.standard_normal((N, C, H, W)).astype(np.float32)
         wt = r.standard_normal(((N,) if ps else ()) + (O, C // G * 9)).astype(np.float32)
         b = r.standard_normal((O,)).astype(np.float32)
         g = _args.geometry(x.shape, 3, 3, 1, p, 1)
         for m in winograd.TILE_SIZES:
-            y = winograd.forward(x, wt, b, g, G, m=m)
+            saved = {}                                  # the kept kernels and tiles
+            y = winograd.forward(x, wt, b, g, G, m=m, saved=saved)
             dy = r.standard_normal(y.shape).astype(np.float32)
-            for a in (y,) + winograd.backward(x, wt, dy, g, G, m=m):
+            for a in (y,) + winograd.backward(x, wt, dy, g, G, m=m, saved=saved):
                 h.update(np.ascontiguousarray(a).tobytes())
     print(h.hexdigest())
 """)

@@ -574,9 +574,10 @@ def conv_forward(x, wt, bt, g, groups, saved=None):
     groups : int
     saved : dict, optional
         Filled with what :func:`conv_backward` of the same `x` and `wt` can reuse (pass it
-        the same dict): the Winograd-transformed kernels, where the forward and the
-        backward both run the same Winograd strategy (the input gradient then needs no
-        transform of its own). Held until that backward.
+        the same dict): where the forward and the backward both run the same Winograd
+        strategy, the transformed kernels (the input gradient then needs no transform of
+        its own) and, for small problems, the transformed input (the kernel gradient's).
+        Held until that backward. The results are the same with or without it.
 
     Returns
     -------
@@ -644,7 +645,9 @@ def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, saved=None):
     if g.N == 0:
         return empty_backward(g, wt, x.dtype, need_dx, need_dw)
     itemsize = x.dtype.itemsize
-    strategy = plan.choose("backward", _call(g, G, O, shared, itemsize), need_dx, need_dw)
+    # the Winograd tile size whose forward kept its transformed input (0: none)
+    kept = saved[_winograd().TILES_KEY][0] if saved is not None and _winograd().TILES_KEY in saved else 0
+    strategy = plan.choose("backward", _call(g, G, O, shared, itemsize), need_dx, need_dw, kept=kept)
     if strategy.startswith("winograd"):
         return _winograd().backward(x, wt, dy, g, G, need_dx=need_dx, need_dw=need_dw, m=int(strategy[-1]),
                                     saved=saved)

@@ -122,6 +122,10 @@ WINO_WHOLE_GRAD_BYTES = 16 * 2**20
 WINO_DU_BLOCK_BYTES = 2**20
 #: Tile rows laid out without a gap tile, at most this many tiles: ``winograd.NO_GAP_TILES``.
 WINO_NO_GAP_TILES = {2: 0, 4: 4}
+#: A forward keeps its transformed input tiles for the backward's kernel gradient up to
+#: this many bytes (by output tile size): ``winograd.KEEP_TILES_BYTES`` (see
+#: :func:`_winograd_keeps`).
+WINO_KEEP_TILES_BYTES = {2: 0, 4: 2 * 2**20}
 #: K half-width of the shifted-views GEMMs (``shifted``): kh*kw GEMMs accumulate into
 #: one output with the input channels as their inner dimension, a short one that costs
 #: them less than it costs a lone GEMM (fitted to ``shifted``'s own timings, see
@@ -363,6 +367,13 @@ def _winograd_whole(c: ConvCall, m: int, gradient: bool) -> bool:
     return (c.shared or c.N == 1) and (m + 2) ** 2 * (c.C + c.O) * _winograd_grid(c, m) * c.itemsize <= budget
 
 
+def _winograd_keeps(c: ConvCall, m: int) -> bool:
+    # winograd.keeps_tiles: a forward that keeps its transformed input for a kernel
+    # gradient of one block
+    return (_winograd_whole(c, m, True)
+            and (m + 2) ** 2 * c.C * _winograd_grid(c, m) * c.itemsize <= WINO_KEEP_TILES_BYTES[m])
+
+
 def _winograd_fused(c: ConvCall, m: int) -> bool:
     # winograd.fused: per-sample kernels transformed in the work item that uses them (the
     # rule reads the kernels' O and C/groups, the same for the input gradient's pass)
@@ -370,20 +381,23 @@ def _winograd_fused(c: ConvCall, m: int) -> bool:
             and (m + 2) ** 2 * c.O * (c.C // c.groups) * c.itemsize <= WINO_FUSED_KERNEL_BYTES)
 
 
-def _winograd(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool) -> float:
+def _winograd(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool, kept: bool = False) -> float:
     # the module's layouts (below), by WINO_PER_SAMPLE where the kernels are transformed
     # in the work item
-    total = _winograd_layouts(c, m, backward, need_dx, need_dw)
+    total = _winograd_layouts(c, m, backward, need_dx, need_dw, kept)
     return total * WINO_PER_SAMPLE if _winograd_fused(c, m) else total
 
 
-def _winograd_layouts(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool) -> float:
+def _winograd_layouts(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool,
+                      kept: bool = False) -> float:
     # F(m x m, 3x3): the kernels' transforms, then per pass the tiles' transforms (in and
     # out) and alpha^2 GEMMs a block; the input gradient is a forward on dy (C and O
     # swapped). The kernel gradient accumulates rank-T updates of dU (alpha^2 O x C/groups)
     # a block, in slots of blocks, each slot transforming its dU back; then the slots'
     # partials are summed. One block of every tile (small shared problems): the
     # transforms by channel chunks, then the alpha^2 GEMMs over all tiles, in parallel.
+    # A forward that would keep its transformed input runs as one block; `kept`: the
+    # forward kept it, the kernel gradient transforms dy alone.
     A2 = (m + 2) ** 2
     tiles = math.ceil(c.Ho / m) * math.ceil(c.Wo / m)
     tr = WINO_TRANSFORM[m] * c.itemsize / 4
@@ -391,7 +405,7 @@ def _winograd_layouts(c: ConvCall, m: int, backward: bool, need_dx: bool, need_d
     kernels = (1 if c.shared else c.N) * c.O * Cg * A2 * tr / THREADS
     total = 0.0
     for rows, inner in ([(c.C, c.O)] * need_dx if backward else [(c.O, c.C)]):
-        if _winograd_whole(c, m, False):
+        if (_winograd_keeps(c, m) and not backward) or _winograd_whole(c, m, False):
             T = _winograd_grid(c, m)
             gemms = _spread(A2 * c.groups, gemm_seconds(rows // c.groups, inner // c.groups, T, c.itemsize))
             total += gemms + (rows + inner) * T * A2 * tr / THREADS + 3 * ITEM + kernels
@@ -405,7 +419,7 @@ def _winograd_layouts(c: ConvCall, m: int, backward: bool, need_dx: bool, need_d
             T = _winograd_grid(c, m)
             OB = max(1, min(Og, WINO_DU_BLOCK_BYTES // (A2 * Cg * c.itemsize),
                             math.ceil(Og / math.ceil(WINO_MIN_ITEMS / c.groups))))
-            total += (c.O + c.C) * T * A2 * tr / THREADS + 2 * ITEM
+            total += (c.O + (0 if kept else c.C)) * T * A2 * tr / THREADS + 2 * ITEM
             total += _spread(c.groups * math.ceil(Og / OB), A2 * gemm_seconds(OB, T, Cg, c.itemsize)
                              + A2 * OB * Cg * tr)
         else:
@@ -442,7 +456,8 @@ def _shifted(c: ConvCall, backward: bool, need_dx: bool, need_dw: bool) -> float
     return _sums(c) + _spread(c.N, item)
 
 
-def _estimate(strategy: str, pass_: str, c: ConvCall, need_dx: bool = True, need_dw: bool = True) -> float:
+def _estimate(strategy: str, pass_: str, c: ConvCall, need_dx: bool = True, need_dw: bool = True,
+              kept: int = 0) -> float:
     backward = pass_ == "backward"
     if strategy == "shifted":
         return _shifted(c, backward, need_dx, need_dw)
@@ -450,14 +465,39 @@ def _estimate(strategy: str, pass_: str, c: ConvCall, need_dx: bool = True, need
         return _tiles_backward(c, need_dx, need_dw) if backward else _tiles_forward(c)
     if strategy == "batched":
         return _batched_backward(c, need_dx, need_dw) if backward else _batched_forward(c)
-    return _winograd(c, int(strategy[-1]), backward, need_dx, need_dw)
+    m = int(strategy[-1])
+    return _winograd(c, m, backward, need_dx, need_dw, kept == m)
 
 
 @functools.lru_cache(maxsize=4096)
-def estimates(pass_: str, call: ConvCall, need_dx: bool = True, need_dw: bool = True) -> tuple:
-    """``((strategy, seconds or None), ...)`` for every strategy of one pass (None: unsupported)."""
-    return tuple((s, None if unsupported(s, call) else _estimate(s, pass_, call, need_dx, need_dw))
+def estimates(pass_: str, call: ConvCall, need_dx: bool = True, need_dw: bool = True, kept: int = 0) -> tuple:
+    """``((strategy, seconds or None), ...)`` for every strategy of one pass (None: unsupported).
+    `kept`: the tile size of the Winograd strategy whose forward kept its transformed
+    input for this backward (0: none): its kernel gradient without x's transform."""
+    return tuple((s, None if unsupported(s, call) else _estimate(s, pass_, call, need_dx, need_dw, kept))
                  for s in CONV_STRATEGIES)
+
+
+def _forward_costs(call: ConvCall) -> tuple[tuple, str]:
+    # The forward's estimates, weighed for a backward by the planner's pick: where that
+    # runs F(m x m) and the forward by F(m x m) would keep its tiles for it, the
+    # forward's F(m x m) estimate is net of the transform its kernel gradient then skips.
+    # The same pick with or without a backward to follow (a forward that gave another
+    # result when its gradient is wanted would surprise), so an inference-only forward
+    # may pay a few percent for it. Returns the costs and a note for the decision.
+    costs = estimates("forward", call)
+    b = peek("backward", call)
+    if b is None or not b.startswith("winograd") or not _winograd_keeps(call, int(b[-1])):
+        return costs, ""
+    credit = dict(estimates("backward", call))[b] - dict(estimates("backward", call, kept=int(b[-1])))[b]
+    net = tuple((s, t - credit if s == b and t is not None else t) for s, t in costs)
+    return net, f"{b} net of {credit * 1e3:.3g} ms its backward saves on the kept tiles"
+
+
+def kept_tiles(call: ConvCall, strategy: str) -> bool:
+    """Whether a forward by `strategy` keeps its transformed input for a backward by the
+    same strategy (``winograd.keeps_tiles``)."""
+    return strategy.startswith("winograd") and _winograd_keeps(call, int(strategy[-1]))
 
 
 def _cheapest(costs: tuple) -> str:
@@ -554,12 +594,14 @@ class Decision:
     costs: tuple
     forced: bool
     K: int = 0
+    note: str = ""
 
     def __str__(self) -> str:
         est = ", ".join(f"{s} {'n/a' if t is None else f'{t * 1e3:.3g} ms'}" for s, t in self.costs)
         how = "forced" if self.forced else "cost model"
         what = self.call.describe() + (f", K={self.K}" if self.K else "")
-        return f"{self.pass_:8s} {self.chosen:13s} ({how}; estimates: {est}) [{what}]"
+        note = f"; {self.note}" if self.note else ""
+        return f"{self.pass_:8s} {self.chosen:13s} ({how}; estimates: {est}{note}) [{what}]"
 
 
 _record: contextvars.ContextVar[list | None] = contextvars.ContextVar("dynconv_np_plan_record", default=None)
@@ -584,9 +626,14 @@ def _note(d: Decision) -> None:
         log.debug("%s", d)
 
 
-def _pick(pass_: str, call: ConvCall, record: bool = True, need_dx: bool = True, need_dw: bool = True) -> str:
+def _pick(pass_: str, call: ConvCall, record: bool = True, need_dx: bool = True, need_dw: bool = True,
+          kept: int = 0) -> str:
     f = getattr(forced(), pass_)
-    costs = estimates(pass_, call, need_dx, need_dw)
+    note = ""
+    if pass_ == "forward" and f is None:
+        costs, note = _forward_costs(call)
+    else:
+        costs = estimates(pass_, call, need_dx, need_dw, kept)
     if f is not None:
         why = unsupported(f, call)
         if why is not None:
@@ -596,7 +643,7 @@ def _pick(pass_: str, call: ConvCall, record: bool = True, need_dx: bool = True,
     else:
         chosen = _cheapest(costs)
     if record:
-        _note(Decision(pass_, call, chosen, costs, f is not None))
+        _note(Decision(pass_, call, chosen, costs, f is not None, note=note))
     return chosen
 
 
@@ -606,14 +653,18 @@ def peek(pass_: str, call: ConvCall, need_dx: bool = True, need_dw: bool = True)
     f = getattr(forced(), pass_)
     if f is not None:
         return None if unsupported(f, call) else f
-    return _cheapest(estimates(pass_, call, need_dx, need_dw))
+    return _cheapest(_forward_costs(call)[0] if pass_ == "forward" else estimates(pass_, call, need_dx, need_dw))
 
 
-def choose(pass_: str, call: ConvCall, need_dx: bool = True, need_dw: bool = True) -> str:
+def choose(pass_: str, call: ConvCall, need_dx: bool = True, need_dw: bool = True, kept: int = 0) -> str:
     """The strategy of one conv pass: the forced one (ValueError when it cannot run the
     call), else the cheapest estimate (``tiles`` unless another beats it by
-    :data:`MARGIN`; ties to the earlier of :data:`CONV_STRATEGIES`)."""
-    return _pick(pass_, call, True, need_dx, need_dw)
+    :data:`MARGIN`; ties to the earlier of :data:`CONV_STRATEGIES`).
+
+    A forward is weighed for the backward the planner would pick (a Winograd forward
+    that keeps its transformed input for it, net of what that saves); `kept`: the
+    backward of a forward that kept its transformed input in F(kept x kept) (0: none)."""
+    return _pick(pass_, call, True, need_dx, need_dw, kept)
 
 
 def choose_mixing(per_sample: ConvCall, stacked: ConvCall, K: int) -> str:

@@ -46,6 +46,12 @@ in :mod:`.winograd_transforms`.
   (:data:`DU_BLOCK_BYTES`, in the thread's buffer) and transforms each block back. Blocks of a
   few tile rows made the GEMMs thin where there are few tiles (a batch of one, late
   layers), and the kernel gradient's slots each wrote a whole ``dU``.
+* kept tiles (:func:`keeps_tiles`): a forward whose kernel gradient runs as one block
+  and whose transformed input ``V`` takes at most :data:`KEEP_TILES_BYTES` runs as one
+  block too, and keeps ``V`` (in an array of its own) for a backward by the same strategy
+  (a ``saved`` dict given): the kernel gradient transforms only ``dy``. The same values
+  as transforming ``x`` again, and the same forward with or without ``saved``, so the
+  results are bitwise the same either way.
 
 BLAS holds at one thread meanwhile, as in the conv template
 (:func:`~dynconv_np.backends.cpu.products.blas_single_thread`), and the buffers are the
@@ -137,6 +143,16 @@ REVERSED = (2,)
 #: 0.80 to 0.85x as fast at 2 to 6 tiles a row (the gather moves alpha = 2m columns a
 #: tile, twice the de-interleave's): F(2x2) keeps the gap.
 NO_GAP_TILES = {2: 0, 4: 4}
+#: A forward keeps its transformed input tiles ``V`` for the backward's kernel gradient
+#: (see :func:`keeps_tiles`) when they take at most this many bytes: memory held from the
+#: forward to the backward, about (m+2)^2/m^2 times x's (2.25x in F(4x4) without gap
+#: tiles). The kernel gradient then skips x's transform: on the digits net's third conv
+#: (64 samples of 8x8, 32 channels, F(4x4), 1.2 MiB of tiles) that was 0.4 ms of its
+#: 1.9 ms backward at one thread. Such a forward runs as one block with or without a
+#: backward to keep them for, so that its result never depends on that. By output tile
+#: size: F(2x2)'s input transform is cheap (batch1's 256 channels of 14x14: 0.99 and
+#: 1.02x as fast with its tiles kept, at one and two threads), so it keeps none.
+KEEP_TILES_BYTES = {2: 0, 4: 2 * 2**20}
 #: A shared kernel's gradient partials (one a slot, :data:`~.conv.SLOTS` of them, each
 #: the kernels' size) take at most about this many bytes at once: the slots run in waves
 #: (at least a wave a thread), each wave's partials summed before the next. Eight
@@ -389,9 +405,10 @@ def _fwd_whole(x, U, bt, y, V, M, ws, pieces, BT, AT, h0, w0, cb, ob, tk, end):
 
 
 @njit(parallel=True, cache=True)
-def _dw_whole(x, dy, part, dbt, V, dM, ws, pieces, BT, A, GT, h0, w0, cb, ob, OB, run):
+def _dw_whole(x, dy, part, dbt, V, dM, ws, pieces, BT, A, GT, h0, w0, cb, ob, OB, run, kept):
     # _dw_blocks for a shared kernel (or one sample) with every tile in one block: the
-    # tiles' transforms by channel chunks (and dy's pixel sums by sample), then, by
+    # tiles' transforms by channel chunks (x's only when V is not `kept` from the
+    # forward) and dy's pixel sums by sample, then, by
     # blocks of at most OB output channels within a group, dU (alpha^2, OB, Cg) =
     # dM V^T, one GEMM a xi over all the tiles, into the thread's buffer, and the block's
     # rows of part[0] (O, Cg*9) = G^T dU G. Every item owns what it writes.
@@ -407,7 +424,7 @@ def _dw_whole(x, dy, part, dbt, V, dM, ws, pieces, BT, A, GT, h0, w0, cb, ob, OB
     Og = O // G
     P = pieces.shape[0]
     nb = V.shape[2]
-    nc, no = ceil_div(C, cb), ceil_div(O, ob)
+    nc, no = 0 if kept else ceil_div(C, cb), ceil_div(O, ob)
     dy3 = dy.reshape(N, O, dy.shape[2] * dy.shape[3])
     for it in prange(N + nc + no):
         if it < N:
@@ -596,6 +613,20 @@ def whole(N: int, C: int, O: int, Ho: int, Wo: int, m: int, itemsize: int, share
     return (shared or N == 1) and (m + 2) ** 2 * (C + O) * _grid(N, Ho, Wo, m) * itemsize <= budget
 
 
+def keeps_tiles(N: int, C: int, O: int, Ho: int, Wo: int, m: int, itemsize: int, shared: bool) -> bool:
+    """True when a forward runs as one block and keeps its transformed input tiles for
+    a kernel gradient by the same F(m x m): that gradient runs as one block
+    (:func:`whole`) and the tiles take at most :data:`KEEP_TILES_BYTES` (by `m`). A
+    function of the shapes only."""
+    return (whole(N, C, O, Ho, Wo, m, itemsize, shared, gradient=True)
+            and (m + 2) ** 2 * C * _grid(N, Ho, Wo, m) * itemsize <= KEEP_TILES_BYTES[m])
+
+
+def tiles_shape(N: int, C: int, Ho: int, Wo: int, m: int) -> tuple[int, int, int]:
+    # V (alpha^2, C, grid tiles) of one block of every tile
+    return (m + 2) ** 2, C, _grid(N, Ho, Wo, m)
+
+
 def _du_rows(Og: int, G: int, Cg: int, alpha: int, itemsize: int) -> int:
     # output channels a block of the one-block kernel gradient: its dU within
     # DU_BLOCK_BYTES, and at least MIN_ITEMS blocks where there are channels enough (one
@@ -626,14 +657,16 @@ def fused(N: int, O: int, Cg: int, m: int, itemsize: int, per_sample: bool) -> b
     return per_sample and N >= FUSED_MIN_SAMPLES and (m + 2) ** 2 * O * Cg * itemsize <= FUSED_KERNEL_BYTES
 
 
-def _correlate(x, wt, tk, b2, out, h0, w0, m, U=None, groups=1):
+def _correlate(x, wt, tk, b2, out, h0, w0, m, U=None, groups=1, one=False, V=None):
     # out (N, O, Ho, Wo) = x correlated with the kernels wt (O, F) or (N, O, F)
     # transformed, plus b2. With `tk` (the input gradient: x is dy, out dx), x convolved
     # with them: for m in REVERSED on their transforms, used transposed, with the tiles
     # reversed (reversed_tiles) on a grid that ends at out's end (output_tiles); for
     # other m on the transforms of the rotated kernels. U: wt's transforms, when the
-    # forward kept them (else made here, or in the work items). Returns the transforms
-    # the forward may keep, or None.
+    # forward kept them (else made here, or in the work items). `one`: one block of
+    # every tile, whatever the budget; V: (alpha^2, C, grid tiles) to hold the
+    # transformed input then (the forward keeps it). Returns the transforms the forward
+    # may keep, or None.
     N, C = x.shape[:2]
     O, Ho, Wo = out.shape[1:]
     BT, GK, _, AT, _ = matrices(m, x.dtype)
@@ -657,12 +690,14 @@ def _correlate(x, wt, tk, b2, out, h0, w0, m, U=None, groups=1):
         return None
     if U is None:
         U = _transformed(wt, m, x.dtype, groups, rot)
-    if whole(N, C, O, Ho, Wo, m, x.dtype.itemsize, U.shape[0] == 1):
+    if one or whole(N, C, O, Ho, Wo, m, x.dtype.itemsize, U.shape[0] == 1):
         pieces = _one_block(N, Ho, Wo, m)
         nb, A2 = _grid(N, Ho, Wo, m), (m + 2) ** 2
         cb, ob = _chunk(C, nb), _chunk(O, nb)
-        flat, ws = _whole_space(A2 * (C + O) * nb, 3 * _buffer_size(m, cb, nb, ob), x.dtype)
-        V, M = flat[:A2 * C * nb].reshape(A2, C, nb), flat[A2 * C * nb:].reshape(A2, O, nb)
+        vs = 0 if V is not None else A2 * C * nb               # V in the scratch, unless given
+        flat, ws = _whole_space(vs + A2 * O * nb, 3 * _buffer_size(m, cb, nb, ob), x.dtype)
+        V = flat[:vs].reshape(A2, C, nb) if V is None else V
+        M = flat[vs:].reshape(A2, O, nb)
         with blas_single_thread():
             _fwd_whole(x, U, b2, out, V, M, ws, pieces, BT, AT, h0, w0, cb, ob, rev, rev)
     else:
@@ -677,6 +712,9 @@ def _correlate(x, wt, tk, b2, out, h0, w0, m, U=None, groups=1):
 
 #: The key of the transformed kernels a forward keeps for its backward in `saved`.
 SAVED_KEY = "winograd"
+#: The key of the transformed input tiles a forward keeps for its backward in `saved`
+#: (:func:`keeps_tiles`).
+TILES_KEY = "winograd_tiles"
 
 
 def forward(x, wt, bt, g, groups, m=2, saved=None):
@@ -695,7 +733,9 @@ def forward(x, wt, bt, g, groups, m=2, saved=None):
     saved : dict, optional
         Where the transformed kernels are kept (under :data:`SAVED_KEY`, when they were
         made whole rather than in the work items) for :func:`backward`'s input gradient
-        with the same `wt` and `m`.
+        with the same `wt` and `m`, and the transformed input tiles (under
+        :data:`TILES_KEY`, where :func:`keeps_tiles`) for its kernel gradient with the
+        same `x`. Give it only when that backward runs F(m x m) too.
 
     Returns
     -------
@@ -707,34 +747,40 @@ def forward(x, wt, bt, g, groups, m=2, saved=None):
     if g.N == 0:
         return y
     b2 = np.zeros((0, O), x.dtype) if bt is None else np.ascontiguousarray(bt.reshape(-1, O))
-    U = _correlate(x, wt, False, b2, y, -g.ph, -g.pw, m)
+    one = keeps_tiles(g.N, g.C, O, g.Ho, g.Wo, m, x.dtype.itemsize, wt.ndim == 2)
+    V = np.empty(tiles_shape(g.N, g.C, g.Ho, g.Wo, m), dtype=x.dtype) if one and saved is not None else None
+    U = _correlate(x, wt, False, b2, y, -g.ph, -g.pw, m, one=one, V=V)
     if saved is not None and U is not None and m in REVERSED:
         saved[SAVED_KEY] = (m, U)
+    if V is not None:
+        saved[TILES_KEY] = (m, V)
     return y
 
 
-def _kernel_gradient(x, dy, dbt, g, groups, shared, m):
+def _kernel_gradient(x, dy, dbt, g, groups, shared, m, V=None):
     # gw (O, F) shared or (N, O, F): the slots' partials summed in slot order; dbt (N, O)
-    # the pixel sums of dy
+    # the pixel sums of dy. V: x's transformed tiles, kept by the forward (one block)
     N, C = x.shape[:2]
     O = dy.shape[1]
     Cg = C // groups
     F = Cg * 9
     alpha = m + 2
-    if whole(N, C, O, g.Ho, g.Wo, m, x.dtype.itemsize, shared, gradient=True):
+    if V is not None or whole(N, C, O, g.Ho, g.Wo, m, x.dtype.itemsize, shared, gradient=True):
         pieces = _one_block(N, g.Ho, g.Wo, m)
         nb, A2 = _grid(N, g.Ho, g.Wo, m), alpha * alpha
         cb, ob = _chunk(C, nb), _chunk(O, nb)
         OB = _du_rows(O // groups, groups, Cg, alpha, x.dtype.itemsize)
         run = _row_run(OB, Cg)
-        flat, ws = _whole_space(A2 * (C + O) * nb,
+        kept = V is not None
+        vs = 0 if kept else A2 * C * nb
+        flat, ws = _whole_space(vs + A2 * O * nb,
                                 max(3 * _buffer_size(m, cb, nb, ob), (A2 * OB + (3 * alpha + 9) * run) * Cg), x.dtype)
-        V = flat[:A2 * C * nb].reshape(A2, C, nb)
-        dM = flat[A2 * C * nb:].reshape(A2, O, nb)
+        V = V if kept else flat[:vs].reshape(A2, C, nb)
+        dM = flat[vs:].reshape(A2, O, nb)
         part = np.empty((1, O, F), dtype=x.dtype)
         BT, _, GT, _, A = matrices(m, x.dtype)
         with blas_single_thread():
-            _dw_whole(x, dy, part, dbt, V, dM, ws, pieces, BT, A, GT, -g.ph, -g.pw, cb, ob, OB, run)
+            _dw_whole(x, dy, part, dbt, V, dM, ws, pieces, BT, A, GT, -g.ph, -g.pw, cb, ob, OB, run, kept)
         return part[0] if shared else part
     tH, tW = _tiles(g.Ho, g.Wo, m)
     pieces, blocks = _blocks(N, tH, tW, _budget(C, O, m, x.dtype.itemsize), not shared, SLOTS, _gap(tW, m))
@@ -786,9 +832,9 @@ def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2, saved=None):
     m : int
         Output tile size, 2 or 4.
     saved : dict, optional
-        :func:`forward`'s, for the same `wt`: its transformed kernels, if kept with this
-        `m`, are taken out of it (a second backward transforms them again, to the same
-        values).
+        :func:`forward`'s, for the same `x` and `wt`: its transformed kernels and input
+        tiles, if kept with this `m`, are taken out of it (a second backward transforms
+        them again, to the same values).
 
     Returns
     -------
@@ -802,9 +848,16 @@ def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2, saved=None):
     shared = wt.ndim == 2
     if g.N == 0:
         return empty_backward(g, wt, x.dtype, need_dx, need_dw)
-    kept = None if saved is None else saved.pop(SAVED_KEY, None)
-    U = kept[1] if kept is not None and kept[0] == m else None
+    kept = {} if saved is None else {key: saved.pop(key, None) for key in (SAVED_KEY, TILES_KEY)}
+    U, V = (k[1] if k is not None and k[0] == m else None for k in (kept.get(SAVED_KEY), kept.get(TILES_KEY)))
     del kept
+    dbt = np.empty((g.N, O), dtype=x.dtype)
+    gw = None
+    if need_dw and V is not None:
+        # on the forward's tiles, first: they are gone before the input gradient's
+        # buffers come (the kernel gradient's own are then dM's alone)
+        gw = _kernel_gradient(x, dy, dbt, g, groups, shared, m, V)
+    V = None
     dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None
     if need_dx:
         # the input gradient: dy convolved with the kernels, on their transforms
@@ -812,10 +865,8 @@ def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2, saved=None):
     # the transformed kernels ((m+2)^2/9 times the kernels) are gone before the kernel
     # gradient's buffers come: a batch of one's peak memory is otherwise theirs summed
     U = None
-    dbt = np.empty((g.N, O), dtype=x.dtype)
-    if need_dw:
+    if need_dw and gw is None:
         gw = _kernel_gradient(x, dy, dbt, g, groups, shared, m)
-    else:
-        gw = None
+    elif not need_dw:
         _bias_sums(dy.reshape(g.N, O, g.P), dbt)
     return dx, gw, np.add.reduce(dbt, axis=0) if shared else dbt
