@@ -494,12 +494,6 @@ def _forward_costs(call: ConvCall) -> tuple[tuple, str]:
     return net, f"{b} net of {credit * 1e3:.3g} ms its backward saves on the kept tiles"
 
 
-def kept_tiles(call: ConvCall, strategy: str) -> bool:
-    """Whether a forward by `strategy` keeps its transformed input for a backward by the
-    same strategy (``winograd.keeps_tiles``)."""
-    return strategy.startswith("winograd") and _winograd_keeps(call, int(strategy[-1]))
-
-
 def _cheapest(costs: tuple) -> str:
     # The cheapest estimate, if it beats the first candidate's by MARGIN; ties to the
     # earlier candidate. A strategy of PROVISIONAL must beat every other one by MARGIN.

@@ -848,9 +848,10 @@ def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2, saved=None):
     shared = wt.ndim == 2
     if g.N == 0:
         return empty_backward(g, wt, x.dtype, need_dx, need_dw)
-    kept = {} if saved is None else {key: saved.pop(key, None) for key in (SAVED_KEY, TILES_KEY)}
-    U, V = (k[1] if k is not None and k[0] == m else None for k in (kept.get(SAVED_KEY), kept.get(TILES_KEY)))
-    del kept
+    kernels, tiles = (None if saved is None else saved.pop(key, None) for key in (SAVED_KEY, TILES_KEY))
+    U = kernels[1] if kernels is not None and kernels[0] == m else None
+    V = tiles[1] if tiles is not None and tiles[0] == m else None
+    del kernels, tiles
     dbt = np.empty((g.N, O), dtype=x.dtype)
     gw = None
     if need_dw and V is not None:
