@@ -47,7 +47,7 @@ class RecordingWinograd(types.ModuleType):
         self.module = module
         self.calls = []
         self.supports = module.supports
-        self.TILES_KEY = module.TILES_KEY
+        self.kept_tiles = module.kept_tiles
 
     def forward(self, x, wt, bt, g, groups, m=2, saved=None):
         self.calls.append(("forward", m))

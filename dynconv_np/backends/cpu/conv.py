@@ -645,9 +645,8 @@ def conv_backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, saved=None):
     if g.N == 0:
         return empty_backward(g, wt, x.dtype, need_dx, need_dw)
     itemsize = x.dtype.itemsize
-    # the Winograd tile size whose forward kept its transformed input (0: none)
-    kept = saved[_winograd().TILES_KEY][0] if saved is not None and _winograd().TILES_KEY in saved else 0
-    strategy = plan.choose("backward", _call(g, G, O, shared, itemsize), need_dx, need_dw, kept=kept)
+    strategy = plan.choose("backward", _call(g, G, O, shared, itemsize), need_dx, need_dw,
+                           kept=_winograd().kept_tiles(saved))
     if strategy.startswith("winograd"):
         return _winograd().backward(x, wt, dy, g, G, need_dx=need_dx, need_dw=need_dw, m=int(strategy[-1]),
                                     saved=saved)

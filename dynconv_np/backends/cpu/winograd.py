@@ -634,12 +634,15 @@ def _du_rows(Og: int, G: int, Cg: int, alpha: int, itemsize: int) -> int:
     return max(1, min(Og, DU_BLOCK_BYTES // (alpha * alpha * Cg * itemsize), ceil_div(Og, ceil_div(MIN_ITEMS, G))))
 
 
-def _whole_space(shared_floats: int, per_thread: int, dtype):
-    # (a flat buffer of shared_floats, ws (threads, per_thread)): one scratch, carved
-    # (two _scratch calls of one dtype would return the same memory)
-    T = get_num_threads()
-    buf = _scratch(1, shared_floats + T * per_thread, dtype)[0]
-    return buf[:shared_floats], buf[shared_floats:].reshape(T, per_thread)
+def _whole_space(V, C: int, O: int, nb: int, alpha: int, per_thread: int, dtype):
+    # (V (alpha^2, C, nb), M (alpha^2, O, nb), ws (threads, per_thread)) of one block of
+    # every tile, carved from one scratch (two _scratch calls of one dtype would return
+    # the same memory); a V given (the forward's kept tiles) is used as it is
+    T, A2 = get_num_threads(), alpha * alpha
+    vs = 0 if V is not None else A2 * C * nb
+    buf = _scratch(1, vs + A2 * O * nb + T * per_thread, dtype)[0]
+    V = buf[:vs].reshape(A2, C, nb) if V is None else V
+    return V, buf[vs:vs + A2 * O * nb].reshape(A2, O, nb), buf[vs + A2 * O * nb:].reshape(T, per_thread)
 
 
 def _one_block(N: int, Ho: int, Wo: int, m: int) -> np.ndarray:
@@ -692,12 +695,9 @@ def _correlate(x, wt, tk, b2, out, h0, w0, m, U=None, groups=1, one=False, V=Non
         U = _transformed(wt, m, x.dtype, groups, rot)
     if one or whole(N, C, O, Ho, Wo, m, x.dtype.itemsize, U.shape[0] == 1):
         pieces = _one_block(N, Ho, Wo, m)
-        nb, A2 = _grid(N, Ho, Wo, m), (m + 2) ** 2
+        nb = _grid(N, Ho, Wo, m)
         cb, ob = _chunk(C, nb), _chunk(O, nb)
-        vs = 0 if V is not None else A2 * C * nb               # V in the scratch, unless given
-        flat, ws = _whole_space(vs + A2 * O * nb, 3 * _buffer_size(m, cb, nb, ob), x.dtype)
-        V = flat[:vs].reshape(A2, C, nb) if V is None else V
-        M = flat[vs:].reshape(A2, O, nb)
+        V, M, ws = _whole_space(V, C, O, nb, m + 2, 3 * _buffer_size(m, cb, nb, ob), x.dtype)
         with blas_single_thread():
             _fwd_whole(x, U, b2, out, V, M, ws, pieces, BT, AT, h0, w0, cb, ob, rev, rev)
     else:
@@ -715,6 +715,12 @@ SAVED_KEY = "winograd"
 #: The key of the transformed input tiles a forward keeps for its backward in `saved`
 #: (:func:`keeps_tiles`).
 TILES_KEY = "winograd_tiles"
+
+
+def kept_tiles(saved) -> int:
+    """The output tile size m of the transformed input tiles a forward kept in `saved`
+    for its backward (:func:`keeps_tiles`), 0 when none (or no `saved`)."""
+    return saved[TILES_KEY][0] if saved is not None and TILES_KEY in saved else 0
 
 
 def forward(x, wt, bt, g, groups, m=2, saved=None):
@@ -772,11 +778,8 @@ def _kernel_gradient(x, dy, dbt, g, groups, shared, m, V=None):
         OB = _du_rows(O // groups, groups, Cg, alpha, x.dtype.itemsize)
         run = _row_run(OB, Cg)
         kept = V is not None
-        vs = 0 if kept else A2 * C * nb
-        flat, ws = _whole_space(vs + A2 * O * nb,
-                                max(3 * _buffer_size(m, cb, nb, ob), (A2 * OB + (3 * alpha + 9) * run) * Cg), x.dtype)
-        V = V if kept else flat[:vs].reshape(A2, C, nb)
-        dM = flat[vs:].reshape(A2, O, nb)
+        V, dM, ws = _whole_space(V, C, O, nb, alpha,
+                                 max(3 * _buffer_size(m, cb, nb, ob), (A2 * OB + (3 * alpha + 9) * run) * Cg), x.dtype)
         part = np.empty((1, O, F), dtype=x.dtype)
         BT, _, GT, _, A = matrices(m, x.dtype)
         with blas_single_thread():
