@@ -44,6 +44,8 @@ import numpy as np
 import dynconv_np as dc
 
 from .compare import SHAPES
+from .dilated import SHAPES as DILATED_SHAPES
+from .dilated import make_inputs as dilated_inputs
 from .train_step import ours_net
 
 THREADS = [1, 2]
@@ -324,6 +326,18 @@ class DynamicConv2d(_Times, _DynamicConv2d):
 
 class DynamicConv2dPeakmem(_Peakmem, _DynamicConv2d):
     pass
+
+
+class DilatedConv2d(_Times, _OpBenchmark):
+    """conv2d on the dilated 3x3 presets of ``benchmarks/dilated.py`` (padding = dilation):
+    Winograd by phases where the cost model picks it."""
+
+    op = "conv2d"
+    shapes = list(DILATED_SHAPES)
+
+    def arguments(self, shape, rng):
+        x, W, pi, bias, dy, d = dilated_inputs(shape)
+        return (x, W[0], bias[0]), {"padding": d, "dilation": d}
 
 
 class DcdConv2d(_Times, _Peakmem, _DcdConv2d):

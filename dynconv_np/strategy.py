@@ -7,7 +7,8 @@ threads):
 - conv strategies (:data:`STRATEGIES`): ``"tiles"`` (one GEMM per sample and tile of
   output rows), ``"batched"`` (shared kernels: several samples' columns in one GEMM),
   ``"winograd2"`` and ``"winograd4"`` (Winograd F(2x2, 3x3) and F(4x4, 3x3): 3x3
-  windows, stride 1, dilation 1), ``"shifted"`` (stride 1: one GEMM per tap over shifted
+  windows, stride 1; dilated ones by phases, their padding a multiple of the dilation),
+  ``"shifted"`` (stride 1: one GEMM per tap over shifted
   views of a padded copy of the input, no unfold);
 - formulations of ``dynamic_conv2d`` with per-sample weights (:data:`MIXINGS`):
   ``"kernel_mixing"`` (mix the K kernels per sample, one convolution) or

@@ -33,9 +33,10 @@ SHAPES = [
     (4, 4, 6, 9, 8, 3, 2, 1, 1, 2, 2),        # stride 2
     (6, 6, 9, 5, 4, 1, 1, 0, 1, 3, 2),        # pointwise, grouped
     (4, 3, 5, 8, 8, 5, 1, 2, 1, 1, 2),        # 5x5
-    (4, 2, 3, 9, 9, 3, 1, 2, 2, 1, 2),        # dilation 2
+    (4, 2, 3, 9, 9, 3, 1, 2, 2, 1, 2),        # dilation 2, padding 2: Winograd by phases
+    (3, 3, 4, 10, 7, 3, 1, 1, 2, 1, 2),       # dilation 2, padding 1: no Winograd
 ]
-IDS = ["3x3", "groups", "small-batch", "batch1", "stride2", "pointwise", "5x5", "dilated"]
+IDS = ["3x3", "groups", "small-batch", "batch1", "stride2", "pointwise", "5x5", "dilated", "dilated-pad1"]
 WINOGRAD = ("winograd2", "winograd4")
 
 
@@ -83,7 +84,7 @@ def _supported(name, shape, shared):
     if name == "batched":
         return shared and N >= 2
     if name in WINOGRAD:
-        return (k, s, d) == (3, 1, 1)
+        return (k, s) == (3, 1) and p % d == 0
     if name == "shifted":
         return s == 1
     return True

@@ -13,35 +13,36 @@ import pytest
 from conftest import DTYPES, assert_close
 
 from dynconv_np import _args, reference
-from dynconv_np.backends.cpu import winograd
+from dynconv_np.backends.cpu import phases, winograd
 
 
-def _reference(x, w, b, dy, padding, groups):
+def _reference(x, w, b, dy, padding, groups, dilation=1):
     """y, dx, dw, db in float64; w (O, Cg, 3, 3) shared or (N, O, Cg, 3, 3) per sample, b
     (O,) or (N, O) or None; dw and db per sample for per-sample kernels."""
+    d = dilation
     if w.ndim == 4:
-        y = reference.conv2d(x, w, None, 1, padding, 1, groups)
+        y = reference.conv2d(x, w, None, 1, padding, d, groups)
         y += 0 if b is None else np.broadcast_to(b, (len(x), len(b.T)))[:, :, None, None]
-        dx, dw, _ = reference.conv2d_backward(dy, x, w, None, 1, padding, 1, groups)
+        dx, dw, _ = reference.conv2d_backward(dy, x, w, None, 1, padding, d, groups)
         return y, dx, dw, dy.sum(axis=(0, 2, 3))
     bs = [b if b is None or b.ndim == 1 else b[n] for n in range(len(x))]
-    y = np.concatenate([reference.conv2d(x[n:n + 1], w[n], bs[n], 1, padding, 1, groups) for n in range(len(x))])
-    grads = [reference.conv2d_backward(dy[n:n + 1], x[n:n + 1], w[n], None, 1, padding, 1, groups)
+    y = np.concatenate([reference.conv2d(x[n:n + 1], w[n], bs[n], 1, padding, d, groups) for n in range(len(x))])
+    grads = [reference.conv2d_backward(dy[n:n + 1], x[n:n + 1], w[n], None, 1, padding, d, groups)
              for n in range(len(x))]
     return (y, np.concatenate([d[0] for d in grads]), np.stack([d[1] for d in grads]),
             dy.sum(axis=(2, 3)))
 
 
-def _check(cfg, m, dtype, need_dx=True, need_dw=True):
+def _check(cfg, m, dtype, need_dx=True, need_dw=True, dilation=1):
     N, C, O, H, W, padding, groups, per_sample, bias = cfg
     rng = np.random.default_rng(hash(cfg) % 2**32)
     x = rng.standard_normal((N, C, H, W))
     w = rng.standard_normal(((N,) if per_sample else ()) + (O, C // groups, 3, 3))
     b = None if bias is None else rng.standard_normal((N, O) if bias == "sample" else (O,))
-    g = _args.geometry(x.shape, 3, 3, 1, padding, 1)
+    g = _args.geometry(x.shape, 3, 3, 1, padding, dilation)
     assert winograd.supports(g, groups)
     dy = rng.standard_normal((N, O, g.Ho, g.Wo))
-    y_ref, dx_ref, dw_ref, db_ref = _reference(x, w, b, dy, padding, groups)
+    y_ref, dx_ref, dw_ref, db_ref = _reference(x, w, b, dy, padding, groups, dilation)
 
     wt = w.reshape(w.shape[:-3] + (-1,))                    # (O, F) or (N, O, F)
     args = [a if a is None else np.ascontiguousarray(a.astype(dtype)) for a in (x, wt, b, dy)]
@@ -262,22 +263,99 @@ def test_backward_reuses_the_forward_kernels(cfg, m):
     assert other == {}
 
 
+# (config as CONFIGS, with padding (ph, pw)), dilation (dh, dw): even and odd sides,
+# phases of unequal sizes, "same" and unpadded layers, padding of twice and three times
+# the dilation
+DILATED = [
+    ((2, 3, 4, 9, 10, (2, 2), 1, False, "shared"), (2, 2)),
+    ((3, 4, 6, 11, 7, (2, 3), 2, True, "sample"), (2, 3)),
+    ((1, 2, 3, 8, 8, 0, 1, False, None), 3),
+    ((5, 4, 4, 13, 12, (4, 2), 1, False, "sample"), (2, 1)),
+    ((4, 6, 4, 7, 9, (0, 2), 2, True, None), (1, 2)),
+    ((2, 3, 5, 6, 5, 4, 1, True, "shared"), 2),
+    ((3, 4, 3, 10, 11, (6, 3), 1, False, "shared"), (2, 3)),
+]
+
+
+@pytest.mark.parametrize("layout", ["blocks", "whole"])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", winograd.TILE_SIZES)
-@pytest.mark.parametrize("cfg", [(1, 6, 4, 7, 9, 1, 1, False), (3, 4, 6, 5, 6, 0, 2, False),
-                                 (1, 4, 6, 6, 5, 1, 2, True), (4, 5, 3, 13, 10, 1, 1, False),
-                                 (2, 8, 8, 8, 8, 1, 1, False)])
+@pytest.mark.parametrize("cfg,dilation", DILATED)
+def test_dilated_against_reference(monkeypatch, cfg, dilation, m, dtype, layout):
+    # a dilated 3x3 layer by phases: a shared kernel's as one batch of phases,
+    # per-sample kernels on each sample's mosaic
+    _layout(monkeypatch, layout)
+    _check(cfg, m, dtype, dilation=dilation)
+
+
+@pytest.mark.parametrize("cfg,dilation", [DILATED[0], DILATED[1]])
+def test_dilated_gradients_on_request(cfg, dilation):
+    full = _check(cfg, 2, np.float64, dilation=dilation)
+    for need_dx, need_dw in [(False, True), (True, False), (False, False)]:
+        y, dx, gw, dbt = _check(cfg, 2, np.float64, need_dx, need_dw, dilation=dilation)
+        for got, want in ((y, full[0]), (dbt, full[3]), (dx if need_dx else full[1], full[1]),
+                          (gw if need_dw else full[2], full[2])):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_phases_split_and_merge():
+    # phase (a, b) of every sample and channel, zero-filled past the image; merged back
+    # whole, whatever the sizes against the dilation (2 spelled out, others generic)
+    rng = np.random.default_rng(3)
+    for shape, dh, dw in [((2, 3, 7, 8), 2, 2), ((2, 3, 6, 9), 2, 2), ((1, 2, 5, 4), 3, 2), ((2, 1, 2, 3), 4, 1),
+                          ((1, 1, 1, 1), 2, 3), ((1, 2, 3, 1), 1, 2)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        Hq, Wq = -(-shape[2] // dh), -(-shape[3] // dw)
+        ph = phases.split(x, dh, dw, Hq, Wq)
+        assert ph.shape == (dh * dw, shape[0], shape[1], Hq, Wq)
+        for a in range(dh):
+            for b in range(dw):
+                want = np.zeros(shape[:2] + (Hq, Wq), np.float32)
+                part = x[:, :, a::dh, b::dw]
+                want[:, :, :part.shape[2], :part.shape[3]] = part
+                np.testing.assert_array_equal(ph[a * dw + b], want)
+        np.testing.assert_array_equal(phases.merge(ph, dh, dw, shape[2], shape[3]), x)
+
+
+def test_phase_mosaic():
+    # phase (a, b) of every sample and channel from (a*sh, b*sw), zero elsewhere (short
+    # phases, gaps, and past the last block); back out whole, whatever the sizes
+    # against the dilation
+    rng = np.random.default_rng(3)
+    for shape, dh, dw, sh, sw, Hm, Wm in [((2, 3, 7, 8), 2, 2, 5, 5, 9, 9), ((1, 2, 5, 4), 3, 2, 2, 3, 6, 5),
+                                          ((2, 1, 2, 3), 4, 1, 1, 3, 4, 3), ((1, 1, 1, 1), 2, 3, 2, 2, 4, 6),
+                                          ((1, 2, 6, 9), 2, 2, 4, 6, 8, 11)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        mos = phases.to_mosaic(x, dh, dw, sh, sw, Hm, Wm)
+        want = np.zeros(shape[:2] + (Hm, Wm), np.float32)
+        for a in range(dh):
+            for b in range(dw):
+                part = x[:, :, a::dh, b::dw][:, :, :max(0, min(sh, Hm - a * sh)), :max(0, min(sw, Wm - b * sw))]
+                want[:, :, a * sh:a * sh + part.shape[2], b * sw:b * sw + part.shape[3]] = part
+        np.testing.assert_array_equal(mos, want)
+        np.testing.assert_array_equal(phases.from_mosaic(mos, dh, dw, sh, sw, shape[2], shape[3]), x)
+
+
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+@pytest.mark.parametrize("cfg", [(1, 6, 4, 7, 9, 1, 1, False, 1), (3, 4, 6, 5, 6, 0, 2, False, 1),
+                                 (1, 4, 6, 6, 5, 1, 2, True, 1), (4, 5, 3, 13, 10, 1, 1, False, 1),
+                                 (2, 8, 8, 8, 8, 1, 1, False, 1), (2, 4, 4, 9, 10, 2, 1, False, 2),
+                                 (1, 4, 4, 9, 10, 2, 1, True, 2)])
 def test_kept_tiles_bitwise(cfg, m, monkeypatch):
     # a forward that keeps its transformed input for the kernel gradient (a shared kernel
     # or a batch of one, every budget open here) gives bitwise the same y as without
     # `saved`, and its backward the same gradients as a backward that transforms x
     # itself, whichever gradients are asked for; the kept tiles are taken out, used or not
     monkeypatch.setattr(winograd, "KEEP_TILES_BYTES", {2: 2**62, 4: 2**62})
-    N, C, O, H, W, p, G, per_sample = cfg
+    # (the last two dilated: the phases of a shared kernel's batch, and a batch of
+    # one's mosaic, keep their tiles)
+    N, C, O, H, W, p, G, per_sample, d = cfg
     rng = np.random.default_rng(11)
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     wt = rng.standard_normal(((N,) if per_sample else ()) + (O, C // G * 9)).astype(np.float32)
     b = rng.standard_normal((O,)).astype(np.float32)
-    g = _args.geometry(x.shape, 3, 3, 1, p, 1)
+    g = _args.geometry(x.shape, 3, 3, 1, p, d)
+    gt = g if d == 1 else winograd.phase_geometry(g) if wt.ndim == 2 else winograd.mosaic_geometry(g)[0]
     dy = rng.standard_normal((N, O, g.Ho, g.Wo)).astype(np.float32)
     x0, wt0, dy0 = x.copy(), wt.copy(), dy.copy()
     y = winograd.forward(x, wt, b, g, G, m=m)
@@ -286,7 +364,7 @@ def test_kept_tiles_bitwise(cfg, m, monkeypatch):
         np.testing.assert_array_equal(winograd.forward(x, wt, b, g, G, m=m, saved=saved), y)
         assert winograd.TILES_KEY in saved
         V = saved[winograd.TILES_KEY][1]
-        assert V.shape == winograd.tiles_shape(N, C, g.Ho, g.Wo, m)
+        assert V.shape == winograd.tiles_shape(gt.N, C, gt.Ho, gt.Wo, m)
         fresh = winograd.backward(x, wt, dy, g, G, need_dx=need_dx, need_dw=need_dw, m=m)
         got = winograd.backward(x, wt, dy, g, G, need_dx=need_dx, need_dw=need_dw, m=m, saved=saved)
         assert saved == {}
@@ -314,8 +392,20 @@ def test_supports_and_arguments():
     assert winograd.supports(g, 1)
     assert winograd.supports(_args.geometry((1, 2, 5, 5), 3, 3, 1, 4, 1), 2)
     assert not winograd.supports(_args.geometry((1, 2, 5, 5), 3, 3, 2, 1, 1), 1)
-    assert not winograd.supports(_args.geometry((1, 2, 5, 5), 3, 3, 1, 1, 2), 1)
-    assert not winograd.supports(_args.geometry((1, 2, 5, 5), 3, 2, 1, 1, 1), 1)
+    assert not winograd.supports(_args.geometry((1, 2, 5, 5), 3, 3, 1, 1, 2), 1)   # padding 1, dilation 2
+    assert winograd.supports(_args.geometry((1, 2, 5, 5), 3, 3, 1, 2, 2), 1)
+    assert winograd.supports(_args.geometry((1, 2, 9, 9), 3, 3, 1, 0, 3), 1)
+    assert winograd.supports(_args.geometry((1, 2, 9, 9), 3, 3, 1, (2, 3), (2, 3)), 1)
+    assert not winograd.supports(_args.geometry((1, 2, 9, 9), 3, 3, 1, (2, 3), 2), 1)
+    # 9 rows by 2, padding 2: phases of 5 rows padded by 1; 8 columns, no padding
+    pg = winograd.phase_geometry(_args.geometry((3, 2, 9, 8), 3, 3, 1, (2, 0), (2, 1)))
+    assert (pg.N, pg.H, pg.W, pg.ph, pg.pw, pg.dh, pg.dw, pg.Ho, pg.Wo) == (6, 5, 8, 1, 0, 1, 1, 5, 6)
+    # the mosaic of the same: 2 blocks of 5 rows with a gap of 1, 11 rows, 11 out
+    gm, steps = winograd.mosaic_geometry(_args.geometry((3, 2, 9, 8), 3, 3, 1, (2, 0), (2, 1)))
+    assert (gm.N, gm.H, gm.W, gm.ph, gm.pw, gm.dh, gm.dw, gm.Ho, gm.Wo, steps) == (3, 11, 8, 1, 0, 1, 1, 11, 6, (6, 8))
+    # padding 3x the dilation: a gap of 4 for the phases' 5 + 2*3 - 2 outputs
+    gm, steps = winograd.mosaic_geometry(_args.geometry((1, 1, 10, 10), 3, 3, 1, 6, 2))
+    assert (gm.H, gm.Ho, steps) == (14, 18, (9, 9))
     x, wt = np.zeros((1, 2, 5, 5)), np.zeros((3, 18))
     with pytest.raises(ValueError, match="m must be one of"):
         winograd.forward(x, wt, None, g, 1, m=3)
@@ -339,19 +429,21 @@ SCRIPT = textwrap.dedent("""
 
     h = hashlib.sha256()
     r = np.random.default_rng(5)
-    # (N, C, O, H, W, padding, groups, per-sample): slots of whole samples, several slots
+    # (N, C, O, H, W, padding, groups, per-sample, dilation): slots of whole samples, several slots
     # a sample, blocks across samples, per-sample kernels transformed in the work item
     # (batches of 4 and more); each in blocks and, where it can, as one block
-    cases = [(11, 8, 6, 13, 10, 1, 2, False), (3, 6, 8, 12, 9, 1, 1, True), (9, 4, 4, 23, 19, 2, 1, True),
-             (1, 40, 24, 15, 17, 1, 2, True), (7, 12, 8, 9, 11, 1, 2, True)]
-    for (N, C, O, H, W, p, G, ps), budget in [(c, b) for b in (0, 2**62) for c in cases]:
+    # and (the last two) dilated layers by phases, a shared kernel's and per-sample ones
+    cases = [(11, 8, 6, 13, 10, 1, 2, False, 1), (3, 6, 8, 12, 9, 1, 1, True, 1), (9, 4, 4, 23, 19, 2, 1, True, 1),
+             (1, 40, 24, 15, 17, 1, 2, True, 1), (7, 12, 8, 9, 11, 1, 2, True, 1), (5, 6, 8, 17, 14, 2, 2, False, 2),
+             (5, 6, 4, 13, 11, 2, 1, True, 2)]
+    for (N, C, O, H, W, p, G, ps, d), budget in [(c, b) for b in (0, 2**62) for c in cases]:
         winograd.WHOLE_BYTES = winograd.WHOLE_GRAD_BYTES = budget
         winograd.KEEP_TILES_BYTES = {2: budget, 4: budget}
         winograd.DU_BLOCK_BYTES = 3000
         x = r.standard_normal((N, C, H, W)).astype(np.float32)
         wt = r.standard_normal(((N,) if ps else ()) + (O, C // G * 9)).astype(np.float32)
         b = r.standard_normal((O,)).astype(np.float32)
-        g = _args.geometry(x.shape, 3, 3, 1, p, 1)
+        g = _args.geometry(x.shape, 3, 3, 1, p, d)
         for m in winograd.TILE_SIZES:
             saved = {}                                  # the kept kernels and tiles
             y = winograd.forward(x, wt, b, g, G, m=m, saved=saved)

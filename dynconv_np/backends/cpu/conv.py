@@ -451,17 +451,19 @@ def _mapped(n: int, dtype) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=n)
 
 
-def _scratch(rows: int, cols: int, dtype) -> np.ndarray:
+def _scratch(rows: int, cols: int, dtype, use: str = "") -> np.ndarray:
     """A ``(rows, cols)`` work buffer of the calling thread, reused from call to call.
 
     Its contents are garbage. Fresh buffers cost page faults on every call (measured
     about a fifth of resnet3x3's forward+backward when the allocator had handed the
-    memory back to the system); one buffer per thread and dtype, grown to the largest
-    request, is kept instead. Each Python thread has its own, so concurrent calls from
-    several threads never share one.
+    memory back to the system); one buffer per thread, dtype and `use`, grown to the
+    largest request, is kept instead. Each Python thread has its own, so concurrent
+    calls from several threads never share one. A caller that holds a buffer while
+    calling code that takes its own names another `use` (the Winograd module's phases
+    of a dilated layer: ``"phases"``).
     """
     store = _scratch_store.__dict__
-    key = np.dtype(dtype).str
+    key = use + np.dtype(dtype).str
     buf = store.get(key)
     if buf is None or buf.size < rows * cols:
         del buf

@@ -13,7 +13,9 @@ Strategies of one conv pass (``conv_forward`` or ``conv_backward`` of
     Pays where a sample has few pixels and its own GEMM would be small.
 ``winograd2``, ``winograd4``
     Winograd F(2x2, 3x3) and F(4x4, 3x3) (:mod:`~dynconv_np.backends.cpu.winograd`): 3x3
-    windows, stride 1, dilation 1.
+    windows, stride 1; dilated ones by phases (the top and left paddings multiples of
+    the dilation), estimated as the undilated problem they run as (the phases as a
+    batch, or per-sample kernels' mosaics) plus the copies.
 
 Formulations of a kernel-mixing op (``conv_plan``), docs/math.md's two forms of the same math:
 
@@ -126,6 +128,13 @@ WINO_NO_GAP_TILES = {2: 0, 4: 4}
 #: this many bytes (by output tile size): ``winograd.KEEP_TILES_BYTES`` (see
 #: :func:`_winograd_keeps`).
 WINO_KEEP_TILES_BYTES = {2: 0, 4: 2 * 2**20}
+#: A dilated layer's phases, rearranged (Winograd on dilated windows, :mod:`.phases`):
+#: seconds per element copied, plus per run of a phase's row (``W/dw`` elements long),
+#: over two threads; set by hand from ``to_mosaic`` and ``from_mosaic`` timed alone
+#: (0.5 to 0.75 ns an element at dilation 2 on 28 to 32 wide images, 1.5 to 1.9 at
+#: dilations 4 and 6 on 16 and 33 wide ones; the phase-major split and merge alike).
+MOSAIC_ELEMENT = 2.7e-10
+MOSAIC_RUN = 5.3e-09
 #: K half-width of the shifted-views GEMMs (``shifted``): kh*kw GEMMs accumulate into
 #: one output with the input channels as their inner dimension, a short one that costs
 #: them less than it costs a lone GEMM (fitted to ``shifted``'s own timings, see
@@ -221,8 +230,9 @@ def unsupported(strategy: str, call: ConvCall) -> str | None:
         return None
     if strategy in ("winograd2", "winograd4"):
         if not call.winograd:
-            return ("it needs a 3x3 window with stride 1 and dilation 1, and the Winograd module "
-                    f"(got k={call.kh}x{call.kw}, stride={call.stride}, dilation={call.dilation})")
+            return ("it needs a 3x3 window with stride 1, a padding that is a multiple of the dilation, "
+                    f"and the Winograd module (got k={call.kh}x{call.kw}, stride={call.stride}, "
+                    f"dilation={call.dilation})")
         return None
     if strategy == "shifted":
         if call.stride != (1, 1):
@@ -381,11 +391,44 @@ def _winograd_fused(c: ConvCall, m: int) -> bool:
             and (m + 2) ** 2 * c.O * (c.C // c.groups) * c.itemsize <= WINO_FUSED_KERNEL_BYTES)
 
 
+def _phase_call(c: ConvCall) -> ConvCall:
+    # the undilated problem the Winograd module runs for a dilated call: a shared
+    # kernel's dh*dw phases as N*dh*dw samples of ceil(H/dh) x ceil(W/dw)
+    # (winograd.phase_geometry), per-sample kernels' mosaic of each sample's phases
+    # (winograd.mosaic_geometry; the padding taken as even on both sides)
+    dh, dw = c.dilation
+    if (dh, dw) == (1, 1):
+        return c
+    if c.shared:
+        return dataclasses.replace(c, N=c.N * dh * dw, H=math.ceil(c.H / dh), W=math.ceil(c.W / dw),
+                                   Ho=math.ceil(c.Ho / dh), Wo=math.ceil(c.Wo / dw), dilation=(1, 1))
+    sizes = []
+    for size, out, d in ((c.H, c.Ho, dh), (c.W, c.Wo, dw)):
+        pp = (out - size + 2 * d) // 2 // d
+        side = d * math.ceil(size / d) + (d - 1) * max(pp, 2 * pp - 2)
+        sizes += [side, side + 2 * pp - 2]
+    H, Ho, W, Wo = sizes
+    return dataclasses.replace(c, H=H, W=W, Ho=Ho, Wo=Wo, dilation=(1, 1))
+
+
+def _phase_copies(c: ConvCall, backward: bool, need_dx: bool, need_dw: bool, kept: bool) -> float:
+    # a dilated call's rearrangements (phases or mosaics): x in and y out (forward); dy
+    # in, x in for a kernel gradient without kept tiles, dx out (backward)
+    if c.dilation == (1, 1):
+        return 0.0
+    x, y = c.N * c.C * c.H * c.W, c.N * c.O * c.P
+    moved = (y + x * (need_dw and not kept) + x * need_dx) if backward else x + y
+    return moved * (MOSAIC_ELEMENT + MOSAIC_RUN * c.dilation[1] / c.W)
+
+
 def _winograd(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool, kept: bool = False) -> float:
-    # the module's layouts (below), by WINO_PER_SAMPLE where the kernels are transformed
-    # in the work item
-    total = _winograd_layouts(c, m, backward, need_dx, need_dw, kept)
-    return total * WINO_PER_SAMPLE if _winograd_fused(c, m) else total
+    # the module's layouts (below) on the undilated problem (a dilated call's phases), by
+    # WINO_PER_SAMPLE where the kernels are transformed in the work item, plus the
+    # phases' copies
+    p = _phase_call(c)
+    total = _winograd_layouts(p, m, backward, need_dx, need_dw, kept)
+    return (total * WINO_PER_SAMPLE if _winograd_fused(p, m) else total) + _phase_copies(c, backward, need_dx,
+                                                                                         need_dw, kept)
 
 
 def _winograd_layouts(c: ConvCall, m: int, backward: bool, need_dx: bool, need_dw: bool,
@@ -487,7 +530,7 @@ def _forward_costs(call: ConvCall) -> tuple[tuple, str]:
     # may pay a few percent for it. Returns the costs and a note for the decision.
     costs = estimates("forward", call)
     b = peek("backward", call)
-    if b is None or not b.startswith("winograd") or not _winograd_keeps(call, int(b[-1])):
+    if b is None or not b.startswith("winograd") or not _winograd_keeps(_phase_call(call), int(b[-1])):
         return costs, ""
     credit = dict(estimates("backward", call))[b] - dict(estimates("backward", call, kept=int(b[-1])))[b]
     net = tuple((s, t - credit if s == b and t is not None else t) for s, t in costs)

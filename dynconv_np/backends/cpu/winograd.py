@@ -74,11 +74,14 @@ unit-variance inputs and Kaiming-scaled weights).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 
 import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange
 
+from . import phases
 from .blas import dot_into, gemm_view
 from .conv import SLOTS, _pixel_sums, _scratch, empty_backward
 from .index import ceil_div, split
@@ -458,15 +461,84 @@ def _dw_whole(x, dy, part, dbt, V, dM, ws, pieces, BT, A, GT, h0, w0, cb, ob, OB
 
 # ----------------------------------------------------------------------------- plans
 def supports(g, groups) -> bool:
-    """True for the windows this module computes: 3x3, stride 1, dilation 1 (any padding
-    and groups).
+    """True for the windows this module computes: 3x3, stride 1, any groups; dilated
+    ones (by phases, :func:`phase_geometry`) where the top and left paddings are
+    multiples of the dilation (``"same"`` and unpadded layers are).
 
     Parameters
     ----------
     g : Geometry
     groups : int
     """
-    return (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1)
+    return (g.kh, g.kw, g.sh, g.sw) == (3, 3, 1, 1) and g.ph % g.dh == 0 and g.pw % g.dw == 0
+
+
+def phase_geometry(g):
+    """The undilated window of a dilated 3x3 layer's phases, one batch of ``N*dh*dw``
+    samples (see :mod:`.phases`): phase ``(a, b)`` of the output (rows ``a + dh*i``,
+    columns ``b + dw*j``) is the correlation of the same phase of the input with the
+    kernels, padded by ``ph // dh`` and ``pw // dw``. The phases are ``ceil(H/dh) x
+    ceil(W/dw)``, their outputs ``ceil(Ho/dh) x ceil(Wo/dw)`` (shorter phases
+    zero-filled, the extra outputs dropped). A kernel shared by the batch runs so.
+
+    Parameters
+    ----------
+    g : Geometry
+        Dilated, with ``supports(g, groups)``.
+
+    Returns
+    -------
+    Geometry
+    """
+    return dataclasses.replace(
+        g, N=g.N * g.dh * g.dw, H=ceil_div(g.H, g.dh), W=ceil_div(g.W, g.dw),
+        ph=g.ph // g.dh, pw=g.pw // g.dw, dh=1, dw=1, Ho=ceil_div(g.Ho, g.dh), Wo=ceil_div(g.Wo, g.dw))
+
+
+def mosaic_geometry(g):
+    """The undilated window of a dilated 3x3 layer on the mosaic of each sample's phases
+    (see :mod:`.phases`), and the mosaic's block steps. Per-sample kernels run so.
+
+    Along each axis (dilation d, padding p): the phases are ``q = ceil(size/d)`` long and
+    padded by ``p' = p // d``, and the blocks are ``q + gap`` apart, with ``gap =
+    max(p', 2p' - 2)`` zeros between them: the padding each phase's windows read on
+    either side, and room for a phase's ``q + 2p' - 2`` outputs. The mosaic is
+    ``d*q + (d - 1)*gap`` long, its output ``2p' - 2`` longer; output phase ``a`` starts
+    where input phase ``a`` does, at ``a*(q + gap)``.
+
+    Parameters
+    ----------
+    g : Geometry
+        Dilated, with ``supports(g, groups)``.
+
+    Returns
+    -------
+    gm : Geometry
+        The mosaic's: ``N`` and ``C`` as `g`'s, ``dh = dw = 1``.
+    steps : tuple of int
+        ``(sh, sw)``: block ``(a, b)`` starts at ``(a*sh, b*sw)``.
+    """
+    sizes, steps, pads = [], [], []
+    for size, d, p in ((g.H, g.dh, g.ph), (g.W, g.dw, g.pw)):
+        q, pp = ceil_div(size, d), p // d
+        gap = max(pp, 2 * pp - 2)
+        sizes.append(d * q + (d - 1) * gap)
+        steps.append(q + gap)
+        pads.append(pp)
+    (Hm, Wm), (ph, pw) = sizes, pads
+    gm = dataclasses.replace(g, H=Hm, W=Wm, ph=ph, pw=pw, dh=1, dw=1, Ho=Hm + 2 * ph - 2, Wo=Wm + 2 * pw - 2)
+    return gm, tuple(steps)
+
+
+def _dilated(g) -> bool:
+    return g.dh > 1 or g.dw > 1
+
+
+def _absent(shape, dtype) -> np.ndarray:
+    # an input the call does not read (x of a backward without the kernel gradient, or
+    # whose transformed tiles were kept): C-contiguous, of its shape and dtype (the
+    # kernels take their loop bounds from it), never written, so never resident
+    return np.empty(shape, dtype)
 
 
 def _check_m(m: int) -> int:
@@ -723,7 +795,7 @@ def kept_tiles(saved) -> int:
     return saved[TILES_KEY][0] if saved is not None and TILES_KEY in saved else 0
 
 
-def forward(x, wt, bt, g, groups, m=2, saved=None):
+def forward(x, wt, bt, g, groups, m=2, saved=None, out=None):
     """``y = conv(x, w) + b`` for a 3x3, stride-1 window by Winograd's F(m x m, 3 x 3).
 
     Parameters
@@ -742,6 +814,8 @@ def forward(x, wt, bt, g, groups, m=2, saved=None):
         with the same `wt` and `m`, and the transformed input tiles (under
         :data:`TILES_KEY`, where :func:`keeps_tiles`) for its kernel gradient with the
         same `x`. Give it only when that backward runs F(m x m) too.
+    out : ndarray (N, O, Ho, Wo), optional
+        Where to write y (C-contiguous; an undilated window).
 
     Returns
     -------
@@ -749,7 +823,9 @@ def forward(x, wt, bt, g, groups, m=2, saved=None):
     """
     m = _check_m(m)
     O = wt.shape[-2]
-    y = np.empty((g.N, O, g.Ho, g.Wo), dtype=x.dtype)
+    if g.N > 0 and _dilated(g):
+        return _phased_forward(x, wt, bt, g, groups, m, saved)
+    y = np.empty((g.N, O, g.Ho, g.Wo), dtype=x.dtype) if out is None else out
     if g.N == 0:
         return y
     b2 = np.zeros((0, O), x.dtype) if bt is None else np.ascontiguousarray(bt.reshape(-1, O))
@@ -761,6 +837,67 @@ def forward(x, wt, bt, g, groups, m=2, saved=None):
     if V is not None:
         saved[TILES_KEY] = (m, V)
     return y
+
+
+def _phased_forward(x, wt, bt, g, groups, m, saved):
+    # a dilated layer by phases: a shared kernel's as one batch of N*dh*dw samples
+    # (phase_geometry), per-sample kernels on each sample's mosaic (mosaic_geometry);
+    # either keeps in `saved` what that forward keeps. The rearranged x and y live in
+    # the thread's "phases" scratch: fresh, they had cost some 1400 page faults a
+    # forward (a third of it on 16 samples of 16x16, 128 channels).
+    N, C, O = g.N, g.C, wt.shape[-2]
+    if wt.ndim == 2:
+        D, gp = g.dh * g.dw, phase_geometry(g)
+        nx = gp.N * C * gp.H * gp.W
+        buf = _scratch(1, nx + gp.N * O * gp.Ho * gp.Wo, x.dtype, "phases")[0]
+        xp = phases.split(x, g.dh, g.dw, gp.H, gp.W, buf[:nx].reshape(D, N, C, gp.H, gp.W))
+        yp = buf[nx:].reshape(gp.N, O, gp.Ho, gp.Wo)
+        if bt is not None and bt.ndim == 2 and bt.shape[0] > 1:
+            bt = np.tile(bt, (D, 1))                                  # a bias row a sample, phase-major
+        forward(xp.reshape(gp.N, C, gp.H, gp.W), wt, bt, gp, groups, m, saved, yp)
+        return phases.merge(yp.reshape(D, N, O, gp.Ho, gp.Wo), g.dh, g.dw, g.Ho, g.Wo)
+    gm, (sh, sw) = mosaic_geometry(g)
+    nx = N * C * gm.H * gm.W
+    buf = _scratch(1, nx + N * O * gm.Ho * gm.Wo, x.dtype, "phases")[0]
+    xm = phases.to_mosaic(x, g.dh, g.dw, sh, sw, gm.H, gm.W, buf[:nx].reshape(N, C, gm.H, gm.W))
+    ym = buf[nx:].reshape(N, O, gm.Ho, gm.Wo)
+    forward(xm, wt, bt, gm, groups, m, saved, ym)
+    return phases.from_mosaic(ym, g.dh, g.dw, sh, sw, g.Ho, g.Wo)
+
+
+def _phased_backward(x, wt, dy, g, groups, need_dx, need_dw, m, saved):
+    # backward of _phased_forward: dy rearranged; x too for a kernel gradient that did
+    # not keep its transformed tiles; dx rearranged back (all three in the "phases"
+    # scratch). A shared kernel's gradient and bias sums come from the one batch of
+    # phases, per-sample kernels' from each sample's mosaic.
+    N, C, O = g.N, g.C, wt.shape[-2]
+    reads_x = need_dw and kept_tiles(saved) != m
+    if wt.ndim == 2:
+        D, ga = g.dh * g.dw, phase_geometry(g)
+        dy_shape, x_shape = (D, N, O, ga.Ho, ga.Wo), (D, N, C, ga.H, ga.W)
+    else:
+        ga, (sh, sw) = mosaic_geometry(g)
+        dy_shape, x_shape = (N, O, ga.Ho, ga.Wo), (N, C, ga.H, ga.W)
+    nd, nx = math.prod(dy_shape), math.prod(x_shape)
+    buf = _scratch(1, nd + nx * (reads_x + need_dx), x.dtype, "phases")[0]
+    dya, xa = buf[:nd].reshape(dy_shape), buf[nd:nd + nx].reshape(x_shape) if reads_x else None
+    dxa = buf[nd + nx * reads_x:].reshape(ga.N, C, ga.H, ga.W) if need_dx else None
+    if wt.ndim == 2:
+        phases.split(dy, g.dh, g.dw, ga.Ho, ga.Wo, dya)
+        if reads_x:
+            phases.split(x, g.dh, g.dw, ga.H, ga.W, xa)
+    else:
+        phases.to_mosaic(dy, g.dh, g.dw, sh, sw, ga.Ho, ga.Wo, dya)
+        if reads_x:
+            phases.to_mosaic(x, g.dh, g.dw, sh, sw, ga.H, ga.W, xa)
+    xa = xa if reads_x else _absent(x_shape, x.dtype)
+    _, gw, dbt = backward(xa.reshape(ga.N, C, ga.H, ga.W), wt, dya.reshape(ga.N, O, ga.Ho, ga.Wo), ga, groups,
+                          need_dx, need_dw, m, saved, dxa)
+    if dxa is None:
+        return None, gw, dbt
+    if wt.ndim == 2:
+        return phases.merge(dxa.reshape(x_shape), g.dh, g.dw, g.H, g.W), gw, dbt
+    return phases.from_mosaic(dxa, g.dh, g.dw, sh, sw, g.H, g.W), gw, dbt
 
 
 def _kernel_gradient(x, dy, dbt, g, groups, shared, m, V=None):
@@ -820,7 +957,7 @@ def _kernel_gradient(x, dy, dbt, g, groups, shared, m, V=None):
     return np.add.reduce(part.reshape(N, k, O, F), axis=1)
 
 
-def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2, saved=None):
+def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2, saved=None, dx_out=None):
     """Backward of :func:`forward`.
 
     Parameters
@@ -838,6 +975,8 @@ def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2, saved=None):
         :func:`forward`'s, for the same `x` and `wt`: its transformed kernels and input
         tiles, if kept with this `m`, are taken out of it (a second backward transforms
         them again, to the same values).
+    dx_out : ndarray (N, C, H, W), optional
+        Where to write dx (C-contiguous; an undilated window).
 
     Returns
     -------
@@ -851,6 +990,8 @@ def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2, saved=None):
     shared = wt.ndim == 2
     if g.N == 0:
         return empty_backward(g, wt, x.dtype, need_dx, need_dw)
+    if _dilated(g):
+        return _phased_backward(x, wt, dy, g, groups, need_dx, need_dw, m, saved)
     kernels, tiles = (None if saved is None else saved.pop(key, None) for key in (SAVED_KEY, TILES_KEY))
     U = kernels[1] if kernels is not None and kernels[0] == m else None
     V = tiles[1] if tiles is not None and tiles[0] == m else None
@@ -862,7 +1003,7 @@ def backward(x, wt, dy, g, groups, need_dx=True, need_dw=True, m=2, saved=None):
         # buffers come (the kernel gradient's own are then dM's alone)
         gw = _kernel_gradient(x, dy, dbt, g, groups, shared, m, V)
     V = None
-    dx = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if need_dx else None
+    dx = (np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype) if dx_out is None else dx_out) if need_dx else None
     if need_dx:
         # the input gradient: dy convolved with the kernels, on their transforms
         _correlate(dy, wt, True, np.zeros((0, g.C), x.dtype), dx, g.ph - 2, g.pw - 2, m, U, groups)
