@@ -46,6 +46,11 @@ in :mod:`.winograd_transforms`.
   (:data:`DU_BLOCK_BYTES`, in the thread's buffer) and transforms each block back. Blocks of a
   few tile rows made the GEMMs thin where there are few tiles (a batch of one, late
   layers), and the kernel gradient's slots each wrote a whole ``dU``.
+* dilated windows (padding a multiple of the dilation): by phases, the same kernels on
+  rearranged inputs (:mod:`.phases`): a shared kernel's phases as one batch of
+  ``N*dh*dw`` samples (:func:`phase_geometry`), per-sample kernels on a mosaic of each
+  sample's phases (:func:`mosaic_geometry`); the rearranged arrays in the thread's
+  ``"phases"`` scratch.
 * kept tiles (:func:`keeps_tiles`): a forward whose kernel gradient runs as one block
   and whose transformed input ``V`` takes at most :data:`KEEP_TILES_BYTES` runs as one
   block too, and keeps ``V`` (in an array of its own) for a backward by the same strategy
