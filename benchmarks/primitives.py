@@ -33,7 +33,11 @@ import sys
 from functools import partial
 
 import numpy as np
-from compare import median_ms
+
+try:  # compare.py's timer (as a package under asv, as a script's sibling otherwise)
+    from .compare import median_ms
+except ImportError:
+    from compare import median_ms
 
 #: The eight shapes' mixing products: (N, K, O*C*k*k), from benchmarks/compare.py.
 MIXING = {

@@ -24,7 +24,11 @@ import subprocess
 import sys
 
 import numpy as np
-from compare import median_ms
+
+try:  # compare.py's timer (as a package under asv, as a script's sibling otherwise)
+    from .compare import median_ms
+except ImportError:
+    from compare import median_ms
 
 #: name: (N, C, O, H=W); 3x3, stride 1, padding 1, shared kernel, float32
 SHAPES = {
