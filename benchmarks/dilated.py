@@ -14,9 +14,13 @@ picks it. Contenders, alternated within one process after a warm-up:
     PyTorch CPU (when installed): ``F.conv2d`` with ``dilation``, and for the dynamic
     op the grouped-convolution trick (the batch folded into groups), autograd backward.
 
-Each thread count runs in a fresh process. Usage::
+Each thread count runs in a fresh process. ``--memory``: the growth of the peak resident
+memory over one forward+backward (``VmHWM`` after the call against ``VmRSS`` before, the
+mark reset through ``/proc/self/clear_refs``), each contender in a fresh process warmed
+up on a one-sample 8x8 crop of the same layer. Usage::
 
     python benchmarks/dilated.py --threads 1 2 --repeat 7
+    python benchmarks/dilated.py --memory --threads 2
 """
 
 from __future__ import annotations
@@ -153,17 +157,65 @@ def run(threads: int, repeat: int, shapes, ops) -> None:
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
+def _peak_growth(name: str, who: str, op: str) -> float:
+    # MiB: run in a fresh process (see --memory)
+    x, W, pi, bias, dy, d = make_inputs(name)
+    crop = (x[:1, :, :8, :8].copy(), W, pi[:1].copy(), bias, dy[:1, :, :8, :8].copy(), d)
+    if who == "torch":
+        import torch
+
+        torch.set_num_threads(int(os.environ["NUMBA_NUM_THREADS"]))
+        step, warm = _torch(op, x, W, pi, bias, dy, d), _torch(op, *crop)
+    else:
+        force = "tiles" if who == "direct" else None
+        step, warm = _ours(op, x, W, pi, bias, dy, d, force), _ours(op, *crop, force)
+    warm()
+    warm()
+
+    def status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status("VmRSS")
+    step()
+    return (status("VmHWM") - before) / 1024
+
+
+def memory(threads: int, shapes, ops) -> None:
+    try:
+        import torch  # noqa: F401
+
+        who = ("ours", "direct", "torch")
+    except ImportError:
+        who = ("ours", "direct")
+    print(f"peak memory growth of one forward+backward, MiB, threads {threads} (fresh process each)")
+    print("| op | shape | " + " | ".join(who) + " |")
+    print("|---|---|" + "---|" * len(who))
+    for op in ops:
+        for name in shapes:
+            cells = []
+            for w in who:
+                code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+                        f"import dilated; print(dilated._peak_growth({name!r}, {w!r}, {op!r}))")
+                out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                cells.append(f"{float(out.stdout.split()[-1]):.0f}")
+            print(f"| {op} | {name} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--threads", type=int, nargs="+", default=[2])
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--ops", nargs="+", default=["conv2d", "dynamic_conv2d"], choices=["conv2d", "dynamic_conv2d"])
+    ap.add_argument("--memory", action="store_true", help="peak memory growth instead of times")
     args = ap.parse_args(argv)
     if len(args.threads) > 1:
         for t in args.threads:
             cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(t), "--repeat", str(args.repeat),
-                   "--shapes", *args.shapes, "--ops", *args.ops]
+                   "--shapes", *args.shapes, "--ops", *args.ops] + ["--memory"] * args.memory
             if subprocess.run(cmd).returncode:
                 return 1
         return 0
@@ -173,7 +225,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if os.path.isdir(os.path.join(ROOT, "dynconv_np")) and sys.path[0] != ROOT:
         sys.path.insert(0, ROOT)
-    run(t, args.repeat, args.shapes, args.ops)
+    if args.memory:
+        memory(t, args.shapes, args.ops)
+    else:
+        run(t, args.repeat, args.shapes, args.ops)
     return 0
 
 

@@ -872,37 +872,51 @@ def _phased_forward(x, wt, bt, g, groups, m, saved):
 
 def _phased_backward(x, wt, dy, g, groups, need_dx, need_dw, m, saved):
     # backward of _phased_forward: dy rearranged; x too for a kernel gradient that did
-    # not keep its transformed tiles; dx rearranged back (all three in the "phases"
-    # scratch). A shared kernel's gradient and bias sums come from the one batch of
-    # phases, per-sample kernels' from each sample's mosaic.
+    # not keep its transformed tiles; dx rearranged back. A shared kernel's gradient and
+    # bias sums come from the one batch of phases, per-sample kernels' from each
+    # sample's mosaic. In the "phases" scratch: dy's, and one x-sized room that holds
+    # dx's and then, once dx is out, x's (both gradients from x's phases: the input
+    # gradient first, then the kernel gradient, the same values as in one call; the
+    # room held both at first, a third more memory for the phases).
     N, C, O = g.N, g.C, wt.shape[-2]
     reads_x = need_dw and kept_tiles(saved) != m
-    if wt.ndim == 2:
+    shared = wt.ndim == 2
+    if shared:
         D, ga = g.dh * g.dw, phase_geometry(g)
         dy_shape, x_shape = (D, N, O, ga.Ho, ga.Wo), (D, N, C, ga.H, ga.W)
+
+        def rearrange(a, H, W, out):
+            return phases.split(a, g.dh, g.dw, H, W, out)
+
+        def restore(a):
+            return phases.merge(a, g.dh, g.dw, g.H, g.W)
     else:
         ga, (sh, sw) = mosaic_geometry(g)
         dy_shape, x_shape = (N, O, ga.Ho, ga.Wo), (N, C, ga.H, ga.W)
+
+        def rearrange(a, H, W, out):
+            return phases.to_mosaic(a, g.dh, g.dw, sh, sw, H, W, out)
+
+        def restore(a):
+            return phases.from_mosaic(a, g.dh, g.dw, sh, sw, g.H, g.W)
     nd, nx = math.prod(dy_shape), math.prod(x_shape)
-    buf = _scratch(1, nd + nx * (reads_x + need_dx), x.dtype, "phases")[0]
-    dya, xa = buf[:nd].reshape(dy_shape), buf[nd:nd + nx].reshape(x_shape) if reads_x else None
-    dxa = buf[nd + nx * reads_x:].reshape(ga.N, C, ga.H, ga.W) if need_dx else None
-    if wt.ndim == 2:
-        phases.split(dy, g.dh, g.dw, ga.Ho, ga.Wo, dya)
-        if reads_x:
-            phases.split(x, g.dh, g.dw, ga.H, ga.W, xa)
-    else:
-        phases.to_mosaic(dy, g.dh, g.dw, sh, sw, ga.Ho, ga.Wo, dya)
-        if reads_x:
-            phases.to_mosaic(x, g.dh, g.dw, sh, sw, ga.H, ga.W, xa)
-    xa = xa if reads_x else _absent(x_shape, x.dtype)
-    _, gw, dbt = backward(xa.reshape(ga.N, C, ga.H, ga.W), wt, dya.reshape(ga.N, O, ga.Ho, ga.Wo), ga, groups,
-                          need_dx, need_dw, m, saved, dxa)
-    if dxa is None:
-        return None, gw, dbt
-    if wt.ndim == 2:
-        return phases.merge(dxa.reshape(x_shape), g.dh, g.dw, g.H, g.W), gw, dbt
-    return phases.from_mosaic(dxa, g.dh, g.dw, sh, sw, g.H, g.W), gw, dbt
+    buf = _scratch(1, nd + nx * (reads_x or need_dx), x.dtype, "phases")[0]
+    dya = rearrange(dy, ga.Ho, ga.Wo, buf[:nd].reshape(dy_shape)).reshape(ga.N, O, ga.Ho, ga.Wo)
+    room = buf[nd:nd + nx].reshape(x_shape) if reads_x or need_dx else None
+    absent = _absent((ga.N, C, ga.H, ga.W), x.dtype)
+    dx = None
+    if need_dx:
+        # the input gradient (and the kernel gradient too where x's tiles were kept)
+        _, gw, dbt = backward(absent, wt, dya, ga, groups, True, need_dw and not reads_x, m, saved,
+                              room.reshape(ga.N, C, ga.H, ga.W))
+        dx = restore(room)
+    if reads_x:
+        xa = rearrange(x, ga.H, ga.W, room).reshape(ga.N, C, ga.H, ga.W)
+        _, gw, dbt = backward(xa, wt, dya, ga, groups, False, True, m, None if need_dx else saved)
+    elif not need_dx:
+        # the bias sums alone, or a kernel gradient on kept tiles
+        _, gw, dbt = backward(absent, wt, dya, ga, groups, False, need_dw, m, saved)
+    return dx, gw, dbt
 
 
 def _kernel_gradient(x, dy, dbt, g, groups, shared, m, V=None):
