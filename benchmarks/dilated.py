@@ -26,6 +26,7 @@ up on a one-sample 8x8 crop of the same layer. Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def _ours(op, x, W, pi, bias, dy, d, force=None):
     import dynconv_np as dc
 
     def step():
-        with dc.strategy.force(force) if force else _null():
+        with dc.strategy.force(force) if force else contextlib.nullcontext():
             if op == "conv2d":
                 _, pb = dc.conv2d.vjp(x, W[0], bias[0], padding=d, dilation=d)
             else:
@@ -67,12 +68,6 @@ def _ours(op, x, W, pi, bias, dy, d, force=None):
             return pb(dy)
 
     return step
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def _torch(op, x, W, pi, bias, dy, d):

@@ -301,6 +301,19 @@ def test_cost_model_mirrors_the_winograd_plan():
                 assert plan._winograd_fused(c, m) == wino.fused(args[0], args[2], args[1], m, 4, not shared)
     assert (plan.WINO_FUSED_MIN_SAMPLES, plan.WINO_FUSED_KERNEL_BYTES) == \
         (wino.FUSED_MIN_SAMPLES, wino.FUSED_KERNEL_BYTES)
+    # a dilated call is estimated as the undilated problem the module runs: the batch of
+    # phases for a shared kernel, each sample's mosaic for per-sample kernels
+    from dynconv_np import _args
+
+    for shape, p, d in [((4, 8, 32, 32), 2, 2), ((3, 8, 9, 10), (2, 6), (2, 3)), ((2, 8, 33, 33), 6, 6),
+                        ((2, 8, 16, 12), 0, (4, 1))]:
+        g = _args.geometry(shape, 3, 3, 1, p, d)
+        for shared in (True, False):
+            c = conv._call(g, 1, 8, shared, 4)
+            got = plan._phase_call(c)
+            want = wino.phase_geometry(g) if shared else wino.mosaic_geometry(g)[0]
+            assert (got.N, got.H, got.W, got.Ho, got.Wo, got.dilation) == (want.N, want.H, want.W, want.Ho, want.Wo,
+                                                                            (1, 1))
 
 
 def test_forward_weighs_the_tiles_it_keeps():

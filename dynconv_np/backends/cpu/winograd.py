@@ -844,78 +844,78 @@ def forward(x, wt, bt, g, groups, m=2, saved=None, out=None):
     return y
 
 
+class _Phased:
+    """How a dilated layer runs as an undilated one (:mod:`.phases`): a shared kernel's
+    phases as one batch of ``N*dh*dw`` samples (:func:`phase_geometry`), per-sample
+    kernels on each sample's mosaic (:func:`mosaic_geometry`). ``ga`` is the undilated
+    problem's geometry; :meth:`into` lays an image out for it, :meth:`back` takes one
+    back."""
+
+    def __init__(self, g, shared: bool):
+        self.g, self.shared = g, shared
+        self.ga, self.steps = (phase_geometry(g), None) if shared else mosaic_geometry(g)
+
+    def into(self, a, H: int, W: int, out):
+        # a (N, ch, ., .) -> (ga.N, ch, H, W), written into out (a flat buffer that size)
+        g, ch = self.g, a.shape[1]
+        if self.shared:
+            r = phases.split(a, g.dh, g.dw, H, W, out.reshape(g.dh * g.dw, g.N, ch, H, W))
+        else:
+            r = phases.to_mosaic(a, g.dh, g.dw, *self.steps, H, W, out.reshape(g.N, ch, H, W))
+        return r.reshape(self.ga.N, ch, H, W)
+
+    def back(self, a, H: int, W: int):
+        # a (ga.N, ch, ., .) laid out by into -> (N, ch, H, W)
+        g = self.g
+        if self.shared:
+            return phases.merge(a.reshape((g.dh * g.dw, g.N) + a.shape[1:]), g.dh, g.dw, H, W)
+        return phases.from_mosaic(a, g.dh, g.dw, *self.steps, H, W)
+
+
 def _phased_forward(x, wt, bt, g, groups, m, saved):
-    # a dilated layer by phases: a shared kernel's as one batch of N*dh*dw samples
-    # (phase_geometry), per-sample kernels on each sample's mosaic (mosaic_geometry);
-    # either keeps in `saved` what that forward keeps. The rearranged x and y live in
-    # the thread's "phases" scratch: fresh, they had cost some 1400 page faults a
-    # forward (a third of it on 16 samples of 16x16, 128 channels).
-    N, C, O = g.N, g.C, wt.shape[-2]
-    if wt.ndim == 2:
-        D, gp = g.dh * g.dw, phase_geometry(g)
-        nx = gp.N * C * gp.H * gp.W
-        buf = _scratch(1, nx + gp.N * O * gp.Ho * gp.Wo, x.dtype, "phases")[0]
-        xp = phases.split(x, g.dh, g.dw, gp.H, gp.W, buf[:nx].reshape(D, N, C, gp.H, gp.W))
-        yp = buf[nx:].reshape(gp.N, O, gp.Ho, gp.Wo)
-        if bt is not None and bt.ndim == 2 and bt.shape[0] > 1:
-            bt = np.tile(bt, (D, 1))                                  # a bias row a sample, phase-major
-        forward(xp.reshape(gp.N, C, gp.H, gp.W), wt, bt, gp, groups, m, saved, yp)
-        return phases.merge(yp.reshape(D, N, O, gp.Ho, gp.Wo), g.dh, g.dw, g.Ho, g.Wo)
-    gm, (sh, sw) = mosaic_geometry(g)
-    nx = N * C * gm.H * gm.W
-    buf = _scratch(1, nx + N * O * gm.Ho * gm.Wo, x.dtype, "phases")[0]
-    xm = phases.to_mosaic(x, g.dh, g.dw, sh, sw, gm.H, gm.W, buf[:nx].reshape(N, C, gm.H, gm.W))
-    ym = buf[nx:].reshape(N, O, gm.Ho, gm.Wo)
-    forward(xm, wt, bt, gm, groups, m, saved, ym)
-    return phases.from_mosaic(ym, g.dh, g.dw, sh, sw, g.Ho, g.Wo)
+    # a dilated layer as its undilated problem (_Phased), keeping in `saved` what that
+    # forward keeps. The rearranged x and y live in the thread's "phases" scratch:
+    # fresh, they had cost some 1400 page faults a forward (a third of it on 16 samples
+    # of 16x16, 128 channels).
+    r = _Phased(g, wt.ndim == 2)
+    ga, O = r.ga, wt.shape[-2]
+    nx = ga.N * g.C * ga.H * ga.W
+    buf = _scratch(1, nx + ga.N * O * ga.Ho * ga.Wo, x.dtype, "phases")[0]
+    xa = r.into(x, ga.H, ga.W, buf[:nx])
+    ya = buf[nx:].reshape(ga.N, O, ga.Ho, ga.Wo)
+    if ga.N > g.N and bt is not None and bt.ndim == 2 and bt.shape[0] > 1:
+        bt = np.tile(bt, (ga.N // g.N, 1))                           # a bias row a sample, phase-major
+    forward(xa, wt, bt, ga, groups, m, saved, ya)
+    return r.back(ya, g.Ho, g.Wo)
 
 
 def _phased_backward(x, wt, dy, g, groups, need_dx, need_dw, m, saved):
     # backward of _phased_forward: dy rearranged; x too for a kernel gradient that did
-    # not keep its transformed tiles; dx rearranged back. A shared kernel's gradient and
-    # bias sums come from the one batch of phases, per-sample kernels' from each
-    # sample's mosaic. In the "phases" scratch: dy's, and one x-sized room that holds
-    # dx's and then, once dx is out, x's (both gradients from x's phases: the input
-    # gradient first, then the kernel gradient, the same values as in one call; the
-    # room held both at first, a third more memory for the phases).
-    N, C, O = g.N, g.C, wt.shape[-2]
+    # not keep its transformed tiles; dx rearranged back. In the "phases" scratch: dy's,
+    # and one x-sized room that holds dx's and then, once dx is out, x's (both gradients
+    # from x's phases: the input gradient first, then the kernel gradient, the same
+    # values as in one call; the room held both at first, a third more memory for the
+    # phases).
+    r = _Phased(g, wt.ndim == 2)
+    ga, O = r.ga, wt.shape[-2]
+    x_shape = (ga.N, g.C, ga.H, ga.W)
     reads_x = need_dw and kept_tiles(saved) != m
-    shared = wt.ndim == 2
-    if shared:
-        D, ga = g.dh * g.dw, phase_geometry(g)
-        dy_shape, x_shape = (D, N, O, ga.Ho, ga.Wo), (D, N, C, ga.H, ga.W)
-
-        def rearrange(a, H, W, out):
-            return phases.split(a, g.dh, g.dw, H, W, out)
-
-        def restore(a):
-            return phases.merge(a, g.dh, g.dw, g.H, g.W)
-    else:
-        ga, (sh, sw) = mosaic_geometry(g)
-        dy_shape, x_shape = (N, O, ga.Ho, ga.Wo), (N, C, ga.H, ga.W)
-
-        def rearrange(a, H, W, out):
-            return phases.to_mosaic(a, g.dh, g.dw, sh, sw, H, W, out)
-
-        def restore(a):
-            return phases.from_mosaic(a, g.dh, g.dw, sh, sw, g.H, g.W)
-    nd, nx = math.prod(dy_shape), math.prod(x_shape)
+    nd, nx = ga.N * O * ga.Ho * ga.Wo, math.prod(x_shape)
     buf = _scratch(1, nd + nx * (reads_x or need_dx), x.dtype, "phases")[0]
-    dya = rearrange(dy, ga.Ho, ga.Wo, buf[:nd].reshape(dy_shape)).reshape(ga.N, O, ga.Ho, ga.Wo)
+    dya = r.into(dy, ga.Ho, ga.Wo, buf[:nd])
     room = buf[nd:nd + nx].reshape(x_shape) if reads_x or need_dx else None
-    absent = _absent((ga.N, C, ga.H, ga.W), x.dtype)
     dx = None
     if need_dx:
         # the input gradient (and the kernel gradient too where x's tiles were kept)
-        _, gw, dbt = backward(absent, wt, dya, ga, groups, True, need_dw and not reads_x, m, saved,
-                              room.reshape(ga.N, C, ga.H, ga.W))
-        dx = restore(room)
+        _, gw, dbt = backward(_absent(x_shape, x.dtype), wt, dya, ga, groups, True, need_dw and not reads_x, m,
+                              saved, room)
+        dx = r.back(room, g.H, g.W)
     if reads_x:
-        xa = rearrange(x, ga.H, ga.W, room).reshape(ga.N, C, ga.H, ga.W)
+        xa = r.into(x, ga.H, ga.W, room)
         _, gw, dbt = backward(xa, wt, dya, ga, groups, False, True, m, None if need_dx else saved)
     elif not need_dx:
         # the bias sums alone, or a kernel gradient on kept tiles
-        _, gw, dbt = backward(absent, wt, dya, ga, groups, False, need_dw, m, saved)
+        _, gw, dbt = backward(_absent(x_shape, x.dtype), wt, dya, ga, groups, False, need_dw, m, saved)
     return dx, gw, dbt
 
 
