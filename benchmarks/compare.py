@@ -108,6 +108,13 @@ def _set_threads(threads: int) -> None:
     # Contenders alternate in one process, each with its own OpenMP pool (Numba's and
     # PyTorch's): idle workers must sleep, not spin on the cores the next contender needs.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # NumPy (imported at the top of this module) has already started OpenBLAS with a
+    # thread a core: the variables above come too late for it, and the "one thread"
+    # runs had timed np.matmul's sgemm rate on two. Limit the loaded BLAS itself (the
+    # limit holds for the process).
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")
 
 
 def make_inputs(name: str, seed: int = 0):

@@ -161,3 +161,17 @@ def test_compare_default_plot_is_git_ignored():
     assert not path.startswith("docs")
     r = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
     assert r.returncode == 0, f"{path} is not git-ignored"
+
+
+def test_compare_set_threads_limits_the_loaded_blas():
+    # NumPy loads OpenBLAS before the benchmark scripts read --threads: the setting must
+    # reach the loaded library, not only the environment variables
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); import numpy, compare; "
+            "from threadpoolctl import threadpool_info; compare._set_threads(1); "
+            "print(sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'}))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                             "MKL_NUM_THREADS")}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[1]"
