@@ -47,25 +47,15 @@ try:
 except ImportError:
     import compare
 
-#: Threads of the run (``--threads``)
-THREADS = 1
-
-
-def _gemm_steps(a_shape, b_shape, rng):
-    # the product (M, K) @ (K, N) in three layouts: (fn, name) each
-    M, K = a_shape
-    N = b_shape[1]
+def _fastest(M, K, N, rng, repeat):
+    # the product (M, K) @ (K, N) in its fastest of three operand layouts, ms
     A = rng.standard_normal((M, K), dtype=np.float32)
     B = rng.standard_normal((K, N), dtype=np.float32)
     At, Bt = np.ascontiguousarray(A.T), np.ascontiguousarray(B.T)
-    return [lambda: A @ B, lambda: At.T @ B, lambda: Bt @ At]
+    return min(compare.median_ms(f, repeat) for f in (lambda: A @ B, lambda: At.T @ B, lambda: Bt @ At))
 
 
-def _best(fns, repeat):
-    return min(compare.median_ms(f, repeat) for f in fns)
-
-
-def _batched(P, M, K, N, rng, repeat, transposed=False):
+def _batched(P, M, K, N, rng, repeat, threads, transposed=False):
     # P products (M, K) @ (K, N) (or (M, N) @ (N, K)^T with `transposed`), one BLAS
     # call each on one BLAS thread, split over the threads as the engine's work items
     # are (several BLAS threads on each of these small products ran slower than one)
@@ -74,35 +64,33 @@ def _batched(P, M, K, N, rng, repeat, transposed=False):
     out = np.empty((P, M, K if transposed else N), dtype=np.float32)
 
     def part(t):
-        for i in range(t * P // THREADS, (t + 1) * P // THREADS):
+        for i in range(t * P // threads, (t + 1) * P // threads):
             if transposed:
                 np.matmul(A[i], B[i].T, out=out[i])
             else:
                 np.matmul(A[i], B[i], out=out[i])
 
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(THREADS) as pool:
-        return compare.median_ms(lambda: list(pool.map(part, range(THREADS))), repeat)
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+        return compare.median_ms(lambda: list(pool.map(part, range(threads))), repeat)
 
 
-def bounds(name: str, repeat: int) -> dict:
+def bounds(name: str, repeat: int, threads: int) -> dict:
     """``{who: ms}`` for one preset (see the module docstring)."""
     N, C, O, H, k, s, p, K = compare.SHAPES[name]
     Ho = (H + 2 * p - k) // s + 1
     NP, F = N * Ho * Ho, C * k * k
     rng = np.random.default_rng(0)
     out = {}
-    out["gemm"] = (_best(_gemm_steps((O, F), (F, NP), rng), repeat)
-                   + _best(_gemm_steps((O, NP), (NP, F), rng), repeat)
-                   + _best(_gemm_steps((F, O), (O, NP), rng), repeat))
+    out["gemm"] = _fastest(O, F, NP, rng, repeat) + _fastest(O, NP, F, rng, repeat) + _fastest(F, O, NP, rng, repeat)
     if k == 3 and s == 1:
         t = -(-Ho // 2)
         tiles = N * t * (t + 1)
-        out["wino"] = (_batched(16, O, C, tiles, rng, repeat) + _batched(16, C, O, tiles, rng, repeat)
-                       + _batched(16, O, C, tiles, rng, repeat, transposed=True))
+        out["wino"] = (_batched(16, O, C, tiles, rng, repeat, threads) + _batched(16, C, O, tiles, rng, repeat, threads)
+                       + _batched(16, O, C, tiles, rng, repeat, threads, transposed=True))
     elif k == 3 and s == 2:
         for m in (2, 4):
             T = N * (-(-Ho // m)) ** 2
-            out[f"wino{m}"] = 3 * _batched((2 * m + 1) ** 2, O, C, T, rng, repeat)
+            out[f"wino{m}"] = 3 * _batched((2 * m + 1) ** 2, O, C, T, rng, repeat, threads)
     return out
 
 
@@ -113,8 +101,6 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=7)
     args = ap.parse_args(argv)
-    global THREADS
-    THREADS = args.threads
     compare._set_threads(args.threads)
     compare.use_checkout()
     torch = compare.have_torch()
@@ -124,18 +110,9 @@ def main(argv=None) -> int:
         _t.set_num_threads(args.threads)
     print(f"threads {args.threads}, load {os.getloadavg()[0]:.2f}; ms, medians of {args.repeat}")
     for name in args.shapes:
-        x, W, pi, bias, dy, s, p = compare.make_inputs(name)
-        steps = {"ours": compare.ours_static_step(x, W, pi, bias, dy, s, p)}
-        if torch:
-            steps["torch"] = compare.torch_static_step(x, W, pi, bias, dy, s, p)
-        for f in steps.values():
-            f()
-        times = {who: [] for who in steps}
-        for r in range(args.repeat):
-            for who in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
-                times[who].append(compare.median_ms(steps[who], 1))
-        row = {who: float(np.median(v)) for who, v in times.items()}
-        row.update(bounds(name, args.repeat))
+        times = compare.run_shape(name, ["ours", "torch"] if torch else ["ours"], args.repeat, args.threads, "static")
+        row = {who: 1e3 * t for who, t in times.items()}
+        row.update(bounds(name, args.repeat, args.threads))
         text = "  ".join(f"{who} {ms:.1f}" for who, ms in row.items())
         if torch:
             text += "  | torch/ours {:.2f}, torch/gemm {:.2f}".format(row["torch"] / row["ours"],
